@@ -1,0 +1,13 @@
+"""eproptax: recurrent learning rules (BPTT, RTRL, e-prop and its family) as JAX function transforms."""
+
+from . import cells as cells
+from . import online as online
+from ._bptt import bptt as bptt
+from ._cell import Cell as Cell
+from ._engine import FiringRateReg as FiringRateReg
+from ._engine import OnlineRule as OnlineRule
+from ._engine import OnlineState as OnlineState
+from ._engine import sequence_loss as sequence_loss
+from ._rtrl import rtrl as rtrl
+
+__version__ = "0.1.0"

@@ -1,0 +1,269 @@
+"""What every rule shares: the objective, input checks, the online state and the scan over time.
+
+Every forward-mode rule is an :class:`OnlineRule` ``(init, step, result)`` working on a batch at one time
+step; :func:`scan_rule` turns it into the whole-sequence function ``(params, inputs, targets) -> (loss,
+grads)`` with one ``lax.scan``. One implementation, two views.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._cell import Cell, is_neuron, layers_of
+from ._typing import Array, LossFn, Params
+
+
+class FiringRateReg(NamedTuple):
+    """Firing-rate regularisation, added to the objective of every rule (Bellec et al. 2020, NEST).
+
+    The objective of one example gets ``(c_reg / 2) * sum_j (r_j - f_target)^2`` where ``r_j`` is the mean
+    of neuron ``j``'s output over the sequence (or over the online window), for every neuron of every
+    recurrent layer (every layer but the top one; a single cell is its own recurrent layer). Rates are in
+    spikes per step: a target of ``f`` Hz with a step of ``dt`` ms is ``f_target = f * dt / 1000`` (NEST's
+    ``f_target = 10`` Hz at ``dt = 1`` ms is ``0.01``). Both fields may be traced values.
+    """
+
+    c_reg: Any
+    f_target: Any
+
+
+class OnlineState(NamedTuple):
+    """The state of an online rule over a batch.
+
+    Attributes:
+      carry: the model's carry, every leaf with a leading batch axis.
+      traces: the rule's traces (influence matrices, eligibility traces), batched.
+      grads: the gradient accumulated since the last reset, in the rule's internal layout (read it with
+        the rule's ``result``).
+      loss: the batch-mean loss accumulated since the last reset.
+      spikes: per-example sums of the recurrent layers' outputs (for the regulariser), or ``()``.
+      reg_traces: per-example sums of the rule's estimate of d outputs / d params (for the regulariser),
+        or ``()``.
+      steps: number of steps accumulated since the last reset.
+    """
+
+    carry: Any
+    traces: Any
+    grads: Any
+    loss: Array
+    spikes: Any
+    reg_traces: Any
+    steps: Array
+
+
+class OnlineRule(NamedTuple):
+    """The per-step form of a forward-mode rule (``ep.online.*``).
+
+    Attributes:
+      init: ``init(params, batch_size) -> OnlineState``.
+      step: ``step(params, state, inputs_t, targets_t) -> (state, outputs_t)`` with ``inputs_t`` of
+        shape ``(batch, n_in)`` and ``targets_t`` a pytree of leaves with leading axis ``batch``.
+      result: ``result(params, state) -> (loss, grads)``: the accumulated loss and its gradient estimate,
+        shaped like ``params``.
+      reset: ``reset(state) -> state``: zeroes the accumulators and keeps the carry and traces, to start a
+        new window after an update.
+    """
+
+    init: Callable[[Params, int], OnlineState]
+    step: Callable[[Params, OnlineState, Array, Any], tuple[OnlineState, Array]]
+    result: Callable[[Params, OnlineState], tuple[Array, Params]]
+    reset: Callable[[OnlineState], OnlineState]
+
+
+def reset(state: OnlineState) -> OnlineState:
+    """Zeroes the accumulators of an online state (see :class:`OnlineRule`)."""
+    zeros = lambda tree: jax.tree_util.tree_map(jnp.zeros_like, tree)
+    return state._replace(grads=zeros(state.grads), loss=jnp.zeros_like(state.loss), spikes=zeros(state.spikes),
+                          reg_traces=zeros(state.reg_traces), steps=jnp.zeros_like(state.steps))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Recurrent outputs and the regulariser
+# ----------------------------------------------------------------------------------------------------------
+
+
+def recurrent_layers(model: Cell) -> tuple[int, ...]:
+    """Indices of the recurrent layers: every layer but the top one (a single cell: itself)."""
+    n = len(layers_of(model))
+    return tuple(range(n - 1)) if n > 1 else (0,)
+
+
+def recurrent_outputs(model: Cell, carry: Any) -> Array:
+    """The outputs of the recurrent layers, concatenated (one example)."""
+    layers = layers_of(model)
+    carries = carry if model.layers else (carry,)
+    zs = []
+    for i in recurrent_layers(model):
+        if not is_neuron(layers[i]):
+            raise ValueError(f"reg: layer {i} has no `output` function, so its firing rate is undefined; "
+                             "build it with ep.cells.make_cell or drop `reg`.")
+        zs.append(layers[i].output(carries[i]))
+    return jnp.concatenate(zs)
+
+
+def reg_value(reg: FiringRateReg, spikes: Array, steps: Array) -> Array:
+    """Batch mean of ``(c_reg / 2) sum_j (r_j - f_target)^2`` from per-example spike sums ``(B, n)``."""
+    rate = spikes / steps
+    return jnp.mean(0.5 * reg.c_reg * jnp.sum((rate - reg.f_target) ** 2, axis=-1))
+
+
+def reg_weights(reg: FiringRateReg, spikes: Array, steps: Array) -> Array:
+    """``d reg / d (sum_t z_j^t)`` per example, divided by the batch size: ``c_reg (r_j - f*) / (T B)``."""
+    rate = spikes / steps
+    return reg.c_reg * (rate - reg.f_target) / steps / spikes.shape[0]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The objective
+# ----------------------------------------------------------------------------------------------------------
+
+
+def sequence_loss(model: Cell, loss: LossFn, *, reg: Optional[FiringRateReg] = None):
+    """The scalar objective every rule estimates the gradient of.
+
+    ``objective(params, inputs, targets)`` is the mean over the batch of ``sum_t loss(outputs_t,
+    targets_t)`` (plus the firing-rate regulariser if ``reg`` is given), running ``model`` from
+    ``model.init_carry(params)``.
+
+    Args:
+      model: a :class:`Cell` (typically a :func:`~eproptax.cells.stack`).
+      loss: ``loss(outputs_t, targets_t) -> scalar`` for one example and one step.
+      reg: optional :class:`FiringRateReg`.
+
+    Returns:
+      ``objective(params, inputs, targets) -> scalar`` with ``inputs`` of shape ``(B, T, n_in)`` and
+      ``targets`` a pytree of leaves with leading axes ``(B, T)``.
+    """
+
+    def objective(params, inputs, targets):
+        check_inputs("sequence_loss", model, loss, params, inputs, targets)
+
+        def one(x_seq, target_seq):
+            def body(carry, xt):
+                carry, out = model.apply(params, carry, xt[0])
+                z = recurrent_outputs(model, carry) if reg is not None else ()
+                return carry, (loss(out, xt[1]), z)
+
+            _, (losses, zs) = jax.lax.scan(body, model.init_carry(params), (x_seq, target_seq))
+            total = jnp.sum(losses)
+            if reg is not None:
+                rate = jnp.mean(zs, axis=0)
+                total = total + 0.5 * reg.c_reg * jnp.sum((rate - reg.f_target) ** 2)
+            return total
+
+        return jnp.mean(jax.vmap(one)(inputs, targets))
+
+    return objective
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Checks: every message names the argument, what was expected and what was received
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _shape_str(x) -> str:
+    return str(tuple(np.shape(x)))
+
+
+def check_params(where: str, model: Cell, params: Params) -> None:
+    expected = jax.eval_shape(model.init, jax.random.key(0))
+    exp_def, got_def = jax.tree_util.tree_structure(expected), jax.tree_util.tree_structure(params)
+    if exp_def != got_def:
+        raise ValueError(f"{where}: `params` does not match the model: expected the tree {exp_def}, got "
+                         f"{got_def}. Make params with model.init(key).")
+    for path, (e, g) in zip(jax.tree_util.tree_flatten_with_path(expected)[0],
+                            zip(jax.tree_util.tree_leaves(expected), jax.tree_util.tree_leaves(params))):
+        if tuple(e.shape) != tuple(np.shape(g)):
+            raise ValueError(f"{where}: `params` leaf {jax.tree_util.keystr(path[0])} has shape "
+                             f"{_shape_str(g)}, expected {tuple(e.shape)}.")
+
+
+def check_inputs(where: str, model: Cell, loss: LossFn, params: Params, inputs: Array, targets: Any) -> None:
+    """Validates a whole-sequence call (shapes are static, so this runs once per trace)."""
+    check_params(where, model, params)
+    if np.ndim(inputs) != 3:
+        raise ValueError(f"{where}: `inputs` must have shape (batch, time, n_in={model.n_in}), got "
+                         f"{_shape_str(inputs)}. Add a batch axis with inputs[None] or a time axis with "
+                         "inputs[:, None].")
+    batch, time, width = np.shape(inputs)
+    if model.n_in is not None and width != model.n_in:
+        raise ValueError(f"{where}: `inputs` must have n_in={model.n_in} features on its last axis, got shape "
+                         f"{_shape_str(inputs)}.")
+    for path, leaf in jax.tree_util.tree_flatten_with_path(targets)[0]:
+        if np.ndim(leaf) < 2 or tuple(np.shape(leaf)[:2]) != (batch, time):
+            raise ValueError(f"{where}: `targets` leaf {jax.tree_util.keystr(path) or '(root)'} must have "
+                             f"leading axes (batch, time) = ({batch}, {time}) like `inputs`, got shape "
+                             f"{_shape_str(leaf)}.")
+    check_loss(where, model, loss, params, jax.tree_util.tree_map(lambda a: a[0, 0], targets))
+
+
+def check_step(where: str, model: Cell, loss: LossFn, params: Params, state: OnlineState, x: Array,
+               target: Any) -> None:
+    """Validates an online step."""
+    batch = jax.tree_util.tree_leaves(state.carry)[0].shape[0] if jax.tree_util.tree_leaves(state.carry) else None
+    if np.ndim(x) != 2 or np.shape(x)[-1] != model.n_in or (batch is not None and np.shape(x)[0] != batch):
+        raise ValueError(f"{where}: `inputs_t` must have shape (batch={batch}, n_in={model.n_in}), got "
+                         f"{_shape_str(x)}.")
+    for path, leaf in jax.tree_util.tree_flatten_with_path(target)[0]:
+        if np.ndim(leaf) < 1 or np.shape(leaf)[0] != np.shape(x)[0]:
+            raise ValueError(f"{where}: `targets_t` leaf {jax.tree_util.keystr(path) or '(root)'} must have a "
+                             f"leading batch axis of {np.shape(x)[0]}, got shape {_shape_str(leaf)}.")
+    check_loss(where, model, loss, params, jax.tree_util.tree_map(lambda a: a[0], target))
+
+
+def check_loss(where: str, model: Cell, loss: LossFn, params: Params, target_t: Any) -> None:
+    def out_fn(p, t):
+        carry = model.init_carry(p)
+        _, out = model.apply(p, carry, jnp.zeros((model.n_in,), jax.tree_util.tree_leaves(p)[0].dtype))
+        return loss(out, t)
+
+    value = jax.eval_shape(out_fn, params, target_t)
+    if value.shape != ():
+        raise ValueError(f"{where}: `loss(outputs_t, targets_t)` must return a scalar for one example and one "
+                         f"step, got shape {tuple(value.shape)}. Sum or average inside the loss.")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The two views
+# ----------------------------------------------------------------------------------------------------------
+
+
+def time_major(tree: Any) -> Any:
+    return jax.tree_util.tree_map(lambda a: jnp.swapaxes(a, 0, 1), tree)
+
+
+def scan_rule(where: str, model: Cell, loss: LossFn, online: OnlineRule):
+    """The whole-sequence view of an online rule: ``init``, one ``lax.scan`` of ``step``, ``result``."""
+
+    def grad_fn(params, inputs, targets):
+        check_inputs(where, model, loss, params, inputs, targets)
+        state = online.init(params, np.shape(inputs)[0])
+
+        def body(state, xt):
+            state, _ = online.step(params, state, xt[0], xt[1])
+            return state, None
+
+        state, _ = jax.lax.scan(body, state, (time_major(inputs), time_major(targets)))
+        return online.result(params, state)
+
+    return grad_fn
+
+
+def batch_init_carry(model: Cell, params: Params, batch_size: int) -> Any:
+    carry = model.init_carry(params)
+    return jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (batch_size,) + a.shape), carry)
+
+
+def new_state(model: Cell, params: Params, batch_size: int, traces: Any, grads: Any,
+              reg: Optional[FiringRateReg], reg_traces: Any) -> OnlineState:
+    dtype = jax.tree_util.tree_leaves(params)[0].dtype
+    spikes = ()
+    if reg is not None:
+        n = jax.eval_shape(lambda p: recurrent_outputs(model, model.init_carry(p)), params).shape[0]
+        spikes = jnp.zeros((batch_size, n), dtype)
+    return OnlineState(batch_init_carry(model, params, batch_size), traces, grads, jnp.zeros((), dtype), spikes,
+                       reg_traces if reg is not None else (), jnp.zeros((), jnp.int32))

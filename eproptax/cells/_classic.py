@@ -1,0 +1,125 @@
+"""Non-spiking recurrent cells: tanh RNN, LSTM and GRU, with flax's parameter trees.
+
+Parameters use flax's names and layouts (``{"ii": {"kernel": (n_in, n)}, "hi": {"kernel", "bias"}, ...}``,
+inputs multiply kernels from the left), so a flax ``SimpleCell``, ``LSTMCell`` or ``GRUCell`` parameter
+tree maps one to one.
+"""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from .._cell import Cell, make_cell
+
+
+class RNNState(NamedTuple):
+    """State of a tanh RNN layer: ``h``, shape ``(n,)``."""
+
+    h: jax.Array
+
+
+class LSTMState(NamedTuple):
+    """State of an LSTM layer: the cell ``c`` and the output ``h``, each of shape ``(n,)``."""
+
+    c: jax.Array
+    h: jax.Array
+
+
+class GRUState(NamedTuple):
+    """State of a GRU layer: ``h``, shape ``(n,)``."""
+
+    h: jax.Array
+
+
+def _dense_init(names_with_bias, n_in, n_rec, dtype):
+    """Draws ``{name: {"kernel", "bias"?}}``; names starting with ``i`` read the inputs, ``h`` the state."""
+
+    def init(key):
+        keys = jax.random.split(key, len(names_with_bias))
+        params = {}
+        for k, (name, bias) in zip(keys, names_with_bias.items()):
+            fan_in = n_in if name[0] == "i" else n_rec
+            entry = {"kernel": jax.random.normal(k, (fan_in, n_rec), dtype) / jnp.sqrt(fan_in).astype(dtype)}
+            if bias:
+                entry["bias"] = jnp.zeros(n_rec, dtype)
+            params[name] = entry
+        return params
+
+    return init
+
+
+def _dense(params, name, v):
+    out = v @ params[name]["kernel"]
+    return out + params[name]["bias"] if "bias" in params[name] else out
+
+
+def _state_carry(state_type, n_fields, n_rec, leaf):
+    return lambda params: state_type(*[jnp.zeros(n_rec, params[leaf]["kernel"].dtype)] * n_fields)
+
+
+def rnn(n_in: int, n_rec: int, *, dtype=jnp.float32) -> Cell:
+    """An Elman tanh RNN layer (flax ``SimpleCell``): ``h^t = tanh(x^t W_i + h^{t-1} W_h + b_h)``.
+
+    Params ``{"i": {"kernel"}, "h": {"kernel", "bias"}}``; one gate (``k = 1``), no implicit recurrence.
+    """
+
+    def synapse(params, x, z_prev):
+        return (_dense(params, "i", x) + _dense(params, "h", z_prev))[:, None]
+
+    return make_cell(n_in=n_in, n_out=n_rec, init=_dense_init({"i": False, "h": True}, n_in, n_rec, dtype),
+                     init_carry=_state_carry(RNNState, 1, n_rec, "h"), synapse=synapse,
+                     dynamics=lambda h, a: RNNState(jnp.tanh(a[:, 0]).astype(h.h.dtype)), output=lambda h: h.h)
+
+
+def lstm(n_in: int, n_rec: int, *, dtype=jnp.float32) -> Cell:
+    """A standard LSTM layer (flax ``LSTMCell``), output ``h = o * tanh(c)``::
+
+      i, f, g, o = sigmoid(a_i), sigmoid(a_f), tanh(a_g), sigmoid(a_o),  a_* = x W_i* + h^{t-1} W_h* + b_h*
+      c^t = f c^{t-1} + i g,   h^t = o tanh(c^t)
+
+    Params ``{"ii", "if", "ig", "io": {"kernel"}, "hi", "hf", "hg", "ho": {"kernel", "bias"}}``; four gates,
+    state ``(c, h)``: the implicit recurrence is ``c^{t-1} -> c^t``, the explicit one ``h^{t-1} -> a``.
+    """
+    gates = "ifgo"
+
+    def synapse(params, x, z_prev):
+        return jnp.stack([_dense(params, "i" + g, x) + _dense(params, "h" + g, z_prev) for g in gates], -1)
+
+    def dynamics(h, a):
+        i, f, g, o = jax.nn.sigmoid(a[:, 0]), jax.nn.sigmoid(a[:, 1]), jnp.tanh(a[:, 2]), jax.nn.sigmoid(a[:, 3])
+        c = f * h.c + i * g
+        return LSTMState(c.astype(h.c.dtype), (o * jnp.tanh(c)).astype(h.h.dtype))
+
+    init = _dense_init({**{"i" + g: False for g in gates}, **{"h" + g: True for g in gates}}, n_in, n_rec, dtype)
+    return make_cell(n_in=n_in, n_out=n_rec, init=init, init_carry=_state_carry(LSTMState, 2, n_rec, "hi"),
+                     synapse=synapse, dynamics=dynamics, output=lambda h: h.h)
+
+
+def gru(n_in: int, n_rec: int, *, dtype=jnp.float32) -> Cell:
+    """The reset-after GRU of flax's ``GRUCell``::
+
+      r = sigmoid(x W_ir + b_ir + h W_hr),   u = sigmoid(x W_iz + b_iz + h W_hz)
+      n = tanh(x W_in + b_in + r * (h W_hn + b_hn)),   h^t = (1 - u) n + u h^{t-1}
+
+    Params ``{"ir", "iz", "in": {"kernel", "bias"}, "hr", "hz": {"kernel"}, "hn": {"kernel", "bias"}}``.
+    The synaptic vector has four entries per neuron: the two gates, and the input and recurrent parts of
+    the candidate kept apart (``r`` multiplies only the recurrent part).
+    """
+
+    def synapse(params, x, z_prev):
+        return jnp.stack([
+            _dense(params, "ir", x) + _dense(params, "hr", z_prev),
+            _dense(params, "iz", x) + _dense(params, "hz", z_prev),
+            _dense(params, "in", x),
+            _dense(params, "hn", z_prev),
+        ], -1)
+
+    def dynamics(h, a):
+        r, u = jax.nn.sigmoid(a[:, 0]), jax.nn.sigmoid(a[:, 1])
+        n = jnp.tanh(a[:, 2] + r * a[:, 3])
+        return GRUState(((1.0 - u) * n + u * h.h).astype(h.h.dtype))
+
+    init = _dense_init({"ir": True, "iz": True, "in": True, "hr": False, "hz": False, "hn": True}, n_in, n_rec, dtype)
+    return make_cell(n_in=n_in, n_out=n_rec, init=init, init_carry=_state_carry(GRUState, 1, n_rec, "hr"),
+                     synapse=synapse, dynamics=dynamics, output=lambda h: h.h)

@@ -1,0 +1,202 @@
+"""Spiking cells: LIF and ALIF neurons as NEST's ``eprop_iaf(_adapt)_bsshslm_2020`` compute them."""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from .._cell import Cell, make_cell
+from ._surrogate import spike_fn
+
+
+class LIFState(NamedTuple):
+    """State of a layer of LIF neurons.
+
+    Attributes:
+      v: membrane potentials relative to rest, shape ``(n,)``.
+      refractory: steps during which each neuron is still blocked at this step (int32), shape ``(n,)``.
+    """
+
+    v: jax.Array
+    refractory: jax.Array
+
+
+class ALIFState(NamedTuple):
+    """State of a layer of ALIF neurons: ``v`` and ``refractory`` as :class:`LIFState`, and ``a``,
+    the threshold adaptation variable."""
+
+    v: jax.Array
+    a: jax.Array
+    refractory: jax.Array
+
+
+def _recurrent_init(n_in, n_rec, autapses, dtype):
+    def init(key):
+        k_in, k_rec = jax.random.split(key)
+        w_rec = jax.random.normal(k_rec, (n_rec, n_rec), dtype) / jnp.sqrt(n_rec).astype(dtype)
+        if not autapses:
+            w_rec = w_rec * (1 - jnp.eye(n_rec, dtype=dtype))
+        return {
+            "w_in": jax.random.normal(k_in, (n_rec, n_in), dtype) / jnp.sqrt(n_in).astype(dtype),
+            "w_rec": w_rec,
+        }
+
+    return init
+
+
+def _recurrent_synapse(n_rec, autapses):
+    mask = None if autapses else 1.0 - jnp.eye(n_rec)
+
+    def synapse(params, x, z_prev):
+        w_rec = params["w_rec"] if mask is None else params["w_rec"] * mask.astype(params["w_rec"].dtype)
+        return (params["w_in"] @ x + w_rec @ z_prev)[:, None]
+
+    return synapse
+
+
+def _refractory_counter(z_prev, refractory_prev, n_refractory):
+    # NEST: r <- max(r - 1, 0) at the start of a step, r = t_ref / dt after a spike. A counter of
+    # n_refractory + 1 set at the spike blocks exactly the n_refractory following steps.
+    r = jnp.where(z_prev > 0, n_refractory + 1, refractory_prev)
+    return jnp.maximum(r - 1, 0).astype(jnp.int32)
+
+
+def lif(
+    n_in: int,
+    n_rec: int,
+    *,
+    tau_mem=20.0,
+    threshold=0.03,
+    dt=1.0,
+    zeta=None,
+    n_refractory=0,
+    detach_reset: bool = True,
+    autapses: bool = False,
+    surrogate: str = "piecewise_linear",
+    surrogate_height=10.0,
+    surrogate_width=None,
+    dtype=jnp.float32,
+) -> Cell:
+    """A layer of recurrent leaky integrate-and-fire neurons (e-prop's LIF, NEST's ``eprop_iaf_bsshslm_2020``).
+
+    With ``alpha = exp(-dt / tau_mem)`` and ``zeta = 1 - alpha`` by default, at each step ``t``::
+
+      I_j^t   = sum_i w_in[j, i] x_i^t + sum_i w_rec[j, i] z_i^{t-1}
+      v_j^t   = alpha v_j^{t-1} + zeta I_j^t - threshold z_j^{t-1}      (subtractive reset, one step later)
+      z_j^t   = H(v_j^t - threshold)   unless neuron j is refractory at step t
+      psi_j^t = dz_j^t/dv_j^t = surrogate_height * psi((v_j^t - threshold) / surrogate_width), 0 if refractory
+
+    The reset term is detached from the gradient by default (``detach_reset=True``), as in NEST and in
+    Bellec et al.'s experiments; the cell then declares ``leak = (alpha, zeta)``, which lets e-prop keep
+    factorised traces. ``n_refractory`` is the number of steps blocked after a spike: NEST's
+    ``t_ref = n * dt`` blocks ``n - 1`` steps, so it maps to ``n_refractory = n - 1`` (``t_ref = 0`` or
+    ``dt`` block none). ``zeta = 1`` reproduces NEST's ``regular_spike_arrival = True``. With
+    ``autapses=False`` (the default, as in NEST's and Bellec et al.'s networks) the diagonal of ``w_rec``
+    is masked in the synapse, so it has no effect and gets a zero gradient.
+
+    Every hyperparameter may be a traced JAX value, so ``jax.vmap`` over, say, ``tau_mem`` works when the
+    cell is built inside the vmapped function.
+
+    Args:
+      n_in: number of inputs.
+      n_rec: number of neurons.
+      tau_mem: membrane time constant (same unit as ``dt``).
+      threshold: spike threshold ``V_th`` (relative to rest).
+      dt: time step.
+      zeta: input gain; ``None`` means ``1 - alpha``.
+      n_refractory: steps blocked after each spike.
+      detach_reset: whether the reset term is excluded from the gradient.
+      autapses: whether neurons connect to themselves.
+      surrogate: ``"piecewise_linear"``, ``"exponential"``, ``"fast_sigmoid"`` or ``"arctan"``.
+      surrogate_height: the pseudo-derivative's height (NEST's ``surrogate_gradient_height``).
+      surrogate_width: the pseudo-derivative's width in voltage; ``None`` means ``threshold``.
+      dtype: dtype of the parameters that ``init`` draws.
+
+    Returns:
+      A neuron :class:`Cell` with params ``{"w_in": (n_rec, n_in), "w_rec": (n_rec, n_rec)}`` (post x
+      pre, as NEST) and carry :class:`LIFState`.
+    """
+    spike = spike_fn(surrogate)
+    alpha = jnp.exp(-dt / jnp.asarray(tau_mem))
+    gain = 1.0 - alpha if zeta is None else zeta
+    width = threshold if surrogate_width is None else surrogate_width
+
+    def output(h):
+        return spike(h.v - threshold, surrogate_height, width) * (h.refractory == 0).astype(h.v.dtype)
+
+    def dynamics(h, a):
+        z_prev = output(h)
+        reset = jax.lax.stop_gradient(z_prev) if detach_reset else z_prev
+        v = alpha * h.v + gain * a[:, 0] - threshold * reset
+        return LIFState(v.astype(h.v.dtype), _refractory_counter(z_prev, h.refractory, n_refractory))
+
+    def init_carry(params):
+        dt_ = params["w_in"].dtype
+        return LIFState(jnp.zeros(n_rec, dt_), jnp.zeros(n_rec, jnp.int32))
+
+    return make_cell(
+        n_in=n_in, n_out=n_rec, init=_recurrent_init(n_in, n_rec, autapses, dtype), init_carry=init_carry,
+        synapse=_recurrent_synapse(n_rec, autapses), dynamics=dynamics, output=output,
+        leak=(alpha, gain) if detach_reset else None)
+
+
+def alif(
+    n_in: int,
+    n_rec: int,
+    *,
+    tau_mem=20.0,
+    tau_adapt=2000.0,
+    beta=1.7,
+    threshold=0.03,
+    dt=1.0,
+    zeta=None,
+    n_refractory=0,
+    detach_reset: bool = True,
+    autapses: bool = False,
+    surrogate: str = "piecewise_linear",
+    surrogate_height=10.0,
+    surrogate_width=None,
+    dtype=jnp.float32,
+) -> Cell:
+    """A layer of adaptive LIF neurons (e-prop's ALIF, NEST's ``eprop_iaf_adapt_bsshslm_2020``).
+
+    As :func:`lif`, with ``rho = exp(-dt / tau_adapt)`` and an adaptive threshold::
+
+      a_j^t   = rho a_j^{t-1} + z_j^{t-1}
+      A_j^t   = threshold + beta a_j^t
+      v_j^t   = alpha v_j^{t-1} + zeta I_j^t - threshold z_j^{t-1}       (reset by the base threshold, as NEST)
+      z_j^t   = H(v_j^t - A_j^t)   unless refractory;   psi_j^t uses (v_j^t - A_j^t) / surrogate_width
+
+    ``beta`` follows NEST (``adapt_beta``). Bellec et al.'s code integrates ``a^t = rho a^{t-1} + (1 - rho)
+    z^{t-1}``, so their ``beta_B`` corresponds to ``beta = beta_B * (1 - rho)`` here. Only the reset term
+    is detached (``detach_reset``); the adaptation keeps its derivative through the neuron's own previous
+    spike, which is the implicit recurrence behind e-prop's two-component ALIF trace.
+
+    Returns:
+      A neuron :class:`Cell` with the params of :func:`lif` and carry :class:`ALIFState`.
+    """
+    spike = spike_fn(surrogate)
+    alpha = jnp.exp(-dt / jnp.asarray(tau_mem))
+    rho = jnp.exp(-dt / jnp.asarray(tau_adapt))
+    gain = 1.0 - alpha if zeta is None else zeta
+    width = threshold if surrogate_width is None else surrogate_width
+
+    def output(h):
+        a_threshold = threshold + beta * h.a
+        return spike(h.v - a_threshold, surrogate_height, width) * (h.refractory == 0).astype(h.v.dtype)
+
+    def dynamics(h, a):
+        z_prev = output(h)
+        reset = jax.lax.stop_gradient(z_prev) if detach_reset else z_prev
+        v = alpha * h.v + gain * a[:, 0] - threshold * reset
+        adapt = rho * h.a + z_prev
+        return ALIFState(v.astype(h.v.dtype), adapt.astype(h.a.dtype),
+                         _refractory_counter(z_prev, h.refractory, n_refractory))
+
+    def init_carry(params):
+        dt_ = params["w_in"].dtype
+        return ALIFState(jnp.zeros(n_rec, dt_), jnp.zeros(n_rec, dt_), jnp.zeros(n_rec, jnp.int32))
+
+    return make_cell(
+        n_in=n_in, n_out=n_rec, init=_recurrent_init(n_in, n_rec, autapses, dtype), init_carry=init_carry,
+        synapse=_recurrent_synapse(n_rec, autapses), dynamics=dynamics, output=output)
