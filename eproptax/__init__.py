@@ -8,6 +8,11 @@ from ._engine import FiringRateReg as FiringRateReg
 from ._engine import OnlineRule as OnlineRule
 from ._engine import OnlineState as OnlineState
 from ._engine import sequence_loss as sequence_loss
+from ._deep_eprop import deep_eprop as deep_eprop
+from ._eprop import adapt_feedback as adapt_feedback
+from ._eprop import eprop as eprop
+from ._eprop import random_feedback as random_feedback
+from ._eprop_m import eprop_m as eprop_m
 from ._rtrl import rtrl as rtrl
 
 __version__ = "0.1.0"

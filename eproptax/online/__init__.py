@@ -1,3 +1,6 @@
 """Per-time-step forms of the forward-mode rules: ``OnlineRule(init, step, result, reset)``."""
 
+from .._deep_eprop import online_deep_eprop as deep_eprop
+from .._eprop import online_eprop as eprop
+from .._eprop_m import online_eprop_m as eprop_m
 from .._rtrl import online_rtrl as rtrl

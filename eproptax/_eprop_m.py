@@ -1,0 +1,57 @@
+"""m-order e-prop (Martín-Sánchez, Bohté, Otte 2022): the family between e-prop and exact RTRL."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from ._cell import Cell
+from ._engine import FiringRateReg, OnlineRule, scan_rule
+from ._traces import online_traces
+from ._typing import GradFn, LossFn
+
+
+def online_eprop_m(model: Cell, loss: LossFn, order: int, *, feedback="symmetric",
+                   reg: Optional[FiringRateReg] = None) -> OnlineRule:
+    """The per-step form of :func:`eprop_m`; ``ep.online.eprop_m``."""
+    return online_traces(model, loss, order=order, depth="spatial", feedback=feedback, reg=reg, where="eprop_m")
+
+
+def eprop_m(model: Cell, loss: LossFn, order: int = 1, *, feedback="symmetric",
+            reg: Optional[FiringRateReg] = None) -> GradFn:
+    """m-order e-prop: keep the influence paths with at most ``order`` explicit recurrent edges.
+
+    The exact influence ``M_l^t = dh_l^t / dtheta`` splits by the number ``n`` of explicit edges (through
+    the recurrent weights, the autapse included) on a path::
+
+      Gamma^(0),t_l = D_l^t Gamma^(0),t-1_l + (immediate dh_l^t / dtheta)        (e-prop's eligibility)
+      Gamma^(n),t_l = D_l^t Gamma^(n),t-1_l + sum_q J_lq^t Gamma^(n-1),t-1_q      (n >= 1)
+
+    with ``D_l^t = dh_l^t / dh_l^{t-1}`` at fixed synaptic input (implicit recurrence) and
+    ``J_lq^t = (dh_l^t / da_l^t) W^rec_lq (dz_q^{t-1} / dh_q^{t-1})`` (explicit recurrence). m-order e-prop
+    estimates ``M`` by ``sum_{n <= order} Gamma^(n)`` and contracts it with e-prop's same-step learning
+    signal (symmetric feedback by default). ``order=0`` is e-prop; any ``order >= T - 1`` is the exact
+    gradient (a path from step s to t crosses at most t - s explicit edges). A leaky readout filters the
+    traces as in e-prop, which is exact for its own leak.
+
+    Cost per step and example: level 0 costs what e-prop costs (``O(s |theta|)``); each higher level is
+    dense over neurons like RTRL's influence matrix (``n s |theta|`` memory, ``O(n^2 k |theta|)`` time for
+    ``J``), so ``order`` levels cost about ``order`` times RTRL's influence update.
+
+    Args:
+      model: as for :func:`eprop`.
+      loss: ``loss(outputs_t, targets_t) -> scalar``.
+      order: the number ``m`` of explicit edges kept, a Python int (a compile-time constant).
+      feedback: as for :func:`eprop`.
+      reg: optional :class:`~eproptax.FiringRateReg`.
+
+    Returns:
+      ``grad_fn(params, inputs, targets) -> (loss, grads)``.
+
+    Warning:
+      Biased for ``order < T - 1`` whenever the recurrent weights are not zero. On a stack of several
+      recurrent layers each layer keeps its own levels (no cross-layer traces; see :func:`deep_eprop`).
+
+    References:
+      Martín-Sánchez, Bohté, Otte. "A Taxonomy of Recurrent Learning Rules", ICANN 2022, arXiv:2207.11439.
+    """
+    return scan_rule("eprop_m", model, loss, online_eprop_m(model, loss, order, feedback=feedback, reg=reg))

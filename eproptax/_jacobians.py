@@ -1,0 +1,73 @@
+"""The cell's implicit and explicit Jacobians, derived by autodiff from its synapse / dynamics / output.
+
+For one neuron layer at one step, with ``a = synapse(params, u, z_prev)``, ``h = dynamics(h_prev, a)``
+and ``z = output(h)``, every neuron ``j`` has small dense blocks (``s`` differentiable state variables,
+``k`` synaptic entries):
+
+* ``D[j]    = d h_j / d h_j^{prev}`` at fixed ``a``, shape ``(s, s)``: the implicit recurrence;
+* ``dfda[j] = d h_j / d a_j``, shape ``(s, k)``;
+* ``dgdh[j] = d z_j / d h_j``, shape ``(s,)``.
+
+Each is a few ``jax.jvp`` calls with one-hot tangents broadcast over the neurons (the dynamics are
+neuron-wise, so one jvp yields a column of every neuron's block). A cell that declares
+``leak = (decay, gain)`` skips them: ``D = decay``, ``dfda = gain``. The explicit recurrence and the
+same-step edge from the layer below go through the synaptic stage, pushed with ``jax.jvp`` (vmapped over
+tangent directions) rather than formed as matrices.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from ._cell import Cell, float_state, with_float_state
+
+
+class Blocks(NamedTuple):
+    """Per-neuron Jacobian blocks of one layer at one step (see the module docstring)."""
+
+    D: jax.Array  # (n, s, s)
+    dfda: jax.Array  # (n, s, k)
+    dgdh: jax.Array  # (n, s)
+
+
+def _columns(fn, x, n_dirs):
+    """Columns of a neuron-wise Jacobian: ``jvp`` along each one-hot direction of the last axis of ``x``."""
+    eye = jnp.eye(n_dirs, dtype=x.dtype)
+    return jax.vmap(lambda e: jax.jvp(fn, (x,), (jnp.broadcast_to(e, x.shape),))[1], out_axes=-1)(eye)
+
+
+def output_jacobian(layer: Cell, h) -> jax.Array:
+    """``dz/dh`` per neuron, shape ``(n, s)``."""
+    hf = float_state(h)
+    return _columns(lambda v: layer.output(with_float_state(h, v)), hf, hf.shape[-1])
+
+
+def blocks(layer: Cell, h_prev, a: jax.Array, h) -> Blocks:
+    """The implicit-recurrence and input Jacobians of ``dynamics`` at ``(h_prev, a)`` and ``dz/dh`` at ``h``."""
+    hf_prev = float_state(h_prev)
+    n, s = hf_prev.shape
+    if layer.leak is not None:
+        decay, gain = layer.leak
+        ones = jnp.ones((n, 1, 1), hf_prev.dtype)
+        D, dfda = decay * ones, gain * ones
+    else:
+        D = _columns(lambda v: float_state(layer.dynamics(with_float_state(h_prev, v), a)), hf_prev, s)
+        dfda = _columns(lambda b: float_state(layer.dynamics(h_prev, b)), a, a.shape[-1])
+    return Blocks(D, dfda, output_jacobian(layer, h))
+
+
+def effective_weights(layer: Cell, params, n_in: int, dtype) -> jax.Array:
+    """The synaptic stage as one matrix: ``a = W_eff @ [x, z_prev, 1]``, shape ``(n, k, n_in + n + 1)``.
+
+    Every forward-mode rule of the e-prop family accumulates its gradient for these effective weights and
+    pulls it back to ``params`` once, with ``jax.vjp`` of this function: any parameter layout (flax's
+    kernels, masked autapses, shared weights) then gets the right gradient.
+    """
+    x0, z0 = jnp.zeros((n_in,), dtype), jnp.zeros((layer.n_out,), dtype)
+    w_x = jax.jacfwd(lambda x: layer.synapse(params, x, z0))(x0)
+    w_z = jax.jacfwd(lambda z: layer.synapse(params, x0, z))(z0)
+    bias = layer.synapse(params, x0, z0)
+    return jnp.concatenate([w_x, w_z, bias[..., None]], axis=-1)

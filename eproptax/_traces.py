@@ -1,0 +1,342 @@
+"""The forward-mode estimator behind ``eprop``, ``eprop_m`` and ``deep_eprop``: one implementation.
+
+The model is a stack of recurrent neuron layers ``0 .. R-1`` and a readout (layer ``R``). For the
+parameters ``theta^p`` of layer ``p`` (in the effective-weight form of :func:`effective_weights`) the
+estimator carries, per example, approximations of the influences ``M^{l,p} = d h^l / d theta^p``, split
+by the number ``n`` of explicit (within-layer, through the recurrent weights) edges on a path::
+
+  G^{p,p,(0)}_t = D^p_t G^{p,p,(0)}_{t-1} + (d h^p_t / d theta^p)|immediate            (e-prop's trace)
+  G^{l,p,(n)}_t = D^l_t G^{l,p,(n)}_{t-1} + J^l_t G^{l,p,(n-1)}_{t-1} + F^l_t G^{l-1,p,(n)}_t
+
+with ``D`` the implicit recurrence, ``J^l = dfda W_rec dgdh_{t-1}`` the explicit recurrence and
+``F^l = dfda W_in dgdh^{l-1}_t`` the same-step edge from the layer below. ``order`` keeps the levels
+``n <= order``; ``depth="spatial"`` keeps only ``l = p`` (a layer's own traces), ``depth="full"`` keeps
+every ``l >= p``. The gradient of ``theta^p`` is ``sum_t delta^{obs}_t . sum_n G^{obs,p,(n)}_t`` with
+``obs = p`` (spatial) or ``obs = R - 1`` (full) and ``delta`` the same-step learning signal. A leaky readout
+on top (a readout that declares ``leak = (kappa, zeta_out)``) is not tracked as a layer: the traces of
+the observed layer are filtered with it instead, ``ebar = kappa ebar + zeta_out (dz/dh) G``, and
+contracted with the learning signal ``L = W_out^T err`` (or ``B err``). This is exactly e-prop's
+readout-filtered trace, and it is exact for the readout's own leak.
+
+Representations (static): a layer's own level-0 trace is *compact* ``(n, s, k, m)`` (each synapse only
+moves its own neuron) or, when the layer declares a ``leak``, *factorised*: the presynaptic trace
+``zbar`` of shape ``(m,)``, shared by every neuron (e-prop's ``e_ji = psi_j zbar_i``). Every other
+influence is *dense* ``(n_l, s_l, n_p k_p m_p)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._cell import Cell, float_state, is_neuron, layers_of
+from ._engine import (FiringRateReg, OnlineRule, check_step, new_state, recurrent_outputs, reg_value,
+                      reg_weights, reset)
+from ._jacobians import blocks, effective_weights, output_jacobian
+from ._typing import LossFn
+
+
+class EpropTraces(NamedTuple):
+    """Per-example traces of the e-prop family (every leaf has a leading batch axis).
+
+    Attributes:
+      influence: ``{(l, p): (level_0, ..., level_order)}``, see the module docstring.
+      filtered: ``{p: ebar}``, the readout-filtered traces (only under a leaky readout).
+      readout: the readout layer's own trace (a neuron readout), else ``()``.
+    """
+
+    influence: dict
+    filtered: dict
+    readout: Any
+
+
+class _Dims(NamedTuple):
+    n: int  # neurons
+    s: int  # differentiable state variables per neuron
+    k: int  # synaptic entries (gates) per neuron
+    m: int  # presynaptic values: n_in + n + 1
+
+    @property
+    def size(self):
+        return self.n * self.k * self.m
+
+
+def _dims(layer: Cell, params, dtype) -> Optional[_Dims]:
+    if not is_neuron(layer):
+        return None
+    carry = jax.eval_shape(layer.init_carry, params)
+    s = sum(1 for leaf in jax.tree_util.tree_leaves(carry) if jnp.issubdtype(leaf.dtype, jnp.inexact))
+    a = jax.eval_shape(layer.synapse, params, jax.ShapeDtypeStruct((layer.n_in,), dtype),
+                       jax.ShapeDtypeStruct((layer.n_out,), dtype))
+    if a.ndim != 2 or a.shape[0] != layer.n_out:
+        raise ValueError(f"synapse must return shape (n={layer.n_out}, k), got {a.shape}.")
+    return _Dims(layer.n_out, s, a.shape[1], layer.n_in + layer.n_out + 1)
+
+
+def check_model(where: str, model: Cell, feedback) -> None:
+    """Static checks shared by the e-prop family, run when the rule is built."""
+    layers = layers_of(model)
+    if len(layers) < 2:
+        raise ValueError(f"{where}: `model` must be a stack of recurrent layers and a readout, e.g. "
+                         "ep.cells.stack(ep.cells.lif(n_in, n), ep.cells.leaky_readout(n, n_out)); got a single cell.")
+    for i, layer in enumerate(layers[:-1]):
+        if not is_neuron(layer):
+            raise ValueError(f"{where}: recurrent layer {i} does not expose synapse/dynamics/output; build it "
+                             "with ep.cells.make_cell, or use ep.bptt / ep.rtrl, which work on any cell.")
+    top = layers[-1]
+    if not is_neuron(top):
+        carry = jax.eval_shape(lambda: top.init_carry(top.init(jax.random.key(0))))
+        if jax.tree_util.tree_leaves(carry):
+            raise ValueError(f"{where}: the readout (top layer) has a state but no synapse/dynamics/output split; "
+                             "a readout without the split must be stateless (init_carry returns ()).")
+    if not (isinstance(feedback, str) and feedback == "symmetric"):
+        if isinstance(feedback, str):
+            raise ValueError(f"{where}: `feedback` must be 'symmetric' or a feedback matrix B of shape "
+                             f"(n_rec={layers[-2].n_out}, n_out={top.n_out}), got {feedback!r}.")
+        shape = tuple(np.shape(feedback))
+        if shape != (layers[-2].n_out, top.n_out):
+            raise ValueError(f"{where}: `feedback` matrix B must have shape (n_rec={layers[-2].n_out}, "
+                             f"n_out={top.n_out}) (it takes the place of W_out^T), got {shape}.")
+
+
+def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback="symmetric",
+                  reg: Optional[FiringRateReg] = None, where: str) -> OnlineRule:
+    """Builds the per-step estimator (see the module docstring)."""
+    if not isinstance(order, (int, np.integer)) or order < 0:
+        raise ValueError(f"{where}: `order` must be a non-negative Python int, got {order!r}.")
+    if depth not in ("spatial", "full"):
+        raise ValueError(f"{where}: `depth` must be 'spatial' or 'full', got {depth!r}.")
+    check_model(where, model, feedback)
+    layers = layers_of(model)
+    R, top = len(layers) - 1, layers[-1]
+    levels = order + 1
+    full = depth == "full"
+    filter_top = is_neuron(top) and top.leak is not None
+    B = None if isinstance(feedback, str) else jnp.asarray(feedback)
+    pairs = [(l, p) for l in range(R) for p in range(R) if (p <= l if full else l == p)]
+    obs = (lambda p: R - 1) if full else (lambda p: p)
+
+    def own(l, p, n):
+        return l == p and n == 0
+
+    def factorised(l, p, n):
+        return own(l, p, n) and layers[p].leak is not None
+
+    def compact_sum(l, p):  # the z-space sum over levels stays compact only for a lone own level
+        return l == p and order == 0
+
+    # ---- shapes -------------------------------------------------------------------------------------------
+    def all_dims(params):
+        dtype = jax.tree_util.tree_leaves(params)[0].dtype
+        return [_dims(layer, p, dtype) for layer, p in zip(layers, params)], dtype
+
+    def trace_shape(dims, l, p, n):
+        dp, dl = dims[p], dims[l]
+        if factorised(l, p, n):
+            return (dp.m,)
+        if own(l, p, n):
+            return (dp.n, dp.s, dp.k, dp.m)
+        return (dl.n, dl.s, dp.size)
+
+    def zsum_shape(dims, l, p):
+        dp = dims[p]
+        return (dp.n, dp.k, dp.m) if compact_sum(l, p) else (dims[l].n, dp.size)
+
+    def init(params, batch_size):
+        dims, dtype = all_dims(params)
+        zeros = lambda shape: jnp.zeros((batch_size,) + shape, dtype)
+        influence = {(l, p): tuple(zeros(trace_shape(dims, l, p, n)) for n in range(levels)) for l, p in pairs}
+        filtered = {p: zeros(zsum_shape(dims, obs(p), p)) for p in range(R)} if filter_top else {}
+        readout = ()
+        if is_neuron(top):
+            readout = zeros(trace_shape(dims, R, R, 0))
+        grads = tuple(jnp.zeros((d.n, d.k, d.m), dtype) for d in dims[:R])
+        grads += (jnp.zeros((dims[R].n, dims[R].k, dims[R].m), dtype) if is_neuron(top)
+                  else jax.tree_util.tree_map(jnp.zeros_like, params[R]),)
+        reg_traces = {(l, p): zeros(zsum_shape(dims, l, p)) for l, p in pairs} if reg is not None else None
+        return new_state(model, params, batch_size, EpropTraces(influence, filtered, readout), grads, reg,
+                         reg_traces)
+
+    # ---- one example, one step ----------------------------------------------------------------------------
+    def own_update(layer, blk, trace, v, fact):
+        if fact:
+            decay, gain = layer.leak
+            return decay * trace + gain * v
+        return jnp.einsum("jcd,jdgi->jcgi", blk.D, trace) + blk.dfda[..., None] * v
+
+    def to_z(l, p, n, trace, dgdh):
+        """The trace in z-space: compact ``(n, k, m)`` for an own level-0 trace, else dense ``(n_l, P)``."""
+        if factorised(l, p, n):
+            return dgdh[:, 0, None, None] * trace[None, None, :]
+        if own(l, p, n):
+            return jnp.einsum("jc,jcgi->jgi", dgdh, trace)
+        return jnp.einsum("jc,jcP->jP", dgdh, trace)
+
+    def dense(l, p, n, z_trace):
+        if not own(l, p, n):
+            return z_trace
+        count = z_trace.shape[0]
+        return (jnp.eye(count, dtype=z_trace.dtype)[:, :, None, None] * z_trace[None]).reshape(count, -1)
+
+    def z_sum(l, p, traces, dgdh):
+        parts = [to_z(l, p, n, t, dgdh) for n, t in enumerate(traces)]
+        if compact_sum(l, p):
+            return parts[0]
+        return sum(dense(l, p, n, part) for n, part in enumerate(parts))
+
+    def example(params, carry, traces, x, target):
+        fwd, u = [], x
+        for l in range(R):
+            layer, p, h_prev = layers[l], params[l], carry[l]
+            z_prev = layer.output(h_prev)
+            a = layer.synapse(p, u, z_prev)
+            h = layer.dynamics(h_prev, a)
+            fwd.append(dict(h_prev=h_prev, u=u, z_prev=z_prev, h=h, blk=blocks(layer, h_prev, a, h),
+                            dgdh_prev=output_jacobian(layer, h_prev) if order > 0 else None,
+                            v=jnp.concatenate([u, z_prev, jnp.ones((1,), u.dtype)])))
+            u = layer.output(h)
+
+        # the readout and the error
+        p_top, z_top_in = params[R], u
+        if is_neuron(top):
+            h_prev = carry[R]
+            z_prev = top.output(h_prev)
+            a = top.synapse(p_top, z_top_in, z_prev)
+            h_top = top.dynamics(h_prev, a)
+            y = top.output(h_top)
+            blk_top = blocks(top, h_prev, a, h_top)
+            v_top = jnp.concatenate([z_top_in, z_prev, jnp.ones((1,), u.dtype)])
+        else:
+            h_top, y = top.apply(p_top, carry[R], z_top_in)
+        value, err = jax.value_and_grad(lambda out: loss(out, target))(y)
+
+        # same-step learning signals L^l (z-space) of the recurrent layers
+        g_top = ()
+        if is_neuron(top):
+            delta_top = blk_top.dgdh * err[:, None]
+            if filter_top:  # the readout's leak is in the filter: pull back through the synapse only
+                top_map = lambda uu: top.synapse(p_top, uu, z_prev)
+                cot = delta_top
+            else:
+                top_map = lambda uu: top.output(top.dynamics(h_prev, top.synapse(p_top, uu, z_prev)))
+                cot = err
+            signal = B @ cot.reshape(-1) if B is not None else jax.vjp(top_map, z_top_in)[1](cot)[0]
+        else:
+            _, pull = jax.vjp(lambda uu, pp: top.apply(pp, carry[R], uu)[1], z_top_in, p_top)
+            signal, g_top = pull(err)
+            signal = B @ err if B is not None else signal
+            delta_top = ()
+        L = {R - 1: signal}
+        if not full:
+            for l in range(R - 1, 0, -1):
+                f, layer, p = fwd[l], layers[l], params[l]
+                step_map = lambda uu: layer.output(layer.dynamics(f["h_prev"], layer.synapse(p, uu, f["z_prev"])))
+                L[l - 1] = jax.vjp(step_map, f["u"])[1](L[l])[0]
+
+        # trace updates, bottom-up so that F sees the new traces of the layer below
+        def push(l, arg, y_dense):
+            f, layer, p = fwd[l], layers[l], params[l]
+            if arg == "z":
+                lin = lambda d: jax.jvp(lambda zz: layer.synapse(p, f["u"], zz), (f["z_prev"],), (d,))[1]
+            else:
+                lin = lambda d: jax.jvp(lambda uu: layer.synapse(p, uu, f["z_prev"]), (f["u"],), (d,))[1]
+            da = jax.vmap(lin, in_axes=1, out_axes=-1)(y_dense)
+            return jnp.einsum("jcg,jgP->jcP", f["blk"].dfda, da)
+
+        influence = {}
+        for l, p in pairs:
+            f, old, new = fwd[l], traces.influence[(l, p)], []
+            for n in range(levels):
+                if own(l, p, n):
+                    new.append(own_update(layers[l], f["blk"], old[0], fwd[p]["v"], factorised(l, p, n)))
+                    continue
+                trace = jnp.einsum("jcd,jdP->jcP", f["blk"].D, old[n])
+                if n >= 1:
+                    trace += push(l, "z", dense(l, p, n - 1, to_z(l, p, n - 1, old[n - 1], f["dgdh_prev"])))
+                if l > p:
+                    below = influence[(l - 1, p)][n]
+                    trace += push(l, "u", dense(l - 1, p, n, to_z(l - 1, p, n, below, fwd[l - 1]["blk"].dgdh)))
+                new.append(trace)
+            influence[(l, p)] = tuple(new)
+
+        filtered = {}
+        if filter_top:
+            decay, gain = top.leak
+            for p in range(R):
+                z_inf = z_sum(obs(p), p, influence[(obs(p), p)], fwd[obs(p)]["blk"].dgdh)
+                filtered[p] = decay * traces.filtered[p] + gain * z_inf
+        readout = ()
+        if is_neuron(top):
+            readout = own_update(top, blk_top, traces.readout, v_top, top.leak is not None)
+
+        signals = dict(
+            L=L, delta={l: fwd[l]["blk"].dgdh * L[l][:, None] for l in L}, delta_top=delta_top, g_top=g_top,
+            z=recurrent_outputs(model, tuple(f["h"] for f in fwd) + (h_top,)) if reg is not None else (),
+            reg={(l, p): z_sum(l, p, influence[(l, p)], fwd[l]["blk"].dgdh) for l, p in pairs} if reg is not None else ())
+        carry = tuple(f["h"] for f in fwd) + (h_top,)
+        return carry, EpropTraces(influence, filtered, readout), value, y, signals
+
+    # ---- batch-level contractions (the batch is reduced every step) --------------------------------------
+    def contract_z(sig, z_trace, dp):
+        """``sum_b sum_j sig[b, j] z_trace[b, j, ...]`` for a compact or dense z-space trace."""
+        if z_trace.ndim == 4:
+            return jnp.einsum("bj,bjgi->jgi", sig, z_trace)
+        return jnp.einsum("bj,bjP->P", sig, z_trace).reshape(dp.n, dp.k, dp.m)
+
+    def contract_h(delta, trace, l, p, n, dp):
+        if factorised(l, p, n):
+            return jnp.einsum("bj,bi->ji", delta[..., 0], trace)[:, None, :]
+        if own(l, p, n):
+            return jnp.einsum("bjc,bjcgi->jgi", delta, trace)
+        return jnp.einsum("bjc,bjcP->P", delta, trace).reshape(dp.n, dp.k, dp.m)
+
+    def step(params, state, x, target):
+        check_step(where, model, loss, params, state, x, target)
+        dims, _ = all_dims(params)
+        carry, traces, values, y, sig = jax.vmap(example, in_axes=(None, 0, 0, 0, 0))(
+            params, state.carry, state.traces, x, target)
+        batch = x.shape[0]
+        grads = list(state.grads)
+        for p in range(R):
+            o = obs(p)
+            if filter_top:
+                g = contract_z(sig["L"][o], traces.filtered[p], dims[p])
+            else:
+                g = sum(contract_h(sig["delta"][o], t, o, p, n, dims[p])
+                        for n, t in enumerate(traces.influence[(o, p)]))
+            grads[p] = grads[p] + g / batch
+        if is_neuron(top):
+            grads[R] = grads[R] + contract_h(sig["delta_top"], traces.readout, R, R, 0, dims[R]) / batch
+        else:
+            grads[R] = jax.tree_util.tree_map(lambda acc, g: acc + jnp.sum(g, 0) / batch, grads[R], sig["g_top"])
+        state = state._replace(carry=carry, traces=traces, grads=tuple(grads), loss=state.loss + jnp.mean(values),
+                               steps=state.steps + 1)
+        if reg is not None:
+            reg_traces = {key: state.reg_traces[key] + sig["reg"][key] for key in pairs}
+            state = state._replace(spikes=state.spikes + sig["z"], reg_traces=reg_traces)
+        return state, y
+
+    def result(params, state):
+        dims, dtype = all_dims(params)
+        grads, value = list(state.grads), state.loss
+        if reg is not None:
+            weights = reg_weights(reg, state.spikes, state.steps) * state.spikes.shape[0]
+            offsets = np.cumsum([0] + [dims[l].n for l in range(R)])
+            batch = state.spikes.shape[0]
+            for l, p in pairs:
+                w = weights[:, offsets[l]:offsets[l + 1]]
+                grads[p] = grads[p] + contract_z(w, state.reg_traces[(l, p)], dims[p]) / batch
+            value = value + reg_value(reg, state.spikes, state.steps)
+        out = []
+        for i, layer in enumerate(layers):
+            if is_neuron(layer):
+                _, pull = jax.vjp(lambda p: effective_weights(layer, p, layer.n_in, dtype), params[i])
+                out.append(pull(grads[i].astype(dtype))[0])
+            else:
+                out.append(grads[i])
+        return value, tuple(out)
+
+    return OnlineRule(init, step, result, reset)
