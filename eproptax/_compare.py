@@ -1,0 +1,144 @@
+"""``eproptax compare``: every rule's gradient against BPTT on a default spiking network, and its speed."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from . import cells
+from ._bptt import bptt
+from ._deep_eprop import deep_eprop
+from ._eprop import eprop, random_feedback
+from ._eprop_m import eprop_m
+from ._rtrl import rtrl
+
+
+class Problem(NamedTuple):
+    """A model, its parameters, a batch and a loss: what a rule needs to be measured."""
+
+    model: cells.Cell
+    params: object
+    inputs: jax.Array
+    targets: object
+    loss: Callable
+
+
+def mse(out, target):
+    """Masked squared error: ``0.5 * mask * sum (out - y)^2`` with ``target = {"y": ..., "mask": ...}``."""
+    return 0.5 * target["mask"] * jnp.sum((out - target["y"]) ** 2)
+
+
+def spiking_problem(*, n_in=20, n_rec=32, n_out=2, layers=1, time_steps=100, batch=8, cell="lif",
+                    seed=0, rate=0.05, dtype=jnp.float32) -> Problem:
+    """A default spiking network: ``layers`` LIF (or ALIF) layers and a leaky readout, regressing sines.
+
+    Inputs are Poisson spikes of ``rate`` per step; input weights are scaled so that the neurons fire.
+    """
+    make = {"lif": cells.lif, "alif": cells.alif}[cell]
+    stack = [make(n_in if i == 0 else n_rec, n_rec, dtype=dtype) for i in range(layers)]
+    model = cells.stack(*stack, cells.leaky_readout(n_rec, n_out, dtype=dtype))
+    k_param, k_in, k_phase = jax.random.split(jax.random.key(seed), 3)
+    params = model.init(k_param)
+    params = tuple({**p, "w_in": 8.0 * p["w_in"], "w_rec": 2.0 * p["w_rec"]} if "w_rec" in p else p
+                   for p in params)
+    inputs = (jax.random.uniform(k_in, (batch, time_steps, n_in)) < rate).astype(dtype)
+    t = jnp.arange(time_steps, dtype=dtype)
+    phase = jax.random.uniform(k_phase, (batch, 1, n_out), dtype) * 2 * jnp.pi
+    y = jnp.sin(2 * jnp.pi * t[None, :, None] / 50.0 + phase)
+    mask = jnp.ones((batch, time_steps), dtype)
+    return Problem(model, params, inputs, {"y": y, "mask": mask}, mse)
+
+
+def _flat(tree):
+    return jnp.concatenate([jnp.ravel(x) for x in jax.tree_util.tree_leaves(tree)])
+
+
+def alignment(grads, reference):
+    """Cosine similarity and relative error of ``grads`` against ``reference`` (whole parameter vector)."""
+    g, r = _flat(grads), _flat(reference)
+    cosine = jnp.dot(g, r) / (jnp.linalg.norm(g) * jnp.linalg.norm(r))
+    return float(cosine), float(jnp.linalg.norm(g - r) / jnp.linalg.norm(r))
+
+
+def time_per_step(fn, *args, repeats=3):
+    """Minimum wall time of ``fn(*args)`` after compilation, and the first call's time (compilation included)."""
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    compile_time = time.perf_counter() - start
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        best = min(best, time.perf_counter() - start)
+    return best, compile_time
+
+
+def rules_for(problem: Problem, *, include_rtrl=True) -> dict:
+    """Every rule of the library, by display name, configured for ``problem``."""
+    model, loss = problem.model, problem.loss
+    depth = len(cells.stack(model).layers) - 1
+    n_rec, n_out = model.layers[-2].n_out, model.n_out
+    rules = {"bptt": bptt(model, loss)}
+    if include_rtrl:
+        rules["rtrl"] = rtrl(model, loss)
+    rules["eprop"] = eprop(model, loss)
+    rules["eprop (random B)"] = eprop(model, loss, feedback=random_feedback(jax.random.key(1), n_rec, n_out,
+                                                                             problem.inputs.dtype))
+    for order in (0, 1, 2):
+        rules[f"eprop_m(order={order})"] = eprop_m(model, loss, order)
+    if depth > 1:
+        rules["deep_eprop(spatial)"] = deep_eprop(model, loss, depth="spatial")
+    rules["deep_eprop(full)"] = deep_eprop(model, loss, depth="full")
+    return rules
+
+
+def compare(problem: Problem, *, include_rtrl=True, repeats=3) -> list[dict]:
+    """Runs every rule on ``problem``; returns rows with alignment to BPTT and timings."""
+    rules = rules_for(problem, include_rtrl=include_rtrl)
+    steps = problem.inputs.shape[1]
+    rows, reference = [], None
+    for name, rule in rules.items():
+        fn = jax.jit(rule)
+        best, compile_time = time_per_step(fn, problem.params, problem.inputs, problem.targets, repeats=repeats)
+        _, grads = fn(problem.params, problem.inputs, problem.targets)
+        if reference is None:
+            reference = grads
+        cosine, rel = alignment(grads, reference)
+        rows.append(dict(rule=name, cosine=cosine, rel_error=rel, ms_per_step=1e3 * best / steps,
+                         compile_s=compile_time))
+    return rows
+
+
+def format_rows(rows: list[dict]) -> str:
+    lines = [f"{'rule':24s} {'cos(BPTT)':>10s} {'rel.err':>10s} {'ms/step':>9s} {'compile s':>10s}"]
+    for r in rows:
+        lines.append(f"{r['rule']:24s} {r['cosine']:10.4f} {r['rel_error']:10.2e} {r['ms_per_step']:9.4f} "
+                     f"{r['compile_s']:10.2f}")
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    print(f"eproptax compare on {jax.devices()[0].platform} (jax {jax.__version__}), float32; gradient "
+          "alignment with BPTT, wall time per step after compilation (min of 3).")
+    for layers in (1, args.layers):
+        problem = spiking_problem(n_in=args.n_in, n_rec=args.hidden, layers=layers, time_steps=args.steps,
+                                  batch=args.batch, cell=args.cell, seed=args.seed)
+        print(f"\n{layers} x {args.cell.upper()}({args.hidden}) + leaky readout, T={args.steps}, batch={args.batch}")
+        print(format_rows(compare(problem, include_rtrl=not args.no_rtrl)))
+    return 0
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("compare", help="compare every rule's gradient with BPTT on a default spiking network")
+    p.add_argument("--cell", choices=["lif", "alif"], default="lif")
+    p.add_argument("--hidden", type=int, default=32)
+    p.add_argument("--n-in", type=int, default=20)
+    p.add_argument("--layers", type=int, default=2, help="depth of the multi-layer network (deep e-prop)")
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-rtrl", action="store_true", help="skip RTRL (its cost grows as n^4)")
+    p.set_defaults(func=run)
