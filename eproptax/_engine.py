@@ -258,9 +258,18 @@ def batch_init_carry(model: Cell, params: Params, batch_size: int) -> Any:
     return jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (batch_size,) + a.shape), carry)
 
 
+def accum_dtype(params: Params):
+    """The dtype of traces and accumulators: the parameters' dtype, at least float32.
+
+    bfloat16 (or float16) weights and inputs then run the network in low precision while every trace, the
+    gradient and the loss accumulate in float32; ``result`` casts the gradient back to the parameters' dtype.
+    """
+    return jnp.promote_types(jax.tree_util.tree_leaves(params)[0].dtype, jnp.float32)
+
+
 def new_state(model: Cell, params: Params, batch_size: int, traces: Any, grads: Any,
               reg: Optional[FiringRateReg], reg_traces: Any) -> OnlineState:
-    dtype = jax.tree_util.tree_leaves(params)[0].dtype
+    dtype = accum_dtype(params)
     spikes = ()
     if reg is not None:
         n = jax.eval_shape(lambda p: recurrent_outputs(model, model.init_carry(p)), params).shape[0]

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from ._cell import Cell
-from ._engine import (FiringRateReg, OnlineRule, check_step, new_state, recurrent_outputs, reg_value,
+from ._engine import (FiringRateReg, OnlineRule, accum_dtype, check_step, new_state, recurrent_outputs, reg_value,
                       reg_weights, reset, scan_rule)
 from ._typing import GradFn, LossFn
 
@@ -33,12 +33,13 @@ def online_rtrl(model: Cell, loss: LossFn, *, reg: Optional[FiringRateReg] = Non
     def init(params, batch_size):
         theta, _ = ravel_pytree(params)
         c_vec, _ = _ravel_float(model.init_carry(params))
-        influence = jnp.zeros((batch_size, theta.size, c_vec.size), theta.dtype)
+        dtype = accum_dtype(params)
+        influence = jnp.zeros((batch_size, theta.size, c_vec.size), dtype)
         reg_traces = None
         if reg is not None:
             n = jax.eval_shape(lambda p: recurrent_outputs(model, model.init_carry(p)), params).shape[0]
-            reg_traces = jnp.zeros((batch_size, theta.size, n), theta.dtype)
-        return new_state(model, params, batch_size, influence, jnp.zeros_like(theta), reg, reg_traces)
+            reg_traces = jnp.zeros((batch_size, theta.size, n), dtype)
+        return new_state(model, params, batch_size, influence, jnp.zeros(theta.shape, dtype), reg, reg_traces)
 
     def example(theta, unravel_params, carry, influence, x, target):
         c_vec, unravel_c = _ravel_float(carry)
@@ -52,16 +53,18 @@ def online_rtrl(model: Cell, loss: LossFn, *, reg: Optional[FiringRateReg] = Non
         (value, out), (g_c, g_theta) = jax.value_and_grad(
             lambda c, th: (loss(run(c, th)[1], target), run(c, th)[1]), argnums=(0, 1), has_aux=True)(c_vec, theta)
         # d loss_t / d theta = direct part + (d loss_t / d carry_{t-1}) . M^{t-1}
-        push = jax.vmap(lambda m: jax.jvp(lambda c: new_c(c, theta), (c_vec,), (m,))[1])
-        influence_new = push(influence) + jax.jacrev(lambda th: new_c(c_vec, th))(theta).T
+        # tangents go through the cell in its own dtype; the influence accumulates in accum_dtype
+        push = jax.vmap(lambda m: jax.jvp(lambda c: new_c(c, theta), (c_vec,), (m.astype(c_vec.dtype),))[1])
+        immediate = jax.jacrev(lambda th: new_c(c_vec, th))(theta).T
+        influence_new = push(influence).astype(influence.dtype) + immediate.astype(influence.dtype)
         new_carry = run(c_vec, theta)[0]
         extras = ()
         if reg is not None:
             _, unravel_new = _ravel_float(new_carry)
             z_of = lambda c: recurrent_outputs(model, unravel_new(c))
             new_vec = new_c(c_vec, theta)
-            dz = jax.vmap(lambda m: jax.jvp(z_of, (new_vec,), (m,))[1])(influence_new)
-            extras = (z_of(new_vec), dz)
+            dz = jax.vmap(lambda m: jax.jvp(z_of, (new_vec,), (m.astype(new_vec.dtype),))[1])(influence_new)
+            extras = (z_of(new_vec).astype(influence.dtype), dz.astype(influence.dtype))
         return new_carry, influence_new, value, out, g_c, g_theta, extras
 
     def step(params, state, x, target):
@@ -79,13 +82,13 @@ def online_rtrl(model: Cell, loss: LossFn, *, reg: Optional[FiringRateReg] = Non
         return state, out
 
     def result(params, state):
-        _, unravel_params = ravel_pytree(params)
+        theta, unravel_params = ravel_pytree(params)
         grads, value = state.grads, state.loss
         if reg is not None:
             grads = grads + jnp.einsum("bpn,bn->p", state.reg_traces, reg_weights(reg, state.spikes, state.steps)
                                        * state.spikes.shape[0])
             value = value + reg_value(reg, state.spikes, state.steps)
-        return value, unravel_params(grads)
+        return value, unravel_params(grads.astype(theta.dtype))
 
     return OnlineRule(init, step, result, reset)
 

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._cell import Cell, float_state, is_neuron, layers_of
-from ._engine import (FiringRateReg, OnlineRule, check_step, new_state, recurrent_outputs, reg_value,
+from ._engine import (FiringRateReg, OnlineRule, accum_dtype, check_step, new_state, recurrent_outputs, reg_value,
                       reg_weights, reset)
 from ._jacobians import blocks, effective_weights, output_jacobian
 from ._typing import LossFn
@@ -146,7 +146,8 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
         return (dp.n, dp.k, dp.m) if compact_sum(l, p) else (dims[l].n, dp.size)
 
     def init(params, batch_size):
-        dims, dtype = all_dims(params)
+        dims, _ = all_dims(params)
+        dtype = accum_dtype(params)
         zeros = lambda shape: jnp.zeros((batch_size,) + shape, dtype)
         influence = {(l, p): tuple(zeros(trace_shape(dims, l, p, n)) for n in range(levels)) for l, p in pairs}
         filtered = {p: zeros(zsum_shape(dims, obs(p), p)) for p in range(R)} if filter_top else {}
@@ -155,7 +156,7 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
             readout = zeros(trace_shape(dims, R, R, 0))
         grads = tuple(jnp.zeros((d.n, d.k, d.m), dtype) for d in dims[:R])
         grads += (jnp.zeros((dims[R].n, dims[R].k, dims[R].m), dtype) if is_neuron(top)
-                  else jax.tree_util.tree_map(jnp.zeros_like, params[R]),)
+                  else jax.tree_util.tree_map(lambda w: jnp.zeros(w.shape, dtype), params[R]),)
         reg_traces = {(l, p): zeros(zsum_shape(dims, l, p)) for l, p in pairs} if reg is not None else None
         return new_state(model, params, batch_size, EpropTraces(influence, filtered, readout), grads, reg,
                          reg_traces)
@@ -240,9 +241,10 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
         def push(l, arg, y_dense):
             f, layer, p = fwd[l], layers[l], params[l]
             if arg == "z":
-                lin = lambda d: jax.jvp(lambda zz: layer.synapse(p, f["u"], zz), (f["z_prev"],), (d,))[1]
+                lin = lambda d: jax.jvp(lambda zz: layer.synapse(p, f["u"], zz), (f["z_prev"],),
+                                        (d.astype(f["z_prev"].dtype),))[1]
             else:
-                lin = lambda d: jax.jvp(lambda uu: layer.synapse(p, uu, f["z_prev"]), (f["u"],), (d,))[1]
+                lin = lambda d: jax.jvp(lambda uu: layer.synapse(p, uu, f["z_prev"]), (f["u"],), (d.astype(f["u"].dtype),))[1]
             da = jax.vmap(lin, in_axes=1, out_axes=-1)(y_dense)
             return jnp.einsum("jcg,jgP->jcP", f["blk"].dfda, da)
 
@@ -336,7 +338,7 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
                 _, pull = jax.vjp(lambda p: effective_weights(layer, p, layer.n_in, dtype), params[i])
                 out.append(pull(grads[i].astype(dtype))[0])
             else:
-                out.append(grads[i])
+                out.append(jax.tree_util.tree_map(lambda g, w: g.astype(w.dtype), grads[i], params[i]))
         return value, tuple(out)
 
     return OnlineRule(init, step, result, reset)
