@@ -91,6 +91,7 @@ def rules_for(problem: Problem, *, include_rtrl=True) -> dict:
         rules[f"eprop_m(order={order})"] = eprop_m(model, loss, order)
     if depth > 1:
         rules["deep_eprop(spatial)"] = deep_eprop(model, loss, depth="spatial")
+        rules["deep_eprop(collapsed)"] = deep_eprop(model, loss, depth="collapsed")
     rules["deep_eprop(full)"] = deep_eprop(model, loss, depth="full")
     return rules
 

@@ -9,7 +9,7 @@ from ._engine import FiringRateReg, OnlineRule, scan_rule
 from ._traces import online_traces
 from ._typing import GradFn, LossFn
 
-DEPTHS = ("full", "spatial")
+DEPTHS = ("full", "collapsed", "spatial")
 
 
 def online_deep_eprop(model: Cell, loss: LossFn, *, depth: str = "full", order: int = 0, feedback="symmetric",
@@ -38,6 +38,12 @@ def deep_eprop(model: Cell, loss: LossFn, *, depth: str = "full", order: int = 0
     ``depth`` chooses the treatment across layers, trading memory for fidelity:
 
     * ``"full"`` (default): the recursion above. ``E^{l,p}`` has ``n_l s_l |theta^p|`` entries per example.
+    * ``"collapsed"``: each layer keeps its own traces plus one filtered copy per leaky layer above it
+      (a layer that declares ``leak``, such as LIF with a detached reset, or the leaky readout): the
+      trace is filtered by the cascade of those layers' ``(decay, gain)``, and the same-step Jacobians of
+      the layers in between (``dz/dh``, the weights) are taken at the current step. Memory
+      ``O(|theta^p|)`` per leaky layer above; exact when the layers above are linear leaky integrators;
+      the same as ``"spatial"`` when no hidden layer is leaky.
     * ``"spatial"``: each layer keeps only its own traces and receives the learning signal passed down
       through the layers above at the same step (what :func:`eprop` does on a stack).
 
@@ -54,7 +60,7 @@ def deep_eprop(model: Cell, loss: LossFn, *, depth: str = "full", order: int = 0
     Args:
       model: as for :func:`eprop`.
       loss: ``loss(outputs_t, targets_t) -> scalar``.
-      depth: ``"full"`` or ``"spatial"``.
+      depth: ``"full"``, ``"collapsed"`` or ``"spatial"``.
       order: explicit recurrent edges kept within each layer (``0`` is deep e-prop proper).
       feedback: as for :func:`eprop` (``B`` replaces the transposed readout weights into the top layer).
       reg: optional :class:`~eproptax.FiringRateReg`.

@@ -10,13 +10,19 @@ by the number ``n`` of explicit (within-layer, through the recurrent weights) ed
 
 with ``D`` the implicit recurrence, ``J^l = dfda W_rec dgdh_{t-1}`` the explicit recurrence and
 ``F^l = dfda W_in dgdh^{l-1}_t`` the same-step edge from the layer below. ``order`` keeps the levels
-``n <= order``; ``depth="spatial"`` keeps only ``l = p`` (a layer's own traces), ``depth="full"`` keeps
-every ``l >= p``. The gradient of ``theta^p`` is ``sum_t delta^{obs}_t . sum_n G^{obs,p,(n)}_t`` with
-``obs = p`` (spatial) or ``obs = R - 1`` (full) and ``delta`` the same-step learning signal. A leaky readout
-on top (a readout that declares ``leak = (kappa, zeta_out)``) is not tracked as a layer: the traces of
-the observed layer are filtered with it instead, ``ebar = kappa ebar + zeta_out (dz/dh) G``, and
-contracted with the learning signal ``L = W_out^T err`` (or ``B err``). This is exactly e-prop's
-readout-filtered trace, and it is exact for the readout's own leak.
+``n <= order``; ``depth="spatial"`` and ``"collapsed"`` keep only ``l = p`` (a layer's own traces),
+``depth="full"`` keeps every ``l >= p``. The gradient of ``theta^p`` is
+``sum_t delta^{obs}_t . sum_n G^{obs,p,(n)}_t`` with ``obs = p`` (spatial, collapsed) or ``obs = R - 1``
+(full) and ``delta`` the same-step learning signal.
+
+Filters. A layer that declares ``leak = (decay, gain)`` has ``D`` and ``dh/da`` equal for every neuron and
+independent of the state, so its influence collapses into a filtered copy of the trace below it. A leaky
+readout on top is never tracked as a layer: the observed traces are filtered with it,
+``ebar = kappa ebar + zeta_out (dz/dh) G``, and contracted with ``L = W_out^T err`` (or ``B err``): exactly
+e-prop's readout-filtered trace, exact for the readout's own leak. With ``depth="collapsed"`` every leaky
+layer above ``p`` (hidden layers included) adds one scalar filter stage to ``p``'s trace (a cascade), and
+the learning signal skips those layers' dynamics (their leak is in the filters) while taking their
+same-step Jacobians (``dz/dh``, the weights) at the current step.
 
 Representations (static): a layer's own level-0 trace is *compact* ``(n, s, k, m)`` (each synapse only
 moves its own neuron) or, when the layer declares a ``leak``, *factorised*: the presynaptic trace
@@ -44,7 +50,7 @@ class EpropTraces(NamedTuple):
 
     Attributes:
       influence: ``{(l, p): (level_0, ..., level_order)}``, see the module docstring.
-      filtered: ``{p: ebar}``, the readout-filtered traces (only under a leaky readout).
+      filtered: ``{p: (ebar_1, ...)}``, the filtered traces of layer ``p``, one per filter stage.
       readout: the readout layer's own trace (a neuron readout), else ``()``.
     """
 
@@ -107,8 +113,8 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
     """Builds the per-step estimator (see the module docstring)."""
     if not isinstance(order, (int, np.integer)) or order < 0:
         raise ValueError(f"{where}: `order` must be a non-negative Python int, got {order!r}.")
-    if depth not in ("spatial", "full"):
-        raise ValueError(f"{where}: `depth` must be 'spatial' or 'full', got {depth!r}.")
+    if depth not in ("spatial", "collapsed", "full"):
+        raise ValueError(f"{where}: `depth` must be 'spatial', 'collapsed' or 'full', got {depth!r}.")
     check_model(where, model, feedback)
     layers = layers_of(model)
     R, top = len(layers) - 1, layers[-1]
@@ -118,6 +124,12 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
     B = None if isinstance(feedback, str) else jnp.asarray(feedback)
     pairs = [(l, p) for l in range(R) for p in range(R) if (p <= l if full else l == p)]
     obs = (lambda p: R - 1) if full else (lambda p: p)
+
+    def filters(p):
+        """The leaky layers whose scalar leak filters the trace observed for ``p``, bottom to top."""
+        if depth == "collapsed":
+            return [l for l in range(p + 1, R + 1) if is_neuron(layers[l]) and layers[l].leak is not None]
+        return [R] if filter_top else []
 
     def own(l, p, n):
         return l == p and n == 0
@@ -150,7 +162,7 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
         dtype = accum_dtype(params)
         zeros = lambda shape: jnp.zeros((batch_size,) + shape, dtype)
         influence = {(l, p): tuple(zeros(trace_shape(dims, l, p, n)) for n in range(levels)) for l, p in pairs}
-        filtered = {p: zeros(zsum_shape(dims, obs(p), p)) for p in range(R)} if filter_top else {}
+        filtered = {p: tuple(zeros(zsum_shape(dims, obs(p), p)) for _ in filters(p)) for p in range(R) if filters(p)}
         readout = ()
         if is_neuron(top):
             readout = zeros(trace_shape(dims, R, R, 0))
@@ -234,8 +246,13 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
         if not full:
             for l in range(R - 1, 0, -1):
                 f, layer, p = fwd[l], layers[l], params[l]
-                step_map = lambda uu: layer.output(layer.dynamics(f["h_prev"], layer.synapse(p, uu, f["z_prev"])))
-                L[l - 1] = jax.vjp(step_map, f["u"])[1](L[l])[0]
+                if depth == "collapsed" and layer.leak is not None:  # its leak is in the filters
+                    step_map = lambda uu: layer.synapse(p, uu, f["z_prev"])
+                    cot = f["blk"].dgdh * L[l][:, None]
+                else:
+                    step_map = lambda uu: layer.output(layer.dynamics(f["h_prev"], layer.synapse(p, uu, f["z_prev"])))
+                    cot = L[l]
+                L[l - 1] = jax.vjp(step_map, f["u"])[1](cot)[0]
 
         # trace updates, bottom-up so that F sees the new traces of the layer below
         def push(l, arg, y_dense):
@@ -265,11 +282,13 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
             influence[(l, p)] = tuple(new)
 
         filtered = {}
-        if filter_top:
-            decay, gain = top.leak
-            for p in range(R):
-                z_inf = z_sum(obs(p), p, influence[(obs(p), p)], fwd[obs(p)]["blk"].dgdh)
-                filtered[p] = decay * traces.filtered[p] + gain * z_inf
+        for p in traces.filtered:
+            stage_in, stages = z_sum(obs(p), p, influence[(obs(p), p)], fwd[obs(p)]["blk"].dgdh), []
+            for l, old in zip(filters(p), traces.filtered[p]):
+                decay, gain = layers[l].leak
+                stage_in = decay * old + gain * stage_in
+                stages.append(stage_in)
+            filtered[p] = tuple(stages)
         readout = ()
         if is_neuron(top):
             readout = own_update(top, blk_top, traces.readout, v_top, top.leak is not None)
@@ -304,8 +323,8 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
         grads = list(state.grads)
         for p in range(R):
             o = obs(p)
-            if filter_top:
-                g = contract_z(sig["L"][o], traces.filtered[p], dims[p])
+            if p in traces.filtered:
+                g = contract_z(sig["L"][o], traces.filtered[p][-1], dims[p])
             else:
                 g = sum(contract_h(sig["delta"][o], t, o, p, n, dims[p])
                         for n, t in enumerate(traces.influence[(o, p)]))
