@@ -14,5 +14,6 @@ from ._eprop import eprop as eprop
 from ._eprop import random_feedback as random_feedback
 from ._eprop_m import eprop_m as eprop_m
 from ._rtrl import rtrl as rtrl
+from ._train import train as train
 
 __version__ = "0.1.0"

@@ -1,0 +1,197 @@
+"""A training loop on optax: short enough to read and copy, for every rule, per sequence or online."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, Callable, Optional, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ._cell import Cell
+from ._engine import OnlineRule, time_major
+from ._typing import GradFn, Params, PRNGKey
+from .tasks._common import Task, forward
+
+Sampler = Callable[[PRNGKey], tuple[jax.Array, Any]]
+
+
+def train(rule_fn: Union[GradFn, OnlineRule], task_or_sampler: Union[Task, Sampler], params: Params,
+          optimizer: optax.GradientTransformation, *, steps: int, key: PRNGKey, batch_size: int = 32,
+          model: Optional[Cell] = None, metric: Optional[Callable] = None, online_every: Optional[int] = None,
+          progress: bool = True, desc: str = "train") -> tuple[Params, dict]:
+    """Trains ``params`` for ``steps`` batches with any rule and any optax optimiser.
+
+    Each training step draws a fresh batch from the task (inside the compiled step), computes the rule's
+    loss and gradient and applies one optax update. The step is compiled once: ``steps`` calls reuse it.
+
+    * Per sequence (``rule_fn`` a whole-sequence rule such as ``ep.eprop(model, loss)``): one update per
+      batch of sequences. Pass ``model`` to get the task's metric (one extra forward pass per step).
+    * Online (``rule_fn`` an :class:`~eproptax.OnlineRule` such as ``ep.online.eprop(model, loss)`` and
+      ``online_every=k``): the rule steps through the sequence and the parameters are updated every ``k``
+      time steps (and at the end of the sequence), the network state and traces carrying on across the
+      updates; each sequence starts from a fresh state. The metric comes from the outputs seen while
+      learning.
+
+    The semantics, per sequence::
+
+      for step in range(steps):
+          key, k = jax.random.split(key)
+          inputs, targets = task.sample(k, batch_size)
+          loss, grads = rule_fn(params, inputs, targets)
+          updates, opt_state = optimizer.update(grads, opt_state, params)
+          params = optax.apply_updates(params, updates)
+
+    Args:
+      rule_fn: ``grad_fn(params, inputs, targets) -> (loss, grads)`` (any rule of the library) or an
+        :class:`~eproptax.OnlineRule` (with ``online_every``).
+      task_or_sampler: a :class:`~eproptax.tasks.Task`, or ``sampler(key) -> (inputs, targets)`` returning a
+        whole batch (then pass ``metric`` for a metric).
+      params: initial parameters.
+      optimizer: any optax ``GradientTransformation``.
+      steps: number of training steps (batches).
+      key: PRNG key for the batches.
+      batch_size: batch size when sampling from a task.
+      model: the model, to compute the metric of a whole-sequence rule.
+      metric: ``metric(outputs, targets) -> scalar``; defaults to the task's.
+      online_every: update every ``k`` time steps (online rules only).
+      progress: show a progress bar with the running loss on stderr.
+      desc: label of the progress bar.
+
+    Returns:
+      ``(params, history)`` with ``history = {"loss": (steps,), "metric": (steps,), "metric_name": str,
+      "wall_s": float}`` (numpy arrays; the metric is NaN where none is available).
+
+    Example::
+
+      task = ep.tasks.pattern_generation()
+      model, params = task.network(jax.random.key(0))
+      params, history = ep.train(ep.eprop(model, task.loss), task, params, optax.adam(3e-3),
+                                 steps=200, key=jax.random.key(1), batch_size=1, model=model)
+    """
+    if isinstance(task_or_sampler, Task):
+        task = task_or_sampler
+        sample = lambda k: task.sample(k, batch_size)
+        metric = metric or task.metric
+        metric_name = task.metric_name
+    elif callable(task_or_sampler):
+        sample, metric_name = task_or_sampler, "metric"
+    else:
+        raise TypeError(f"train: `task_or_sampler` must be a tasks.Task or a function key -> (inputs, targets), "
+                        f"got {type(task_or_sampler).__name__}.")
+    online = isinstance(rule_fn, OnlineRule)
+    if online_every is not None and not online:
+        raise ValueError("train: `online_every` needs an online rule (ep.online.eprop(model, loss), ...), got a "
+                         "whole-sequence grad_fn; drop `online_every` to update once per sequence.")
+    if online and (online_every is None or int(online_every) < 1):
+        raise ValueError(f"train: an OnlineRule needs `online_every`, a positive number of time steps between "
+                         f"updates, got {online_every!r}.")
+    if not steps >= 1:
+        raise ValueError(f"train: `steps` must be a positive int, got {steps!r}.")
+    score = metric if (metric is not None and (online or model is not None)) else None
+    step = _online_step(rule_fn, sample, optimizer, score, int(online_every)) if online else \
+        _sequence_step(rule_fn, sample, optimizer, score, model)
+
+    opt_state = optimizer.init(params)
+    losses, metrics = [], []
+    bar = _Progress(steps, desc, metric_name) if progress else None
+    start = time.perf_counter()
+    for i in range(steps):
+        key, k = jax.random.split(key)
+        params, opt_state, loss, value = step(params, opt_state, k)
+        losses.append(loss)
+        metrics.append(value)
+        if bar is not None:
+            bar.update(i + 1, losses, metrics)
+    jax.block_until_ready(params)
+    wall = time.perf_counter() - start
+    if bar is not None:
+        bar.close(losses, metrics)
+    history = {"loss": np.asarray(jnp.stack(losses)), "metric": np.asarray(jnp.stack(metrics)),
+               "metric_name": metric_name, "wall_s": wall}
+    return params, history
+
+
+def _sequence_step(grad_fn, sample, optimizer, metric, model):
+    @jax.jit
+    def step(params, opt_state, key):
+        inputs, targets = sample(key)
+        loss, grads = grad_fn(params, inputs, targets)
+        value = jnp.full((), jnp.nan, loss.dtype)
+        if metric is not None:
+            value = metric(forward(model, params, inputs)[0], targets).astype(loss.dtype)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss, value
+
+    return step
+
+
+def _online_step(rule: OnlineRule, sample, optimizer, metric, every: int):
+    @jax.jit
+    def step(params, opt_state, key):
+        inputs, targets = sample(key)
+        batch, time_steps = inputs.shape[:2]
+        xs = (time_major(inputs), time_major(targets))
+
+        def window(carry, chunk):  # ``every`` time steps, then one update
+            params, opt_state, state, total = carry
+            state, outputs = jax.lax.scan(lambda s, xt: rule.step(params, s, xt[0], xt[1]), state, chunk)
+            loss, grads = rule.result(params, state)
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            params = optax.apply_updates(params, updates)
+            return (params, opt_state, rule.reset(state), total + loss), outputs
+
+        state = rule.init(params, batch)
+        carry = (params, opt_state, state, jnp.zeros((), state.loss.dtype))
+        n_windows, rest = divmod(time_steps, every)
+        chunks = jax.tree_util.tree_map(lambda a: a[:n_windows * every].reshape((n_windows, every) + a.shape[1:]), xs)
+        carry, outputs = jax.lax.scan(window, carry, chunks)
+        outputs = outputs.reshape((n_windows * every,) + outputs.shape[2:])
+        if rest:
+            carry, tail = window(carry, jax.tree_util.tree_map(lambda a: a[n_windows * every:], xs))
+            outputs = jnp.concatenate([outputs, tail])
+        params, opt_state, _, total = carry
+        value = jnp.full((), jnp.nan, total.dtype)
+        if metric is not None:
+            value = metric(jnp.swapaxes(outputs, 0, 1), targets).astype(total.dtype)
+        return params, opt_state, total, value
+
+    return step
+
+
+class _Progress:
+    """A plain-text progress bar on stderr: steps done, running loss and metric, speed."""
+
+    def __init__(self, total: int, desc: str, metric_name: str, width: int = 24):
+        self.total, self.desc, self.metric_name, self.width = total, desc, metric_name, width
+        # a terminal gets one line redrawn in place; a log file a new line every 10 s
+        self.tty = sys.stderr.isatty()
+        self.every_s, self.end = (0.25, "") if self.tty else (10.0, "\n")
+        self.start = self.last = time.perf_counter()
+
+    def _line(self, done, losses, metrics) -> str:
+        recent = slice(max(0, done - 20), done)  # running mean over the last 20 steps
+        loss = float(np.mean([float(v) for v in losses[recent]]))
+        value = float(np.mean([float(v) for v in metrics[recent]]))
+        elapsed = time.perf_counter() - self.start
+        filled = int(self.width * done / self.total)
+        bar = "=" * filled + (">" if filled < self.width else "") + " " * (self.width - filled - 1)
+        text = ("\r" if self.tty else "") + f"{self.desc} {done:>{len(str(self.total))}}/{self.total} "
+        text += f"[{bar[:self.width]}] loss {loss:.4g}"
+        if not np.isnan(value):
+            text += f" {self.metric_name} {value:.4g}"
+        return text + f" {done / max(elapsed, 1e-9):.2f} it/s {elapsed:.0f}s"
+
+    def update(self, done, losses, metrics) -> None:
+        now = time.perf_counter()
+        if now - self.last >= self.every_s or done == 1:
+            self.last = now
+            sys.stderr.write(self._line(done, losses, metrics) + self.end)
+            sys.stderr.flush()
+
+    def close(self, losses, metrics) -> None:
+        sys.stderr.write(self._line(len(losses), losses, metrics) + "\n")
+        sys.stderr.flush()
