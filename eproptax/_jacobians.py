@@ -59,6 +59,26 @@ def blocks(layer: Cell, h_prev, a: jax.Array, h) -> Blocks:
     return Blocks(D, dfda, output_jacobian(layer, h))
 
 
+def _lead(w, ndim):
+    """``w`` of shape ``(n,)`` reshaped to broadcast against an array of ``ndim`` dimensions led by ``n``."""
+    return w.reshape(w.shape + (1,) * (ndim - 1))
+
+
+def mix(M: jax.Array, X: jax.Array) -> jax.Array:
+    """``sum_d M[j, c, d] X[j, d, ...]``: a per-neuron block applied to a trace.
+
+    The blocks are tiny (``s, k <= 4``), so this is written as an unrolled broadcast sum: XLA fuses it into
+    one elementwise pass over the trace, where an einsum would become thousands of tiny matrix products.
+    """
+    rest = X.ndim - 2
+    return sum(M[:, :, d].reshape(M.shape[:2] + (1,) * rest) * X[:, None, d] for d in range(M.shape[2]))
+
+
+def weigh(w: jax.Array, X: jax.Array) -> jax.Array:
+    """``sum_c w[j, c] X[j, c, ...]`` (e.g. ``dz/dh`` applied to a trace), unrolled as :func:`mix`."""
+    return sum(_lead(w[:, c], X.ndim - 1) * X[:, c] for c in range(w.shape[1]))
+
+
 def effective_weights(layer: Cell, params, n_in: int, dtype) -> jax.Array:
     """The synaptic stage as one matrix: ``a = W_eff @ [x, z_prev, 1]``, shape ``(n, k, n_in + n + 1)``.
 

@@ -41,7 +41,7 @@ import numpy as np
 from ._cell import Cell, float_state, is_neuron, layers_of
 from ._engine import (FiringRateReg, OnlineRule, accum_dtype, check_step, new_state, recurrent_outputs, reg_value,
                       reg_weights, reset)
-from ._jacobians import blocks, effective_weights, output_jacobian
+from ._jacobians import blocks, effective_weights, mix, output_jacobian, weigh
 from ._typing import LossFn
 
 
@@ -178,15 +178,13 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
         if fact:
             decay, gain = layer.leak
             return decay * trace + gain * v
-        return jnp.einsum("jcd,jdgi->jcgi", blk.D, trace) + blk.dfda[..., None] * v
+        return mix(blk.D, trace) + blk.dfda[..., None] * v
 
     def to_z(l, p, n, trace, dgdh):
         """The trace in z-space: compact ``(n, k, m)`` for an own level-0 trace, else dense ``(n_l, P)``."""
         if factorised(l, p, n):
             return dgdh[:, 0, None, None] * trace[None, None, :]
-        if own(l, p, n):
-            return jnp.einsum("jc,jcgi->jgi", dgdh, trace)
-        return jnp.einsum("jc,jcP->jP", dgdh, trace)
+        return weigh(dgdh, trace)
 
     def dense(l, p, n, z_trace):
         if not own(l, p, n):
@@ -263,7 +261,7 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
             else:
                 lin = lambda d: jax.jvp(lambda uu: layer.synapse(p, uu, f["z_prev"]), (f["u"],), (d.astype(f["u"].dtype),))[1]
             da = jax.vmap(lin, in_axes=1, out_axes=-1)(y_dense)
-            return jnp.einsum("jcg,jgP->jcP", f["blk"].dfda, da)
+            return mix(f["blk"].dfda, da)
 
         influence = {}
         for l, p in pairs:
@@ -272,7 +270,7 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
                 if own(l, p, n):
                     new.append(own_update(layers[l], f["blk"], old[0], fwd[p]["v"], factorised(l, p, n)))
                     continue
-                trace = jnp.einsum("jcd,jdP->jcP", f["blk"].D, old[n])
+                trace = mix(f["blk"].D, old[n])
                 if n >= 1:
                     trace += push(l, "z", dense(l, p, n - 1, to_z(l, p, n - 1, old[n - 1], f["dgdh_prev"])))
                 if l > p:
@@ -304,14 +302,14 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
     def contract_z(sig, z_trace, dp):
         """``sum_b sum_j sig[b, j] z_trace[b, j, ...]`` for a compact or dense z-space trace."""
         if z_trace.ndim == 4:
-            return jnp.einsum("bj,bjgi->jgi", sig, z_trace)
+            return jnp.sum(sig[:, :, None, None] * z_trace, axis=0)
         return jnp.einsum("bj,bjP->P", sig, z_trace).reshape(dp.n, dp.k, dp.m)
 
     def contract_h(delta, trace, l, p, n, dp):
         if factorised(l, p, n):
             return jnp.einsum("bj,bi->ji", delta[..., 0], trace)[:, None, :]
         if own(l, p, n):
-            return jnp.einsum("bjc,bjcgi->jgi", delta, trace)
+            return jnp.sum(jax.vmap(weigh)(delta, trace), axis=0)
         return jnp.einsum("bjc,bjcP->P", delta, trace).reshape(dp.n, dp.k, dp.m)
 
     def step(params, state, x, target):
