@@ -146,7 +146,7 @@ def alif(
     *,
     tau_mem=20.0,
     tau_adapt=2000.0,
-    beta=1.7,
+    beta=None,
     threshold=0.03,
     dt=1.0,
     zeta=None,
@@ -168,7 +168,9 @@ def alif(
       z_j^t   = H(v_j^t - A_j^t)   unless refractory;   psi_j^t uses (v_j^t - A_j^t) / surrogate_width
 
     ``beta`` follows NEST (``adapt_beta``). Bellec et al.'s code integrates ``a^t = rho a^{t-1} + (1 - rho)
-    z^{t-1}``, so their ``beta_B`` corresponds to ``beta = beta_B * (1 - rho)`` here. Only the reset term
+    z^{t-1}``, so their ``beta_B`` corresponds to ``beta = beta_B * (1 - rho)`` here. The default ``None``
+    is Bellec et al.'s ``beta_B = 1.7`` in this convention, ``1.7 * (1 - rho)`` (about ``8.5e-4`` with
+    ``tau_adapt = 2000`` steps). Only the reset term
     is detached (``detach_reset``); the adaptation keeps its derivative through the neuron's own previous
     spike, which is the implicit recurrence behind e-prop's two-component ALIF trace.
 
@@ -178,6 +180,7 @@ def alif(
     spike = spike_fn(surrogate)
     alpha = jnp.exp(-dt / jnp.asarray(tau_mem))
     rho = jnp.exp(-dt / jnp.asarray(tau_adapt))
+    beta = 1.7 * (1.0 - rho) if beta is None else beta
     gain = 1.0 - alpha if zeta is None else zeta
     width = threshold if surrogate_width is None else surrogate_width
 
