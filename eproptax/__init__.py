@@ -4,6 +4,7 @@ from . import cells as cells
 from . import online as online
 from ._bptt import bptt as bptt
 from ._cell import Cell as Cell
+from ._checks import check_finite as check_finite
 from ._engine import FiringRateReg as FiringRateReg
 from ._engine import OnlineRule as OnlineRule
 from ._engine import OnlineState as OnlineState

@@ -18,3 +18,5 @@ from ._spiking import alif as alif
 from ._spiking import lif as lif
 from ._surrogate import SURROGATES as SURROGATES
 from ._surrogate import spike_fn as spike_fn
+from .._flax import from_flax as from_flax
+from .._flax import from_nnx as from_nnx

@@ -4,3 +4,5 @@ from .._deep_eprop import online_deep_eprop as deep_eprop
 from .._eprop import online_eprop as eprop
 from .._eprop_m import online_eprop_m as eprop_m
 from .._rtrl import online_rtrl as rtrl
+from .._streaming import load_state as load_state
+from .._streaming import save_state as save_state
