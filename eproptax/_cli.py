@@ -9,6 +9,7 @@ import sys
 # name -> module defining ``add_parser(subparsers)`` (which sets ``func`` on its parser)
 SUBCOMMANDS = {
     "compare": "eproptax._compare",
+    "bench": "eproptax._bench",
     "train": "eproptax._train_cli",
 }
 

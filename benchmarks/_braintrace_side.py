@@ -1,0 +1,107 @@
+"""Runs inside the braintrace virtual environment (benchmarks/.envs/braintrace): online gradients of a GRU.
+
+    python _braintrace_side.py in.npz out.npz
+
+``in.npz`` holds ``x`` (T, n_in), ``y`` (T, n_out), the weights of eproptax's reset-after GRU in flax's
+layout (``ir_kernel`` (n_in, n), ``ir_bias``, ``iz_kernel``, ``iz_bias``, ``in_kernel``, ``in_bias``,
+``hr_kernel`` (n, n), ``hz_kernel``, ``hn_kernel``, ``hn_bias``) and of a linear readout (``w_out``
+(n_out, n), ``b_out``), and ``repeats``. The same cell is written here with ``braintrace.nn.Linear`` layers
+(braintrace's own ``GRUCell`` is the reset-before variant, a different network), so both libraries run the
+same network on the same weights. Each algorithm (D-RTRL, and EProp, which is D-RTRL plus an optional
+low-pass filter of the trace) accumulates the gradient of ``sum_t 0.5 |y_t - y*_t|^2`` over the sequence
+with ``etrace_grad``. ``out.npz`` gets each algorithm's gradients (``<algo>/<param>``) and its wall time
+per sequence (``<algo>/seconds``: minimum over ``repeats`` calls of the jitted sequence function, after
+one call that compiles it), plus ``<algo>/compile_s``.
+"""
+
+import sys
+import time
+
+import brainstate
+import braintrace
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+class GRU(brainstate.nn.Module):
+    """eproptax's (and flax's) reset-after GRU with a linear readout, every product an ETP ``Linear``."""
+
+    def __init__(self, w):
+        super().__init__()
+        L = braintrace.nn.Linear
+        n_in, n = w["ir_kernel"].shape
+        self.n = n
+        self.ir = L(n_in, n, w_init=w["ir_kernel"], b_init=w["ir_bias"])
+        self.iz = L(n_in, n, w_init=w["iz_kernel"], b_init=w["iz_bias"])
+        self.in_ = L(n_in, n, w_init=w["in_kernel"], b_init=w["in_bias"])
+        self.hr = L(n, n, w_init=w["hr_kernel"], b_init=None)
+        self.hz = L(n, n, w_init=w["hz_kernel"], b_init=None)
+        self.hn = L(n, n, w_init=w["hn_kernel"], b_init=w["hn_bias"])
+        self.out = L(n, w["w_out"].shape[0], w_init=w["w_out"].T, b_init=w["b_out"])
+
+    def init_state(self, batch_size=None, **kwargs):
+        self.h = brainstate.HiddenState(jnp.zeros((self.n,), jnp.float32))
+
+    def reset_state(self, batch_size=None, **kwargs):
+        self.h.value = jnp.zeros((self.n,), jnp.float32)
+
+    def update(self, x):
+        h = self.h.value
+        r = jax.nn.sigmoid(self.ir(x) + self.hr(h))
+        u = jax.nn.sigmoid(self.iz(x) + self.hz(h))
+        c = jnp.tanh(self.in_(x) + r * self.hn(h))
+        h = (1 - u) * c + u * h
+        self.h.value = h
+        return self.out(h)
+
+
+NAMES = {"ir": "ir", "iz": "iz", "in_": "in", "hr": "hr", "hz": "hz", "hn": "hn"}
+
+
+def run(algorithm, w, xs, ys, repeats, **options):
+    model = GRU(w)
+    learner = braintrace.compile(model, algorithm, xs[0], **options)
+
+    def step_loss(x, y):
+        return 0.5 * jnp.sum((learner(x) - y) ** 2)
+
+    def sequence(xs, ys):
+        learner.reset_state()
+        return learner.etrace_grad(xs, ys, step_fn=step_loss, reduction="sum")
+
+    fn = brainstate.transform.jit(sequence)
+    start = time.perf_counter()
+    grads = jax.block_until_ready(fn(xs, ys))
+    compile_s = time.perf_counter() - start
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(xs, ys))
+        best = min(best, time.perf_counter() - start)
+    out = {}
+    for (layer, _), g in grads.items():
+        if layer == "out":
+            out["w_out"], out["b_out"] = np.asarray(g["weight"]).T, np.asarray(g["bias"])
+        else:
+            out[NAMES[layer] + "_kernel"] = np.asarray(g["weight"])
+            if "bias" in g:
+                out[NAMES[layer] + "_bias"] = np.asarray(g["bias"])
+    return out, best, compile_s
+
+
+def main(src, dst):
+    data = dict(np.load(src))
+    xs, ys = jnp.asarray(data.pop("x"), jnp.float32), jnp.asarray(data.pop("y"), jnp.float32)
+    repeats = int(data.pop("repeats", 3))
+    w = {k: jnp.asarray(v, jnp.float32) for k, v in data.items()}
+    result = {"braintrace_version": str(getattr(braintrace, "__version__", "")), "jax_version": jax.__version__}
+    for name, algorithm, options in (("D_RTRL", braintrace.D_RTRL, {}), ("EProp", braintrace.EProp, {})):
+        grads, seconds, compile_s = run(algorithm, w, xs, ys, repeats, **options)
+        result.update({f"{name}/{k}": v for k, v in grads.items()})
+        result[f"{name}/seconds"], result[f"{name}/compile_s"] = seconds, compile_s
+    np.savez(dst, **result)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
