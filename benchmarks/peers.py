@@ -224,13 +224,13 @@ def plot(rows, path):
     rows = [r for r in rows if r.get("speedup")]
     if not rows:
         return
-    fig, ax = plt.subplots(figsize=(8, 0.6 * len(rows) + 1.5))
+    fig, ax = plt.subplots(figsize=(10, 0.6 * len(rows) + 1.5))
     labels = [f"{r['name']} ({r.get('network', '')[:40]})" for r in rows]
     ax.barh(labels, [r["speedup"] for r in rows])
     for r, label in zip(rows, labels):
         ax.axvline(r["required_speedup"], color="k", ls=":", lw=0.8)
     ax.set_xscale("log")
-    ax.set_xlabel("speed-up of eproptax over the peer (same network, same gradient rule)")
+    ax.set_xlabel("eproptax speed-up over the peer (same network and rule)")
     fig.suptitle(title("eproptax against its peers"), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
