@@ -186,11 +186,10 @@ class _Progress:
         return text + f" {done / max(elapsed, 1e-9):.2f} it/s {elapsed:.0f}s"
 
     def update(self, done, losses, metrics) -> None:
-        now = time.perf_counter()
-        if now - self.last >= self.every_s or done == 1:
-            self.last = now
-            sys.stderr.write(self._line(done, losses, metrics) + self.end)
+        if time.perf_counter() - self.last >= self.every_s or done == 1:
+            sys.stderr.write(self._line(done, losses, metrics) + self.end)  # waits for the queued steps
             sys.stderr.flush()
+            self.last = time.perf_counter()
 
     def close(self, losses, metrics) -> None:
         sys.stderr.write(self._line(len(losses), losses, metrics) + "\n")

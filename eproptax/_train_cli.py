@@ -56,6 +56,9 @@ def _task_options(pairs) -> dict:
 
 def run(args) -> int:
     task_options = _task_options(args.task_option)
+    if args.task == "evidence" and "dt" not in task_options:
+        task_options["dt"] = 10.0
+        print("evidence accumulation on a 10 ms grid (225 steps); --task-option dt=1 gives the paper's 1 ms grid")
     dtype = jnp.float64 if args.float64 else jnp.float32
     if args.float64:
         jax.config.update("jax_enable_x64", True)
@@ -77,11 +80,14 @@ def run(args) -> int:
     print(f"eproptax train: task {args.task} ({task.time_steps} steps, {task.n_in} inputs), "
           f"{len(model.layers) - 1} x {type_name(model)}({n_rec}), rule {label}"
           f"{f', online every {args.online_every} steps' if online else ''}, adam lr {args.lr} "
-          f"({args.lr_schedule}), batch {batch}, "
+          f"({args.lr_schedule}){f', gradients clipped to norm {args.clip}' if args.clip else ''}, batch {batch}, "
           f"{args.steps} steps, seed {args.seed}")
     start = time.perf_counter()
     lr = optax.cosine_decay_schedule(args.lr, args.steps) if args.lr_schedule == "cosine" else args.lr
-    params, history = train(rule, task, params, optax.adam(lr), steps=args.steps, key=k_train, batch_size=batch,
+    optimizer = optax.adam(lr)
+    if args.clip:
+        optimizer = optax.chain(optax.clip_by_global_norm(args.clip), optimizer)
+    params, history = train(rule, task, params, optimizer, steps=args.steps, key=k_train, batch_size=batch,
                             model=model, online_every=args.online_every, progress=not args.no_progress,
                             desc=args.rule)
     total = time.perf_counter() - start
@@ -125,10 +131,14 @@ def plot_run(out, task, model, params, history, key, *, title="") -> list[str]:
     paths = []
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
     steps = np.arange(1, len(history["loss"]) + 1)
-    axes[0].plot(steps, history["loss"], lw=0.8)
-    axes[0].set(xlabel="training step", ylabel="loss", yscale="log", title=title)
-    axes[1].plot(steps, history["metric"], lw=0.8)
-    axes[1].set(xlabel="training step", ylabel=task.metric_name)
+    window = max(1, min(50, len(steps) // 10))  # running mean over `window` steps on top of the raw values
+    smooth = lambda v: np.convolve(v, np.ones(window) / window, mode="valid")
+    for ax, values, label in [(axes[0], history["loss"], "loss"), (axes[1], history["metric"], task.metric_name)]:
+        ax.plot(steps, values, lw=0.6, alpha=0.35, color="C0")
+        ax.plot(steps[window - 1:], smooth(values), lw=1.5, color="C0", label=f"running mean ({window} steps)")
+        ax.set(xlabel="training step", ylabel=label)
+    axes[0].set(yscale="log", title=title)
+    axes[1].legend(fontsize=8)
     if task.metric_name != "accuracy":
         axes[1].set_yscale("log")
     fig.tight_layout()
@@ -189,7 +199,8 @@ def raster_figure(task, model, inputs, activity, outputs, targets, *, title=""):
         y = np.asarray(targets["y"])
         for k in range(outputs.shape[1]):
             line, = axes[2].plot(steps, outputs[:, k], lw=1)
-            axes[2].plot(steps, np.where(mask, y[:, k], np.nan), lw=2, ls="--", alpha=0.6, color=line.get_color())
+            axes[2].plot(steps, np.where(mask, y[:, k], np.nan), lw=2, ls="--", alpha=0.6, color=line.get_color(),
+                         marker="o" if mask.sum() < 5 else None)
         axes[2].set(ylabel="readout\ndashed: target")
     axes[2].set(xlabel="time step")
     fig.tight_layout()
@@ -220,6 +231,9 @@ def add_parser(sub) -> None:
     p.add_argument("--lr", type=float, default=5e-3, help="optax.adam learning rate")
     p.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant",
                    help="constant, or cosine decay from --lr to 0 over the training steps")
+    p.add_argument("--clip", type=float, default=None, metavar="NORM",
+                   help="clip the gradient's global norm (optax.clip_by_global_norm), e.g. for BPTT on long "
+                        "spiking sequences")
     p.add_argument("--no-reg", action="store_true", help="train without the task's firing-rate regulariser")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--float64", action="store_true", help="train in float64")

@@ -183,6 +183,12 @@ def test_network_options_and_errors():
     assert len(model.layers) == 3 and params[1]["w_in"].shape == (4, 4)
     model, params = tasks.network(jax.random.key(0), 3, 2, cell="gru", n_rec=4)
     assert set(params[1]) == {"w_out", "b_out"}  # a linear readout for a classic cell
+    # a task's spiking defaults do not follow a change of cell
+    evidence = tasks.evidence_accumulation(dt=25.0)
+    _, params = evidence.network(jax.random.key(0), cell="lif", n_rec=4)
+    assert params[0]["w_in"].shape == (4, evidence.n_in)
+    _, params = evidence.network(jax.random.key(0), cell="lstm", n_rec=4)
+    assert params[0]["ii"]["kernel"].shape == (evidence.n_in, 4)
     with pytest.raises(ValueError, match="cell"):
         tasks.network(jax.random.key(0), 3, 2, cell="transformer")
     with pytest.raises(ValueError, match="takes no options"):

@@ -191,11 +191,24 @@ def network(key: PRNGKey, n_in: int, n_out: int, *, cell: str = "lif", n_rec: in
     return model, params
 
 
+NETWORK_OPTIONS = ("cell", "n_rec", "layers", "readout", "tau_out", "input_scale", "rec_scale", "adaptive_fraction",
+                   "dtype")
+ALIF_ONLY = ("beta", "tau_adapt")
+
+
 def with_defaults(n_in: int, n_out: int, **defaults):
-    """``network(key, **options)`` for a task: :func:`network` with the task's sizes and defaults."""
+    """``network(key, **options)`` for a task: :func:`network` with the task's sizes and defaults.
+
+    A task's defaults for one cell do not follow a change of cell: asking for ``cell="lstm"`` drops the
+    default spiking hyperparameters, and ``cell="lif"`` the default adaptation ones (options passed
+    explicitly are kept, and checked by the cell).
+    """
 
     def build(key, **options):
-        return network(key, n_in, n_out, **{**defaults, **options})
+        cell = options.get("cell", defaults.get("cell"))
+        kept = {k: v for k, v in defaults.items()
+                if k in NETWORK_OPTIONS or (cell in SPIKING and (cell == "alif" or k not in ALIF_ONLY))}
+        return network(key, n_in, n_out, **{**kept, **options})
 
     return build
 

@@ -81,9 +81,9 @@ def digits(*, split: str = "train", encoding: str = "spikes", row_steps: int = 5
         return jax.vmap(sample_one)(jax.random.split(key, batch_size))
 
     if encoding == "spikes":
-        network = with_defaults(n_in, 10, cell="alif", n_rec=100, adaptive_fraction=0.5, tau_out=10.0, dtype=dtype,
-                                tau_mem=20.0, tau_adapt=float(time_steps), beta=0.05, threshold=0.6, zeta=1.0,
-                                surrogate_height=0.3 / 0.6)
+        network = with_defaults(n_in, 10, cell="alif", n_rec=100, adaptive_fraction=0.5, tau_out=10.0,
+                                input_scale=0.3, dtype=dtype, tau_mem=20.0, tau_adapt=float(time_steps), beta=0.05,
+                                threshold=0.6, zeta=1.0, surrogate_height=0.3 / 0.6)
         reg = FiringRateReg(c_reg=1.0, f_target=0.02)
     else:
         network = with_defaults(n_in, 10, cell="lstm", n_rec=64, dtype=dtype)

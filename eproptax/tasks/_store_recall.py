@@ -31,8 +31,8 @@ def store_recall(*, n_periods: int = 8, period_steps: int = 20, rate: float = 0.
       dtype: dtype of the inputs and masks.
 
     Returns:
-      A :class:`Task` (``metric_name="accuracy"``) whose ``network`` is 60 ALIF neurons (``tau_adapt`` of
-      the sequence's length) and a leaky readout.
+      A :class:`Task` (``metric_name="accuracy"``) whose ``network`` is 60 neurons, half of them adaptive
+      (``tau_adapt`` of the sequence's length), and a leaky readout.
 
     References:
       Bellec, Salaj, Subramoney, Legenstein, Maass. "Long short-term memory and learning-to-learn in
@@ -59,9 +59,9 @@ def store_recall(*, n_periods: int = 8, period_steps: int = 20, rate: float = 0.
         targets = {"label": jnp.full((time_steps,), label, jnp.int32), "mask": window_mask(period == recall, dtype)}
         return inputs, targets
 
-    network = with_defaults(n_in, 2, cell="alif", n_rec=60, adaptive_fraction=0.5, tau_out=20.0, dtype=dtype,
-                            tau_mem=20.0, tau_adapt=float(time_steps), beta=0.1, threshold=0.6, zeta=1.0,
-                            surrogate_height=0.3 / 0.6)
+    network = with_defaults(n_in, 2, cell="alif", n_rec=60, adaptive_fraction=0.5, tau_out=20.0, input_scale=0.3,
+                            dtype=dtype, tau_mem=20.0, tau_adapt=float(time_steps), beta=0.1, threshold=0.6,
+                            zeta=1.0, surrogate_height=0.3 / 0.6)
     reg = FiringRateReg(c_reg=1.0, f_target=0.02)
     return Task("store_recall", batched(sample_one), cross_entropy, window_accuracy, network, n_in, 2, time_steps,
                 "accuracy", reg)
