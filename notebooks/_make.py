@@ -1,7 +1,7 @@
 """Writes the notebooks of this folder from the cells below (edit here, then run, then execute them).
 
-    python notebooks/_make.py                 # write the .ipynb files (no outputs)
-    python notebooks/_make.py --execute       # and execute them in full mode, saving the outputs
+    python notebooks/_make.py                 # rewrite the .ipynb files (unchanged code cells keep their outputs)
+    python notebooks/_make.py --execute [NAME ...]  # execute them in full mode, saving the outputs
 
 Every notebook reads ``EPROPTAX_QUICK=1`` from the environment to run in well under a minute
 (``tests/test_notebooks.py`` does so); by default it runs in a few minutes on a laptop CPU.
@@ -390,7 +390,7 @@ the accuracy they reach."""),
     ("code", """\
 DT = 25.0 if QUICK else 10.0
 N_REC = 20 if QUICK else 100
-STEPS = 4 if QUICK else 300
+STEPS = 4 if QUICK else 600
 BATCH = 8 if QUICK else 32
 task = ep.tasks.evidence_accumulation(dt=DT)
 model, params = task.network(jax.random.key(0), n_rec=N_REC)
@@ -421,8 +421,9 @@ show(params, "before training")"""),
     ("code", """\
 trained, histories = {}, {}
 for name, rule in [("e-prop", ep.eprop), ("BPTT", ep.bptt)]:
+    optimizer = optax.adam(optax.cosine_decay_schedule(5e-3, STEPS))  # the learning rate decays to 0
     trained[name], histories[name] = ep.train(
-        rule(model, task.loss, reg=task.reg), task, params, optax.adam(5e-3), steps=STEPS,
+        rule(model, task.loss, reg=task.reg), task, params, optimizer, steps=STEPS,
         key=jax.random.key(1), batch_size=BATCH, model=model, desc=name)
     test = ep.tasks.evaluate(task, model, trained[name], jax.random.key(99), 256)
     print(f"{name}: test accuracy {test['accuracy']:.3f} after {STEPS} steps "
@@ -523,12 +524,25 @@ def build(name: str) -> nbformat.NotebookNode:
     return notebook
 
 
+def carry_outputs(notebook: nbformat.NotebookNode, path: str) -> None:
+    """Copies the outputs of the code cells whose source has not changed from the notebook at ``path``."""
+    if not os.path.exists(path):
+        return
+    previous = {cell.source: cell for cell in nbformat.read(path, as_version=4).cells if cell.cell_type == "code"}
+    for cell in notebook.cells:
+        if cell.cell_type == "code" and cell.source in previous:
+            old = previous[cell.source]
+            cell.outputs, cell.execution_count, cell.metadata = old.outputs, old.execution_count, old.metadata
+
+
 def main(argv) -> None:
     names = [a for a in argv if not a.startswith("--")] or list(NOTEBOOKS)
     for name in names:
         notebook = build(name)
         path = os.path.join(HERE, name + ".ipynb")
-        if "--execute" in argv:
+        if "--execute" not in argv:
+            carry_outputs(notebook, path)  # rewriting the text keeps the results of unchanged code cells
+        else:
             from nbclient import NotebookClient
 
             start = time.perf_counter()
