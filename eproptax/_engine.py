@@ -149,9 +149,10 @@ def sequence_loss(model: Cell, loss: LossFn, *, reg: Optional[FiringRateReg] = N
                 return carry, (loss(out, xt[1]), z)
 
             _, (losses, zs) = jax.lax.scan(body, model.init_carry(params), (x_seq, target_seq))
-            total = jnp.sum(losses)
+            dtype = accum_dtype(params)
+            total = jnp.sum(losses.astype(dtype))
             if reg is not None:
-                rate = jnp.mean(zs, axis=0)
+                rate = jnp.mean(zs.astype(dtype), axis=0)
                 total = total + 0.5 * reg.c_reg * jnp.sum((rate - reg.f_target) ** 2)
             return total
 
@@ -243,11 +244,14 @@ def scan_rule(where: str, model: Cell, loss: LossFn, online: OnlineRule):
         check_inputs(where, model, loss, params, inputs, targets)
         state = online.init(params, np.shape(inputs)[0])
 
-        def body(state, xt):
-            state, _ = online.step(params, state, xt[0], xt[1])
+        # Index step t (the state's own step counter) of the batch-major arrays inside the scan rather than
+        # scanning over a transposed copy: the copy was the only temporary that grew with T.
+        def body(state, _):
+            at_t = lambda a: jax.lax.dynamic_index_in_dim(a, state.steps, axis=1, keepdims=False)
+            state, _ = online.step(params, state, at_t(inputs), jax.tree_util.tree_map(at_t, targets))
             return state, None
 
-        state, _ = jax.lax.scan(body, state, (time_major(inputs), time_major(targets)))
+        state, _ = jax.lax.scan(body, state, None, length=np.shape(inputs)[1])
         return online.result(params, state)
 
     return grad_fn
@@ -264,7 +268,8 @@ def accum_dtype(params: Params):
     bfloat16 (or float16) weights and inputs then run the network in low precision while every trace, the
     gradient and the loss accumulate in float32; ``result`` casts the gradient back to the parameters' dtype.
     """
-    return jnp.promote_types(jax.tree_util.tree_leaves(params)[0].dtype, jnp.float32)
+    dtype = jnp.dtype(jax.tree_util.tree_leaves(params)[0].dtype)
+    return dtype if jnp.finfo(dtype).bits >= 32 else jnp.dtype(jnp.float32)
 
 
 def new_state(model: Cell, params: Params, batch_size: int, traces: Any, grads: Any,

@@ -53,10 +53,12 @@ def online_rtrl(model: Cell, loss: LossFn, *, reg: Optional[FiringRateReg] = Non
         (value, out), (g_c, g_theta) = jax.value_and_grad(
             lambda c, th: (loss(run(c, th)[1], target), run(c, th)[1]), argnums=(0, 1), has_aux=True)(c_vec, theta)
         # d loss_t / d theta = direct part + (d loss_t / d carry_{t-1}) . M^{t-1}
-        # tangents go through the cell in its own dtype; the influence accumulates in accum_dtype
-        push = jax.vmap(lambda m: jax.jvp(lambda c: new_c(c, theta), (c_vec,), (m.astype(c_vec.dtype),))[1])
+        # d carry^t / d carry^{t-1} by jvp along the few state directions (jacfwd), then one matrix product
+        # for all |theta| columns of the influence: the update runs at matmul speed. Jacobians are taken in
+        # the cell's dtype; the influence accumulates in accum_dtype.
+        jac_c = jax.jacfwd(lambda c: new_c(c, theta))(c_vec).astype(influence.dtype)
         immediate = jax.jacrev(lambda th: new_c(c_vec, th))(theta).T
-        influence_new = push(influence).astype(influence.dtype) + immediate.astype(influence.dtype)
+        influence_new = influence @ jac_c.T + immediate.astype(influence.dtype)
         new_carry = run(c_vec, theta)[0]
         extras = ()
         if reg is not None:
@@ -99,12 +101,12 @@ def rtrl(model: Cell, loss: LossFn, *, reg: Optional[FiringRateReg] = None) -> G
     Carries the influence matrix ``M^t = d carry^t / d theta`` of every parameter on every state variable
     and updates it each step::
 
-      M^t = (d carry^t / d carry^{t-1}) M^{t-1} + d carry^t / d theta        (jvp, vmapped over theta)
+      M^t = (d carry^t / d carry^{t-1}) M^{t-1} + d carry^t / d theta
       d loss_t / d theta = d loss_t/d theta |direct + (d loss_t / d carry^{t-1}) M^{t-1}
 
-    The first term is ``jax.jvp`` of the step vmapped over the ``|theta|`` tangent directions (a batched
-    matrix product); the immediate term is the step's own Jacobian in ``theta`` (``jax.jacrev`` over the
-    few state variables). It works for every cell, with or without the synapse / dynamics split. It equals
+    ``d carry^t / d carry^{t-1}`` is ``jax.jvp`` of the step vmapped over the state's tangent directions
+    (``jax.jacfwd``), applied to all ``|theta|`` columns of ``M`` in one matrix product; the immediate term
+    is the step's own Jacobian in ``theta`` (``jax.jacrev`` over the few state variables). It works for every cell, with or without the synapse / dynamics split. It equals
     :func:`bptt` to rounding error; memory per example is ``|carry| x |theta|``, independent of ``T``, and
     time per step ``O(|carry| |theta| n)``: use it on small networks, or as a reference.
 

@@ -253,14 +253,19 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
                 L[l - 1] = jax.vjp(step_map, f["u"])[1](cot)[0]
 
         # trace updates, bottom-up so that F sees the new traces of the layer below
-        def push(l, arg, y_dense):
+        def push(l, arg, z_trace, compact):
+            """``dh/da . W . z_trace``: the explicit edge (``arg="z"``) or the same-step edge from below (``"u"``)."""
             f, layer, p = fwd[l], layers[l], params[l]
             if arg == "z":
-                lin = lambda d: jax.jvp(lambda zz: layer.synapse(p, f["u"], zz), (f["z_prev"],),
-                                        (d.astype(f["z_prev"].dtype),))[1]
+                fn, at = (lambda zz: layer.synapse(p, f["u"], zz)), f["z_prev"]
             else:
-                lin = lambda d: jax.jvp(lambda uu: layer.synapse(p, uu, f["z_prev"]), (f["u"],), (d.astype(f["u"].dtype),))[1]
-            da = jax.vmap(lin, in_axes=1, out_axes=-1)(y_dense)
+                fn, at = (lambda uu: layer.synapse(p, uu, f["z_prev"])), f["u"]
+            if compact:  # z_trace[j, g, i] moves neuron j only: broadcast against the synaptic matrix
+                w = jax.jacfwd(fn)(at)  # (n_l, k_l, n_src); depends on params only, so XLA hoists it
+                da = (w[:, :, :, None, None] * z_trace[None, None]).reshape(w.shape[:2] + (-1,))
+            else:
+                lin = lambda d: jax.jvp(fn, (at,), (d.astype(at.dtype),))[1]
+                da = jax.vmap(lin, in_axes=1, out_axes=-1)(z_trace)
             return mix(f["blk"].dfda, da)
 
         influence = {}
@@ -272,10 +277,10 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
                     continue
                 trace = mix(f["blk"].D, old[n])
                 if n >= 1:
-                    trace += push(l, "z", dense(l, p, n - 1, to_z(l, p, n - 1, old[n - 1], f["dgdh_prev"])))
+                    trace += push(l, "z", to_z(l, p, n - 1, old[n - 1], f["dgdh_prev"]), own(l, p, n - 1))
                 if l > p:
                     below = influence[(l - 1, p)][n]
-                    trace += push(l, "u", dense(l - 1, p, n, to_z(l - 1, p, n, below, fwd[l - 1]["blk"].dgdh)))
+                    trace += push(l, "u", to_z(l - 1, p, n, below, fwd[l - 1]["blk"].dgdh), own(l - 1, p, n))
                 new.append(trace)
             influence[(l, p)] = tuple(new)
 
@@ -302,14 +307,14 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
     def contract_z(sig, z_trace, dp):
         """``sum_b sum_j sig[b, j] z_trace[b, j, ...]`` for a compact or dense z-space trace."""
         if z_trace.ndim == 4:
-            return jnp.sum(sig[:, :, None, None] * z_trace, axis=0)
+            return jnp.einsum("bj,bjgi->jgi", sig, z_trace)
         return jnp.einsum("bj,bjP->P", sig, z_trace).reshape(dp.n, dp.k, dp.m)
 
     def contract_h(delta, trace, l, p, n, dp):
         if factorised(l, p, n):
             return jnp.einsum("bj,bi->ji", delta[..., 0], trace)[:, None, :]
         if own(l, p, n):
-            return jnp.sum(jax.vmap(weigh)(delta, trace), axis=0)
+            return jnp.einsum("bjc,bjcgi->jgi", delta, trace)
         return jnp.einsum("bjc,bjcP->P", delta, trace).reshape(dp.n, dp.k, dp.m)
 
     def step(params, state, x, target):

@@ -318,17 +318,7 @@ def test_bfloat16_weights_and_inputs(name):
     _, (value32, grads32) = low_precision(name, F32)
     assert cosine(grads, grads32) > 0.9
     assert abs(float(value) - float(value32)) < 0.05 * abs(float(value32))
-    if name != "bptt":  # traces, gradient and loss accumulate in float32
-        assert value.dtype == F32
-
-
-def test_bptt_bfloat16_loss_is_float32():
-    _, (value, _) = low_precision("bptt", BF16)
-    if value.dtype != F32:
-        pytest.xfail("ep.bptt (jax.value_and_grad of ep.sequence_loss) sums the loss in the params' dtype, so "
-                     "its loss is bfloat16 here while every forward-mode rule returns float32; reported to "
-                     "the owner of _engine.py (sequence_loss should accumulate in accum_dtype).")
-    assert value.dtype == F32
+    assert value.dtype == F32  # traces, gradient and loss accumulate in float32, bptt's loss included
 
 
 # ----------------------------------------------------------------------------------------------------------

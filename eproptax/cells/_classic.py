@@ -59,16 +59,17 @@ def _state_carry(state_type, n_fields, n_rec, leaf):
 
 
 def rnn(n_in: int, n_rec: int, *, dtype=jnp.float32) -> Cell:
-    """An Elman tanh RNN layer (flax ``SimpleCell``): ``h^t = tanh(x^t W_i + h^{t-1} W_h + b_h)``.
+    """An Elman tanh RNN layer (flax ``SimpleCell``): ``h^t = tanh(x^t W_i + b_i + h^{t-1} W_h)``.
 
-    Params ``{"i": {"kernel"}, "h": {"kernel", "bias"}}``; one gate (``k = 1``), no implicit recurrence.
+    Params ``{"i": {"kernel", "bias"}, "h": {"kernel"}}`` (flax's tree); one gate (``k = 1``), no implicit
+    recurrence.
     """
 
     def synapse(params, x, z_prev):
         return (_dense(params, "i", x) + _dense(params, "h", z_prev))[:, None]
 
-    return make_cell(n_in=n_in, n_out=n_rec, init=_dense_init({"i": False, "h": True}, n_in, n_rec, dtype),
-                     init_carry=_state_carry(RNNState, 1, n_rec, "h"), synapse=synapse,
+    return make_cell(n_in=n_in, n_out=n_rec, init=_dense_init({"i": True, "h": False}, n_in, n_rec, dtype),
+                     init_carry=_state_carry(RNNState, 1, n_rec, "i"), synapse=synapse,
                      dynamics=lambda h, a: RNNState(jnp.tanh(a[:, 0]).astype(h.h.dtype)), output=lambda h: h.h)
 
 
