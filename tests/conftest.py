@@ -1,10 +1,13 @@
 """Test configuration: float64, promotion rules, key fixtures.
 
 Exactness tests compare rules to 1e-9 or tighter, which needs float64, so x64 is enabled at import (before
-any test module builds an array). The target is ``RANK_PROMOTION = "raise"`` (catches a silently broadcast
-trace or gradient) and ``DTYPE_PROMOTION = "strict"``; both stay permissive until the library runs under them:
-``test_transforms.py::test_runs_under_strict_promotion`` runs every rule under both and pins what fails.
-Flip the two constants when it passes.
+any test module builds an array). The target is ``RANK_PROMOTION = "raise"`` (it catches a silently
+broadcast trace or gradient) and ``DTYPE_PROMOTION = "strict"``; both stay permissive until the library
+traces under them: ``test_transforms.py::test_runs_under_strict_promotion`` traces every rule under each and
+pins what fails. Flip ``RANK_PROMOTION`` when its ``rank_raise`` cases pass. Before flipping
+``DTYPE_PROMOTION``, note that optax itself is not strict-clean (adam's bias correction computes
+``decay ** count`` with an int32 count), so every test file that runs an optax optimiser must then trace it
+under ``jax.numpy_dtype_promotion("standard")``, as ``test_transforms.py`` does.
 """
 
 import jax
