@@ -228,14 +228,10 @@ inputs, targets = problem(jax.random.key(2), N_IN, T_MAX)
 masks = jnp.stack([jnp.broadcast_to(jnp.arange(T_MAX) < n, (4, T_MAX)).astype(jnp.float32) for n in LENGTHS])
 
 B = ep.random_feedback(jax.random.key(3), N_REC, 2)
-rules = {
-    "BPTT": ep.bptt(model, mse),
-    "e-prop": ep.eprop(model, mse),
-    "e-prop, random B": ep.eprop(model, mse, feedback=B),
-    "eprop_m(1)": ep.eprop_m(model, mse, 1),
-    "eprop_m(2)": ep.eprop_m(model, mse, 2),
-}
+rules = {"BPTT": ep.bptt(model, mse), "e-prop": ep.eprop(model, mse), "eprop_m(1)": ep.eprop_m(model, mse, 1)}
 if not QUICK:
+    rules["e-prop, random B"] = ep.eprop(model, mse, feedback=B)
+    rules["eprop_m(2)"] = ep.eprop_m(model, mse, 2)
     rules["RTRL"] = ep.rtrl(model, mse)
 
 
@@ -265,7 +261,7 @@ Each order adds one level of dense traces (like RTRL's influence matrix); `order
 gradient (the test suite checks it)."""),
     ("code", """\
 T_ORDER = 30
-ORDERS = [0, 1] if QUICK else [0, 1, 2, 3, 4, 6]
+ORDERS = [1] if QUICK else [0, 1, 2, 3, 4, 6]
 x, y = inputs[:, :T_ORDER], jax.tree_util.tree_map(lambda a: a[:, :T_ORDER], targets)
 bptt_grads = jax.jit(jax.vmap(lambda p: ep.bptt(model, mse)(p, x, y)[1]))(params)
 by_order = []
@@ -283,7 +279,7 @@ A stack of three LIF layers: `eprop` gives each layer its own traces and passes 
 through the layers above at the same step; `deep_eprop(depth="full")` also carries each layer's traces
 through the layers above it; `order=1` puts back one explicit edge within each layer."""),
     ("code", """\
-LAYERS, N_DEEP, T_DEEP = 3, 12, (20 if QUICK else 60)
+LAYERS, N_DEEP, T_DEEP = (2, 8, 10) if QUICK else (3, 12, 60)
 deep, _ = spiking_net(jax.random.key(0), N_IN, N_DEEP, 2, layers=LAYERS)
 deep_params = jax.vmap(lambda k: spiking_net(k, N_IN, N_DEEP, 2, layers=LAYERS)[1])(
     jax.random.split(jax.random.key(4), K))
@@ -519,6 +515,8 @@ print(f"symmetric feedback: NMSE {grid[best]:.3f}; random feedback over {SEEDS} 
 def build(name: str) -> nbformat.NotebookNode:
     notebook = new_notebook()
     notebook.cells = [new_markdown_cell(src) if kind == "md" else new_code_cell(src) for kind, src in NOTEBOOKS[name]]
+    for i, cell in enumerate(notebook.cells):
+        cell.id = f"cell-{i:02d}"  # stable ids: rewriting a notebook changes only what changed
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     notebook.metadata["language_info"] = {"name": "python"}
     return notebook
@@ -528,7 +526,9 @@ def carry_outputs(notebook: nbformat.NotebookNode, path: str) -> None:
     """Copies the outputs of the code cells whose source has not changed from the notebook at ``path``."""
     if not os.path.exists(path):
         return
-    previous = {cell.source: cell for cell in nbformat.read(path, as_version=4).cells if cell.cell_type == "code"}
+    old_notebook = nbformat.read(path, as_version=4)
+    notebook.metadata = old_notebook.metadata
+    previous = {cell.source: cell for cell in old_notebook.cells if cell.cell_type == "code"}
     for cell in notebook.cells:
         if cell.cell_type == "code" and cell.source in previous:
             old = previous[cell.source]
