@@ -53,11 +53,6 @@ def assert_close(a, b, tol: float, what: str = "") -> None:
         assert err <= tol, f"{what}{jax.tree_util.keystr(path)}: relative error {err:.3e} > {tol:.1e}"
 
 
-def tree_map_with_key(fn, tree):
-    """``fn(key_string, leaf)`` over a tree."""
-    return jax.tree_util.tree_map_with_path(lambda path, x: fn(jax.tree_util.keystr(path), x), tree)
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Tiny problems
 # ----------------------------------------------------------------------------------------------------------
@@ -222,10 +217,15 @@ def _spikes_fn(cfg: Config):
     return jax.jit(lambda params, inputs: recurrent_traces(model_of(cfg), params, inputs))
 
 
+def layer_outputs(cfg: Config, params, inputs=None) -> list[np.ndarray]:
+    """Per-step outputs of each recurrent layer, ``(B, T, n_l)`` arrays (compiled once per configuration)."""
+    inputs = problem(cfg).inputs if inputs is None else inputs
+    return [np.asarray(z) for z in _spikes_fn(cfg)(params, inputs)]
+
+
 def spike_counts(cfg: Config, params, inputs=None) -> list[int]:
     """Total spikes of each recurrent layer on the configuration's inputs."""
-    inputs = problem(cfg).inputs if inputs is None else inputs
-    return [int(np.sum(np.asarray(z))) for z in _spikes_fn(cfg)(params, inputs)]
+    return [int(np.sum(z)) for z in layer_outputs(cfg, params, inputs)]
 
 
 # ----------------------------------------------------------------------------------------------------------

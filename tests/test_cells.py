@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import eproptax as ep
-from helpers import Config, assert_close, loss_fn, mse, problem, rel_err, run
+from helpers import Config, loss_fn, mse, problem, run
 
 F64 = jnp.float64
 N_IN, N = 3, 4
@@ -85,7 +85,8 @@ LEAKY = {
     "lif": (lambda: ep.cells.lif(N_IN, N, tau_mem=15.0, dt=1.5, dtype=F64), 15.0, 1.5, None),
     "lif_zeta_1": (lambda: ep.cells.lif(N_IN, N, tau_mem=20.0, zeta=1.0, dtype=F64), 20.0, 1.0, 1.0),
     "leaky_readout": (lambda: ep.cells.leaky_readout(N_IN, N, tau_out=30.0, dtype=F64), 30.0, 1.0, None),
-    "leaky_readout_zeta": (lambda: ep.cells.leaky_readout(N_IN, N, tau_out=7.0, zeta_out=0.5, dtype=F64), 7.0, 1.0, 0.5),
+    "leaky_readout_zeta": (lambda: ep.cells.leaky_readout(N_IN, N, tau_out=7.0, zeta_out=0.5, dtype=F64),
+                           7.0, 1.0, 0.5),
 }
 
 
@@ -107,12 +108,11 @@ def test_declared_leak_matches_autodiff(name, keys):
         np.testing.assert_allclose(dfda[:, :, 0], declared_gain * np.eye(N), rtol=1e-14, atol=1e-15)
 
 
-def test_attached_reset_declares_no_leak(keys):
+def test_attached_reset_declares_no_leak():
     """With the reset in the gradient, D = alpha - threshold * psi(v_prev): not a constant leak."""
     cell = ep.cells.lif(N_IN, N, detach_reset=False, dtype=F64)
     assert cell.leak is None
     assert ep.cells.alif(N_IN, N, dtype=F64).leak is None
-    params = cell.init(keys[0])
     h_prev = ep.cells.LIFState(jnp.array([0.02, 0.03, 0.05, 0.2], F64), jnp.zeros(N, jnp.int32))
     D, _ = _jacobians(cell, h_prev, jnp.zeros((N, 1), F64))
     alpha = np.exp(-1 / 20.0)

@@ -1,14 +1,13 @@
 """Structural properties of e-prop: where it is exact, what it drops, feedback, regularisation."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
 import eproptax as ep
-from helpers import (CELLS, READOUTS, SPIKING, Config, assert_close, cosine, loss_fn, mse, nest_fixture,
-                     nest_problem, nest_refractory, nest_rule_fn, problem, rel_err, run, spike_counts,
+from helpers import (CELLS, READOUTS, SPIKING, Config, assert_close, cosine, layer_outputs, loss_fn, mse,
+                     nest_fixture, nest_problem, nest_refractory, nest_rule_fn, problem, rel_err, run, spike_counts,
                      zero_recurrent)
 
 STANDARD = [Config(cells=(cell,), readout=readout) for cell in CELLS for readout in READOUTS]
@@ -214,9 +213,7 @@ def test_eprop_with_reg_is_exact_without_recurrent_weights(cfg):
 @pytest.mark.parametrize("cfg", REG_CONFIGS, ids=ids)
 def test_loss_value_includes_the_reg_term(cfg):
     prob = problem(cfg)
-    from helpers import _spikes_fn  # the recurrent layer's spike trains, (B, T, n)
-
-    z = np.asarray(_spikes_fn(cfg)(prob.params, prob.inputs)[0])
+    z = layer_outputs(cfg, prob.params)[0]  # the recurrent layer's spike trains, (B, T, n)
     rate = z.mean(axis=1)
     term = np.mean(0.5 * REG.c_reg * np.sum((rate - REG.f_target) ** 2, axis=-1))
     plain = loss_fn(cfg)(prob.params, prob.inputs, prob.targets)
