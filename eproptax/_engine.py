@@ -107,12 +107,13 @@ def recurrent_outputs(model: Cell, carry: Any) -> Array:
 
 def reg_value(reg: FiringRateReg, spikes: Array, steps: Array) -> Array:
     """Batch mean of ``(c_reg / 2) sum_j (r_j - f_target)^2`` from per-example spike sums ``(B, n)``."""
-    rate = spikes / steps
+    rate = spikes / steps.astype(spikes.dtype)
     return jnp.mean(0.5 * reg.c_reg * jnp.sum((rate - reg.f_target) ** 2, axis=-1))
 
 
 def reg_weights(reg: FiringRateReg, spikes: Array, steps: Array) -> Array:
     """``d reg / d (sum_t z_j^t)`` per example, divided by the batch size: ``c_reg (r_j - f*) / (T B)``."""
+    steps = steps.astype(spikes.dtype)
     rate = spikes / steps
     return reg.c_reg * (rate - reg.f_target) / steps / spikes.shape[0]
 

@@ -87,8 +87,7 @@ def online_rtrl(model: Cell, loss: LossFn, *, reg: Optional[FiringRateReg] = Non
         theta, unravel_params = ravel_pytree(params)
         grads, value = state.grads, state.loss
         if reg is not None:
-            grads = grads + jnp.einsum("bpn,bn->p", state.reg_traces, reg_weights(reg, state.spikes, state.steps)
-                                       * state.spikes.shape[0])
+            grads = grads + jnp.einsum("bpn,bn->p", state.reg_traces, reg_weights(reg, state.spikes, state.steps))
             value = value + reg_value(reg, state.spikes, state.steps)
         return value, unravel_params(grads.astype(theta.dtype))
 

@@ -178,7 +178,7 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
         if fact:
             decay, gain = layer.leak
             return decay * trace + gain * v
-        return mix(blk.D, trace) + blk.dfda[..., None] * v
+        return mix(blk.D, trace) + blk.dfda[..., None] * v[None, None, None, :]
 
     def to_z(l, p, n, trace, dgdh):
         """The trace in z-space: compact ``(n, k, m)`` for an own level-0 trace, else dense ``(n_l, P)``."""
@@ -347,12 +347,11 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
         dims, dtype = all_dims(params)
         grads, value = list(state.grads), state.loss
         if reg is not None:
-            weights = reg_weights(reg, state.spikes, state.steps) * state.spikes.shape[0]
+            weights = reg_weights(reg, state.spikes, state.steps)  # already divided by the batch size
             offsets = np.cumsum([0] + [dims[l].n for l in range(R)])
-            batch = state.spikes.shape[0]
             for l, p in pairs:
                 w = weights[:, offsets[l]:offsets[l + 1]]
-                grads[p] = grads[p] + contract_z(w, state.reg_traces[(l, p)], dims[p]) / batch
+                grads[p] = grads[p] + contract_z(w, state.reg_traces[(l, p)], dims[p])
             value = value + reg_value(reg, state.spikes, state.steps)
         out = []
         for i, layer in enumerate(layers):

@@ -1,19 +1,16 @@
 """Test configuration: float64, promotion rules, key fixtures.
 
 Exactness tests compare rules to 1e-9 or tighter, which needs float64, so x64 is enabled at import (before
-any test module builds an array). The target is ``RANK_PROMOTION = "raise"`` (it catches a silently
-broadcast trace or gradient) and ``DTYPE_PROMOTION = "strict"``; both stay permissive until the library
-traces under them: ``test_transforms.py::test_runs_under_strict_promotion`` traces every rule under each and
-pins what fails. Flip ``RANK_PROMOTION`` when its ``rank_raise`` cases pass. Before flipping
-``DTYPE_PROMOTION``, note that optax itself is not strict-clean (adam's bias correction computes
-``decay ** count`` with an int32 count), so every test file that runs an optax optimiser must then trace it
-under ``jax.numpy_dtype_promotion("standard")``, as ``test_transforms.py`` does.
+any test module builds an array). Rank promotion raises (it catches a silently broadcast trace or
+gradient). Dtype promotion stays "standard" here because optax itself is not strict-clean (adam's bias
+correction computes ``decay ** count`` with an int32 count); the library is:
+``test_transforms.py::test_runs_under_strict_promotion`` traces every rule under "strict".
 """
 
 import jax
 import pytest
 
-RANK_PROMOTION = "allow"
+RANK_PROMOTION = "raise"
 DTYPE_PROMOTION = "standard"
 
 jax.config.update("jax_enable_x64", True)
