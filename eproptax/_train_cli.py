@@ -23,8 +23,13 @@ from ._train import train
 RULES = ("bptt", "rtrl", "eprop", "eprop_m", "deep_eprop")
 
 
-def make_rule(name: str, model, loss, *, order=1, depth="full", feedback="symmetric", reg=None, online=False):
-    """The rule ``name`` for ``model``: its whole-sequence ``grad_fn``, or its :class:`OnlineRule` if ``online``."""
+def make_rule(name: str, model, loss, *, order=None, depth="full", feedback="symmetric", reg=None, online=False):
+    """The rule ``name`` for ``model``: its whole-sequence ``grad_fn``, or its :class:`OnlineRule` if ``online``.
+
+    ``order`` defaults to 1 for ``eprop_m`` and 0 (deep e-prop proper) for ``deep_eprop``.
+    """
+    if order is None:
+        order = 1 if name == "eprop_m" else 0
     if name == "bptt":
         if online:
             raise ValueError("train: bptt has no online form (it needs the whole sequence); drop --online-every.")
@@ -72,6 +77,8 @@ def run(args) -> int:
     feedback = "symmetric" if args.feedback == "symmetric" else random_feedback(k_feedback, n_rec, task.n_out, dtype)
     reg = None if args.no_reg else task.reg
     online = args.online_every is not None
+    if args.order is None:  # m-order e-prop's first new order; deep e-prop proper keeps none
+        args.order = 1 if args.rule == "eprop_m" else 0
     rule = make_rule(args.rule, model, task.loss, order=args.order, depth=args.depth, feedback=feedback, reg=reg,
                      online=online)
     batch = args.batch if args.batch else (1 if args.task == "pattern" else 32)
@@ -215,7 +222,8 @@ def add_parser(sub) -> None:
     p.add_argument("--task-option", action="append", metavar="KEY=VALUE",
                    help="keyword of the task factory, repeatable (e.g. --task-option dt=10)")
     p.add_argument("--rule", choices=RULES, default="eprop")
-    p.add_argument("--order", type=int, default=1, help="explicit recurrent edges kept (eprop_m, deep_eprop)")
+    p.add_argument("--order", type=int, default=None,
+                   help="explicit recurrent edges kept: eprop_m (default 1), deep_eprop (default 0)")
     p.add_argument("--depth", choices=["full", "spatial"], default="full", help="deep_eprop's depth treatment")
     p.add_argument("--feedback", choices=["symmetric", "random"], default="symmetric",
                    help="learning signal of the e-prop family")
