@@ -169,9 +169,13 @@ def network(key: PRNGKey, n_in: int, n_out: int, *, cell: str = "lif", n_rec: in
         width = n_in if i == 0 else n_rec
         if cell == "alif":
             options = dict(cell_options)
-            beta = jnp.asarray(options.pop("beta", 1.7), dtype)
+            beta = options.pop("beta", None)
+            if beta is None:  # the cell's documented default, Bellec et al.'s 1.7 in NEST's convention
+                rho = jnp.exp(-options.get("dt", 1.0) / jnp.asarray(options.get("tau_adapt", 2000.0)))
+                beta = 1.7 * (1.0 - rho)
             n_adapt = int(round(adaptive_fraction * n_rec))
-            beta = jnp.where(jnp.arange(n_rec) >= n_rec - n_adapt, beta, jnp.zeros((), dtype))
+            adapts = jnp.arange(n_rec) >= n_rec - n_adapt
+            beta = jnp.where(adapts, jnp.asarray(beta, dtype), jnp.zeros((), dtype))
             stack.append(cells.alif(width, n_rec, beta=beta, dtype=dtype, **options))
         elif cell == "lif":
             stack.append(cells.lif(width, n_rec, dtype=dtype, **cell_options))
