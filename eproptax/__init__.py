@@ -2,14 +2,15 @@
 
 from . import cells as cells
 from . import online as online
+from . import tasks as tasks
 from ._bptt import bptt as bptt
 from ._cell import Cell as Cell
 from ._checks import check_finite as check_finite
+from ._deep_eprop import deep_eprop as deep_eprop
 from ._engine import FiringRateReg as FiringRateReg
 from ._engine import OnlineRule as OnlineRule
 from ._engine import OnlineState as OnlineState
 from ._engine import sequence_loss as sequence_loss
-from ._deep_eprop import deep_eprop as deep_eprop
 from ._eprop import adapt_feedback as adapt_feedback
 from ._eprop import eprop as eprop
 from ._eprop import random_feedback as random_feedback
