@@ -387,7 +387,7 @@ def flax_case(api, kind, custom):
 
     def ref_objective(params, inputs, targets):  # the same objective through flax's own code
         h = reference(params[0], inputs)
-        out = h @ params[1]["w_out"].T + params[1]["b_out"]
+        out = h @ params[1]["w_out"].T + params[1]["b_out"][None, None, :]
         return jnp.mean(jnp.sum(jax.vmap(jax.vmap(loss))(out, targets), axis=1))
 
     @jax.jit
