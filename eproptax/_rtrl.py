@@ -107,7 +107,7 @@ def rtrl(model: Cell, loss: LossFn, *, reg: Optional[FiringRateReg] = None) -> G
     (``jax.jacfwd``), applied to all ``|theta|`` columns of ``M`` in one matrix product; the immediate term
     is the step's own Jacobian in ``theta`` (``jax.jacrev`` over the few state variables). It works for every cell, with or without the synapse / dynamics split. It equals
     :func:`bptt` to rounding error; memory per example is ``|carry| x |theta|``, independent of ``T``, and
-    time per step ``O(|carry| |theta| n)``: use it on small networks, or as a reference.
+    time per step ``O(|carry|^2 |theta|)`` (one matrix product): use it on small networks, or as a reference.
 
     Args:
       model: a :class:`~eproptax.Cell`.
