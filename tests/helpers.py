@@ -354,3 +354,24 @@ def nest_rule_fn(rule: str, dtype=np.float64, variant: str = "plain"):
                 return make(nest_model(case, dtype, n_ref), mse, feedback=B)(params, inputs, targets)
         _CACHE[key] = jax.jit(fn)
     return _CACHE[key]
+
+
+def vmap_matches_loop(grads_for, values, params, inputs, targets):
+    """Checks ``jit(vmap(grads_for))`` over a hyperparameter against a loop of ``jit(grads_for)``.
+
+    ``grads_for(value, params, inputs, targets) -> (loss, grads)`` builds the cell and the rule inside, so the
+    hyperparameter is traced; the vmapped function must trace once. Returns the jitted batched function
+    (to call again with new data of the same shapes), the batched losses and grads, and the last loop
+    iteration's grads.
+    """
+    import chex
+
+    chex.clear_trace_counter()
+    batched = jax.jit(jax.vmap(chex.assert_max_traces(grads_for, n=1), in_axes=(0, None, None, None)))
+    single = jax.jit(grads_for)
+    losses, grads = batched(values, params, inputs, targets)
+    for i, value in enumerate(values):
+        loss_i, grads_i = single(value, params, inputs, targets)
+        np.testing.assert_allclose(losses[i], loss_i, rtol=1e-12)
+        assert_close(jax.tree_util.tree_map(lambda g: g[i], grads), grads_i, 1e-12, f"vmap slice {value}")
+    return batched, losses, grads, grads_i

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import eproptax as ep
-from helpers import (CELLS, SPIKING, Config, assert_close, cosine, flat, model_of, mse, problem, rel_err, rule_fn,
+from helpers import (CELLS, SPIKING, Config, assert_close, cosine, flat, model_of, mse, problem, rel_err, rule_fn, vmap_matches_loop,
                      spike_counts, zero_recurrent)
 
 BASE_T = 8  # helpers' default length: the base configurations share compiled bptt / eprop with other files
@@ -226,15 +226,8 @@ def test_jit_vmap_over_a_hyperparameter_no_retrace():
         model = ep.cells.stack(layer, ep.cells.leaky_readout(cfg.sizes[0], cfg.n_out, dtype=jnp.float64))
         return ep.eprop_m(model, mse, order)(params, inputs, targets)
 
-    chex.clear_trace_counter()
-    batched = jax.jit(jax.vmap(chex.assert_max_traces(grads_for, n=1), in_axes=(0, None, None, None)))
-    single = jax.jit(grads_for)
     taus = jnp.array([20.0, 5.0, 50.0])
-    values, grads = batched(taus, params, inputs, targets)
-    for i, tau in enumerate(taus):
-        value_i, grads_i = single(tau, params, inputs, targets)
-        np.testing.assert_allclose(values[i], value_i, rtol=1e-12)
-        assert_close(jax.tree_util.tree_map(lambda g: g[i], grads), grads_i, 1e-12, f"vmap slice tau={tau}")
+    batched, values, grads, grads_i = vmap_matches_loop(grads_for, taus, params, inputs, targets)
     value_d, grads_d = _eprop_m(cfg, order)(params, inputs, targets)  # helpers' lif has tau_mem = 20
     np.testing.assert_allclose(values[0], value_d, rtol=1e-12)
     assert_close(jax.tree_util.tree_map(lambda g: g[0], grads), grads_d, 1e-12, "traced vs static tau_mem")
