@@ -22,8 +22,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import parser, pyplot, results_dir, save, title  # noqa: E402
 
-from eproptax._bench import RULES, hardware, measure, problem, roofline  # noqa: E402
-from eproptax._engine import scan_rule  # noqa: E402
+from eproptax._bench import RULES, build, hardware, measure, problem, roofline  # noqa: E402
 
 SPECS = {spec.name: spec for spec in RULES}
 # rule -> largest hidden size it runs at (cost per step O(n^4) for rtrl and eprop_m(1))
@@ -36,12 +35,7 @@ def run_one(cell, name, *, hidden, batch, steps, n_in, hw, repeats):
     spec = SPECS[name]
     prob = problem(cell, readout=spec.readout, layers=spec.layers, n_in=n_in, hidden=hidden, time_steps=steps,
                    batch=batch)
-    online = None
-    if spec.kind in ("forward", "bptt"):
-        fn = spec.make(prob.model, prob.loss)
-    else:
-        online = spec.make(prob.model, prob.loss)
-        fn = scan_rule(name, prob.model, prob.loss, online)
+    fn, online = build(spec, prob)
     fig, _ = measure(fn, prob.params, prob.inputs, prob.targets, repeats=repeats, steps=steps)
     row = dict(cell=cell, rule=name, hidden=hidden, batch=batch, time_steps=steps, n_in=n_in,
                dtype=str(prob.inputs.dtype), **fig)

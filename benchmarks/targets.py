@@ -34,23 +34,19 @@ import jax.numpy as jnp
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import parser, results_dir, save  # noqa: E402
 
-from eproptax._bench import CELLS, RULES, _best_times, _tree_bytes, hardware, measure, problem  # noqa: E402
-from eproptax._engine import scan_rule  # noqa: E402
+from eproptax._bench import CELLS, RULES, _best_times, _tree_bytes, build, hardware, measure, problem  # noqa: E402
 
 SPECS = {spec.name: spec for spec in RULES}
 
 
-def build(cell, name, **sizes):
+def build_rule(cell, name, **sizes):
     spec = SPECS[name]
     prob = problem(cell, readout=spec.readout, layers=spec.layers, **sizes)
-    if spec.kind in ("forward", "bptt"):
-        return prob, spec.make(prob.model, prob.loss), None
-    online = spec.make(prob.model, prob.loss)
-    return prob, scan_rule(name, prob.model, prob.loss, online), online
+    return (prob,) + build(spec, prob)
 
 
 def run(cell, name, *, repeats=3, execute=True, **sizes):
-    prob, fn, online = build(cell, name, **sizes)
+    prob, fn, online = build_rule(cell, name, **sizes)
     fig, out = measure(fn, prob.params, prob.inputs, prob.targets, repeats=repeats,
                        steps=prob.inputs.shape[1], execute=execute)
     return prob, fig, online
@@ -153,7 +149,7 @@ def target_rtrl(quick, hw):
         sizes = dict(hidden=64 if cell == "lif" else 32, batch=8, time_steps=5 if quick else 10)
         prob, fig, online = run(cell, "rtrl", repeats=2, **sizes)
         state = jax.eval_shape(lambda p: online.init(p, prob.inputs.shape[0]), prob.params)
-        batch, n_theta, n_carry = state.traces.shape
+        batch, n_carry, n_theta = state.traces.shape  # M^T per example
         flops = 2.0 * batch * n_theta * n_carry ** 2
         fraction = flops / fig["per_step_s"] / matmul
         kernel = dense_kernel_rate(batch, n_theta, n_carry)

@@ -24,8 +24,7 @@ import jax
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import parser, pyplot, results_dir, save, title  # noqa: E402
 
-from eproptax._bench import RULES, measure, problem  # noqa: E402
-from eproptax._engine import scan_rule  # noqa: E402
+from eproptax._bench import RULES, build, measure, problem  # noqa: E402
 
 SPECS = {spec.name: spec for spec in RULES}
 DEFAULT_RULES = ("forward", "bptt", "rtrl", "eprop (leaky readout)", "eprop (stateless readout)", "eprop_m(1)",
@@ -44,10 +43,7 @@ def sweep(cell, rules, lengths, *, hidden, batch, n_in, budget_s, repeats, log=p
         for T in lengths:
             prob = problem(cell, readout=spec.readout, layers=spec.layers, n_in=n_in, hidden=hidden,
                            time_steps=T, batch=batch)
-            if spec.kind in ("forward", "bptt"):
-                fn = spec.make(prob.model, prob.loss)
-            else:
-                fn = scan_rule(name, prob.model, prob.loss, spec.make(prob.model, prob.loss))
+            fn, _ = build(spec, prob)
             execute = per_step is None or per_step * T * (2 + repeats) < budget_s
             fig, _ = measure(fn, prob.params, prob.inputs, prob.targets, repeats=repeats, steps=T,
                              execute=execute)

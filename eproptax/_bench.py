@@ -36,11 +36,11 @@ from . import cells
 from ._bptt import bptt
 from ._cell import layers_of
 from ._compare import Problem, alignment, spiking_problem
-from ._deep_eprop import online_deep_eprop
-from ._engine import scan_rule, sequence_loss
-from ._eprop import online_eprop
-from ._eprop_m import online_eprop_m
-from ._rtrl import online_rtrl
+from ._deep_eprop import deep_eprop, online_deep_eprop
+from ._engine import sequence_loss
+from ._eprop import eprop, online_eprop
+from ._eprop_m import eprop_m, online_eprop_m
+from ._rtrl import online_rtrl, rtrl
 
 CELLS = ("lif", "alif", "lstm", "gru")
 MIB = 2.0 ** 20
@@ -291,7 +291,7 @@ def useful_work(online, prob: Problem, kind: str) -> dict:
     nbytes = 2 * _tree_bytes(state)
     flops = 0.0
     if kind == "rtrl":
-        batch, n_theta, n_carry = state.traces.shape
+        batch, n_carry, n_theta = state.traces.shape  # M^T per example
         flops = 2.0 * batch * n_theta * n_carry ** 2
     elif kind == "traces":
         recurrent = layers_of(prob.model)[:-1]
@@ -331,23 +331,40 @@ class RuleSpec(NamedTuple):
     layers: int  # recurrent layers of the network it runs on
     readout: str  # "leaky" or "stateless"
     kind: str  # "forward", "bptt", "rtrl" or "traces"
-    make: Callable  # (model, loss) -> online rule (or the whole-sequence function for forward / bptt)
+    rule: Callable  # (model, loss, **options) -> the public whole-sequence function, with its defaults
+    online: Optional[Callable] = None  # (model, loss) -> its online rule (state size and roofline)
+
+
+def build(spec: RuleSpec, prob: Problem, **options):
+    """``(fn, online)`` for a row: the public rule as a user calls it (its default ``unroll`` included,
+    or ``options``), and its online form (``None`` for forward and BPTT)."""
+    fn = spec.rule(prob.model, prob.loss, **options)
+    return fn, (spec.online(prob.model, prob.loss) if spec.online else None)
+
+
+def _order(m):
+    return (lambda model, loss, **kw: eprop_m(model, loss, m, **kw)), (lambda model, loss: online_eprop_m(model, loss, m))
+
+
+def _depth(d):
+    return ((lambda model, loss, **kw: deep_eprop(model, loss, depth=d, **kw)),
+            (lambda model, loss: online_deep_eprop(model, loss, depth=d)))
 
 
 RULES = (
     RuleSpec("forward", 1, "leaky", "forward", sequence_loss),
     RuleSpec("bptt", 1, "leaky", "bptt", bptt),
-    RuleSpec("rtrl", 1, "leaky", "rtrl", online_rtrl),
-    RuleSpec("eprop (leaky readout)", 1, "leaky", "traces", online_eprop),
+    RuleSpec("rtrl", 1, "leaky", "rtrl", rtrl, online_rtrl),
+    RuleSpec("eprop (leaky readout)", 1, "leaky", "traces", eprop, online_eprop),
     RuleSpec("forward (stateless readout)", 1, "stateless", "forward", sequence_loss),
     RuleSpec("bptt (stateless readout)", 1, "stateless", "bptt", bptt),
-    RuleSpec("eprop (stateless readout)", 1, "stateless", "traces", online_eprop),
-    RuleSpec("eprop_m(0)", 1, "leaky", "traces", lambda m, l: online_eprop_m(m, l, 0)),
-    RuleSpec("eprop_m(1)", 1, "leaky", "traces", lambda m, l: online_eprop_m(m, l, 1)),
-    RuleSpec("eprop_m(2)", 1, "leaky", "traces", lambda m, l: online_eprop_m(m, l, 2)),
+    RuleSpec("eprop (stateless readout)", 1, "stateless", "traces", eprop, online_eprop),
+    RuleSpec("eprop_m(0)", 1, "leaky", "traces", *_order(0)),
+    RuleSpec("eprop_m(1)", 1, "leaky", "traces", *_order(1)),
+    RuleSpec("eprop_m(2)", 1, "leaky", "traces", *_order(2)),
     RuleSpec("bptt (2 layers)", 2, "leaky", "bptt", bptt),
-    RuleSpec("deep_eprop(spatial)", 2, "leaky", "traces", lambda m, l: online_deep_eprop(m, l, depth="spatial")),
-    RuleSpec("deep_eprop(full)", 2, "leaky", "traces", lambda m, l: online_deep_eprop(m, l, depth="full")),
+    RuleSpec("deep_eprop(spatial)", 2, "leaky", "traces", *_depth("spatial")),
+    RuleSpec("deep_eprop(full)", 2, "leaky", "traces", *_depth("full")),
 )
 
 
@@ -368,12 +385,7 @@ def rule_rows(cell: str, specs=RULES, *, hw: dict, n_in=16, hidden=32, time_step
             probs[variant] = problem(cell, readout=spec.readout, layers=spec.layers, n_in=n_in, hidden=hidden,
                                      time_steps=time_steps, batch=batch, seed=seed)
         prob = probs[variant]
-        online = None
-        if spec.kind in ("forward", "bptt"):
-            fn = spec.make(prob.model, prob.loss)
-        else:
-            online = spec.make(prob.model, prob.loss)
-            fn = scan_rule(spec.name, prob.model, prob.loss, online)
+        fn, online = build(spec, prob)
         fig, out = measure(fn, prob.params, prob.inputs, prob.targets, repeats=repeats, steps=time_steps,
                            cache=cache, name=f"{cell}: {spec.name}")
         row = dict(cell=cell, rule=spec.name, kind=spec.kind, layers=spec.layers, readout=spec.readout,

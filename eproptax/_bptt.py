@@ -9,7 +9,7 @@ from ._engine import FiringRateReg, sequence_loss
 from ._typing import GradFn, LossFn
 
 
-def bptt(model: Cell, loss: LossFn, *, reg: Optional[FiringRateReg] = None) -> GradFn:
+def bptt(model: Cell, loss: LossFn, *, reg: Optional[FiringRateReg] = None, unroll: int = 1) -> GradFn:
     """Exact gradient by backpropagation through time: ``jax.value_and_grad`` of the unrolled loss.
 
     Memory grows with the sequence length ``T`` (the scan stores every step's state for the backward
@@ -20,14 +20,15 @@ def bptt(model: Cell, loss: LossFn, *, reg: Optional[FiringRateReg] = None) -> G
       model: a :class:`~eproptax.Cell`.
       loss: ``loss(outputs_t, targets_t) -> scalar`` for one example and one step.
       reg: optional :class:`~eproptax.FiringRateReg`.
+      unroll: time steps per iteration of the scan (``lax.scan``'s ``unroll``): speed only.
 
     Returns:
       ``grad_fn(params, inputs, targets) -> (loss, grads)``, the same as
-      ``jax.value_and_grad(ep.sequence_loss(model, loss, reg=reg))``.
+      ``jax.value_and_grad(ep.sequence_loss(model, loss, reg=reg, unroll=unroll))``.
 
     Example::
 
       grad_fn = ep.bptt(model, loss)
       loss_value, grads = jax.jit(grad_fn)(params, inputs, targets)
     """
-    return jax.value_and_grad(sequence_loss(model, loss, reg=reg))
+    return jax.value_and_grad(sequence_loss(model, loss, reg=reg, unroll=unroll))

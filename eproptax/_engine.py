@@ -123,7 +123,7 @@ def reg_weights(reg: FiringRateReg, spikes: Array, steps: Array) -> Array:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def sequence_loss(model: Cell, loss: LossFn, *, reg: Optional[FiringRateReg] = None):
+def sequence_loss(model: Cell, loss: LossFn, *, reg: Optional[FiringRateReg] = None, unroll: int = 1):
     """The scalar objective every rule estimates the gradient of.
 
     ``objective(params, inputs, targets)`` is the mean over the batch of ``sum_t loss(outputs_t,
@@ -134,11 +134,14 @@ def sequence_loss(model: Cell, loss: LossFn, *, reg: Optional[FiringRateReg] = N
       model: a :class:`Cell` (typically a :func:`~eproptax.cells.stack`).
       loss: ``loss(outputs_t, targets_t) -> scalar`` for one example and one step.
       reg: optional :class:`FiringRateReg`.
+      unroll: time steps per iteration of the ``lax.scan`` (its ``unroll``): speed only.
 
     Returns:
       ``objective(params, inputs, targets) -> scalar`` with ``inputs`` of shape ``(B, T, n_in)`` and
       ``targets`` a pytree of leaves with leading axes ``(B, T)``.
     """
+
+    check_unroll("sequence_loss", unroll)
 
     def objective(params, inputs, targets):
         check_inputs("sequence_loss", model, loss, params, inputs, targets)
@@ -149,7 +152,7 @@ def sequence_loss(model: Cell, loss: LossFn, *, reg: Optional[FiringRateReg] = N
                 z = recurrent_outputs(model, carry) if reg is not None else ()
                 return carry, (loss(out, xt[1]), z)
 
-            _, (losses, zs) = jax.lax.scan(body, model.init_carry(params), (x_seq, target_seq))
+            _, (losses, zs) = jax.lax.scan(body, model.init_carry(params), (x_seq, target_seq), unroll=unroll)
             dtype = accum_dtype(params)
             total = jnp.sum(losses.astype(dtype))
             if reg is not None:
@@ -169,6 +172,12 @@ def sequence_loss(model: Cell, loss: LossFn, *, reg: Optional[FiringRateReg] = N
 
 def _shape_str(x) -> str:
     return str(tuple(np.shape(x)))
+
+
+def check_unroll(where: str, unroll) -> None:
+    if isinstance(unroll, bool) or not isinstance(unroll, (int, np.integer)) or unroll < 1:
+        raise ValueError(f"{where}: `unroll` must be a positive int (time steps per iteration of the scan), "
+                         f"got {unroll!r}.")
 
 
 def check_params(where: str, model: Cell, params: Params) -> None:
@@ -238,8 +247,14 @@ def time_major(tree: Any) -> Any:
     return jax.tree_util.tree_map(lambda a: jnp.swapaxes(a, 0, 1), tree)
 
 
-def scan_rule(where: str, model: Cell, loss: LossFn, online: OnlineRule):
-    """The whole-sequence view of an online rule: ``init``, one ``lax.scan`` of ``step``, ``result``."""
+def scan_rule(where: str, model: Cell, loss: LossFn, online: OnlineRule, unroll: int = 1):
+    """The whole-sequence view of an online rule: ``init``, one ``lax.scan`` of ``step``, ``result``.
+
+    ``unroll`` time steps run per iteration of the scan (``lax.scan``'s ``unroll``): XLA then fuses
+    elementwise work across steps and ping-pongs the carried traces between two buffers instead of copying
+    them at the loop boundary. It changes the speed, not the result (up to rounding; docs/design.md).
+    """
+    check_unroll(where, unroll)
 
     def grad_fn(params, inputs, targets):
         check_inputs(where, model, loss, params, inputs, targets)
@@ -252,7 +267,7 @@ def scan_rule(where: str, model: Cell, loss: LossFn, online: OnlineRule):
             state, _ = online.step(params, state, at_t(inputs), jax.tree_util.tree_map(at_t, targets))
             return state, None
 
-        state, _ = jax.lax.scan(body, state, None, length=np.shape(inputs)[1])
+        state, _ = jax.lax.scan(body, state, None, length=np.shape(inputs)[1], unroll=unroll)
         return online.result(params, state)
 
     return grad_fn

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from ._cell import Cell
 from ._engine import FiringRateReg, OnlineRule, scan_rule
-from ._traces import online_traces
+from ._traces import online_traces, trace_unroll
 from ._typing import GradFn, LossFn
 
 
@@ -19,7 +19,8 @@ def online_eprop(model: Cell, loss: LossFn, *, feedback="symmetric",
     return online_traces(model, loss, order=0, depth="spatial", feedback=feedback, reg=reg, where="eprop")
 
 
-def eprop(model: Cell, loss: LossFn, *, feedback="symmetric", reg: Optional[FiringRateReg] = None) -> GradFn:
+def eprop(model: Cell, loss: LossFn, *, feedback="symmetric", reg: Optional[FiringRateReg] = None,
+          unroll: Optional[int] = None) -> GradFn:
     """e-prop: online eligibility propagation (Bellec et al. 2020).
 
     Factorises the gradient as ``dE/dW_ji ~ sum_t L_j^t e_ji^t``. The eligibility trace comes from neuron
@@ -61,6 +62,8 @@ def eprop(model: Cell, loss: LossFn, *, feedback="symmetric", reg: Optional[Firi
         function to vmap over ``B``.
       reg: optional :class:`~eproptax.FiringRateReg`; its e-prop gradient is
         ``c_reg (r_j - f_target) / T sum_t e_ji^t``.
+      unroll: time steps per iteration of the whole-sequence scan (``lax.scan``'s ``unroll``); it changes
+        the speed, not the result (up to rounding). Default: 2 (measured, docs/design.md).
 
     Returns:
       ``grad_fn(params, inputs, targets) -> (loss, grads)``.
@@ -74,7 +77,8 @@ def eprop(model: Cell, loss: LossFn, *, feedback="symmetric", reg: Optional[Firi
       Bellec, Scherr, Subramoney, Hajek, Salaj, Legenstein, Maass. "A solution to the learning dilemma for
       recurrent networks of spiking neurons", Nature Communications 11, 3625 (2020).
     """
-    return scan_rule("eprop", model, loss, online_eprop(model, loss, feedback=feedback, reg=reg))
+    return scan_rule("eprop", model, loss, online_eprop(model, loss, feedback=feedback, reg=reg),
+                     trace_unroll(unroll, model, order=0, depth="spatial"))
 
 
 def random_feedback(key, n_rec: int, n_out: int, dtype=jnp.float32) -> jax.Array:

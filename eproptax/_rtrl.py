@@ -34,11 +34,11 @@ def online_rtrl(model: Cell, loss: LossFn, *, reg: Optional[FiringRateReg] = Non
         theta, _ = ravel_pytree(params)
         c_vec, _ = _ravel_float(model.init_carry(params))
         dtype = accum_dtype(params)
-        influence = jnp.zeros((batch_size, theta.size, c_vec.size), dtype)
+        influence = jnp.zeros((batch_size, c_vec.size, theta.size), dtype)  # M^T: rows are state variables
         reg_traces = None
         if reg is not None:
             n = jax.eval_shape(lambda p: recurrent_outputs(model, model.init_carry(p)), params).shape[0]
-            reg_traces = jnp.zeros((batch_size, theta.size, n), dtype)
+            reg_traces = jnp.zeros((batch_size, n, theta.size), dtype)
         return new_state(model, params, batch_size, influence, jnp.zeros(theta.shape, dtype), reg, reg_traces)
 
     def example(theta, unravel_params, carry, influence, x, target):
@@ -52,30 +52,32 @@ def online_rtrl(model: Cell, loss: LossFn, *, reg: Optional[FiringRateReg] = Non
 
         (value, out), (g_c, g_theta) = jax.value_and_grad(
             lambda c, th: (loss(run(c, th)[1], target), run(c, th)[1]), argnums=(0, 1), has_aux=True)(c_vec, theta)
-        # d loss_t / d theta = direct part + (d loss_t / d carry_{t-1}) . M^{t-1}
-        # d carry^t / d carry^{t-1} by jvp along the few state directions (jacfwd), then one matrix product
-        # for all |theta| columns of the influence: the update runs at matmul speed. Jacobians are taken in
-        # the cell's dtype; the influence accumulates in accum_dtype.
-        jac_c = jax.jacfwd(lambda c: new_c(c, theta))(c_vec).astype(influence.dtype)
-        immediate = jax.jacrev(lambda th: new_c(c_vec, th))(theta).T
-        influence_new = influence @ jac_c.T + immediate.astype(influence.dtype)
+        # The influence is stored as M^T (|carry| rows of |theta| columns), so that both products below
+        # stream its long rows. d carry^t / d carry^{t-1} comes from jvp along the few state directions
+        # (jacfwd); stacked with d loss_t / d carry^{t-1} as one more row, a single matrix product gives both
+        # the new influence and this step's gradient (d loss_t / d carry^{t-1}) . M^{t-1}, reading M once.
+        # The immediate term d carry^t / d theta is jacrev over the few state variables: already (C, P).
+        # Jacobians are taken in the cell's dtype; the influence accumulates in accum_dtype.
+        jac_c = jax.jacfwd(lambda c: new_c(c, theta))(c_vec)
+        rows = jnp.concatenate([jac_c, g_c[None].astype(jac_c.dtype)]).astype(influence.dtype) @ influence
+        immediate = jax.jacrev(lambda th: new_c(c_vec, th))(theta)
+        influence_new = rows[:-1] + immediate.astype(influence.dtype)
         new_carry = run(c_vec, theta)[0]
         extras = ()
         if reg is not None:
             _, unravel_new = _ravel_float(new_carry)
             z_of = lambda c: recurrent_outputs(model, unravel_new(c))
             new_vec = new_c(c_vec, theta)
-            dz = jax.vmap(lambda m: jax.jvp(z_of, (new_vec,), (m.astype(new_vec.dtype),))[1])(influence_new)
-            extras = (z_of(new_vec).astype(influence.dtype), dz.astype(influence.dtype))
-        return new_carry, influence_new, value, out, g_c, g_theta, extras
+            dz = jax.jacfwd(z_of)(new_vec).astype(influence.dtype) @ influence_new
+            extras = (z_of(new_vec).astype(influence.dtype), dz)
+        return new_carry, influence_new, value, out, rows[-1] + g_theta.astype(influence.dtype), extras
 
     def step(params, state, x, target):
         check_step("rtrl", model, loss, params, state, x, target)
         theta, unravel_params = ravel_pytree(params)
-        carry, influence, values, out, g_c, g_theta, extras = jax.vmap(
+        carry, influence, values, out, g, extras = jax.vmap(
             example, in_axes=(None, None, 0, 0, 0, 0))(theta, unravel_params, state.carry, state.traces, x, target)
-        batch = x.shape[0]
-        grads = state.grads + (jnp.einsum("bpc,bc->p", state.traces, g_c) + jnp.sum(g_theta, 0)) / batch
+        grads = state.grads + jnp.sum(g, 0) / x.shape[0]
         state = state._replace(carry=carry, traces=influence, grads=grads, loss=state.loss + jnp.mean(values),
                                steps=state.steps + 1)
         if reg is not None:
@@ -87,14 +89,14 @@ def online_rtrl(model: Cell, loss: LossFn, *, reg: Optional[FiringRateReg] = Non
         theta, unravel_params = ravel_pytree(params)
         grads, value = state.grads, state.loss
         if reg is not None:
-            grads = grads + jnp.einsum("bpn,bn->p", state.reg_traces, reg_weights(reg, state.spikes, state.steps))
+            grads = grads + jnp.einsum("bnp,bn->p", state.reg_traces, reg_weights(reg, state.spikes, state.steps))
             value = value + reg_value(reg, state.spikes, state.steps)
         return value, unravel_params(grads.astype(theta.dtype))
 
     return OnlineRule(init, step, result, reset)
 
 
-def rtrl(model: Cell, loss: LossFn, *, reg: Optional[FiringRateReg] = None) -> GradFn:
+def rtrl(model: Cell, loss: LossFn, *, reg: Optional[FiringRateReg] = None, unroll: int = 1) -> GradFn:
     """Exact real-time recurrent learning (Williams and Zipser 1989), forward in time with ``jax.jvp``.
 
     Carries the influence matrix ``M^t = d carry^t / d theta`` of every parameter on every state variable
@@ -104,8 +106,10 @@ def rtrl(model: Cell, loss: LossFn, *, reg: Optional[FiringRateReg] = None) -> G
       d loss_t / d theta = d loss_t/d theta |direct + (d loss_t / d carry^{t-1}) M^{t-1}
 
     ``d carry^t / d carry^{t-1}`` is ``jax.jvp`` of the step vmapped over the state's tangent directions
-    (``jax.jacfwd``), applied to all ``|theta|`` columns of ``M`` in one matrix product; the immediate term
-    is the step's own Jacobian in ``theta`` (``jax.jacrev`` over the few state variables). It works for every cell, with or without the synapse / dynamics split. It equals
+    (``jax.jacfwd``); with ``d loss_t / d carry^{t-1}`` stacked as one more row, it is applied to all
+    ``|theta|`` columns of ``M`` in one matrix product, which yields both updates while reading ``M``
+    once. The immediate term is the step's own Jacobian in ``theta`` (``jax.jacrev`` over the few state
+    variables). It works for every cell, with or without the synapse / dynamics split. It equals
     :func:`bptt` to rounding error; memory per example is ``|carry| x |theta|``, independent of ``T``, and
     time per step ``O(|carry|^2 |theta|)`` (one matrix product): use it on small networks, or as a reference.
 
@@ -113,6 +117,9 @@ def rtrl(model: Cell, loss: LossFn, *, reg: Optional[FiringRateReg] = None) -> G
       model: a :class:`~eproptax.Cell`.
       loss: ``loss(outputs_t, targets_t) -> scalar``.
       reg: optional :class:`~eproptax.FiringRateReg`.
+      unroll: time steps per iteration of the whole-sequence scan (``lax.scan``'s ``unroll``); it changes
+        the speed, not the result (up to rounding). Default 1: the influence update is a matrix product, and unrolling it was
+        measured slower (docs/design.md).
 
     Returns:
       ``grad_fn(params, inputs, targets) -> (loss, grads)``.
@@ -121,4 +128,4 @@ def rtrl(model: Cell, loss: LossFn, *, reg: Optional[FiringRateReg] = None) -> G
       Williams and Zipser, "A learning algorithm for continually running fully recurrent neural
       networks", Neural Computation 1(2), 1989.
     """
-    return scan_rule("rtrl", model, loss, online_rtrl(model, loss, reg=reg))
+    return scan_rule("rtrl", model, loss, online_rtrl(model, loss, reg=reg), unroll)

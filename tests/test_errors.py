@@ -95,3 +95,12 @@ def test_online_step_with_wrong_input_shape(rule, prob):
         online.step(prob.params, state, np.zeros((2, 5)), targets_t)
     with pytest.raises(ValueError, match=r"`inputs_t`.*\(batch=2, n_in=3\).*\(3, 3\)"):
         online.step(prob.params, state, np.zeros((3, 3)), targets_t)
+
+
+@pytest.mark.parametrize("unroll", [0, 1.5, True])
+@pytest.mark.parametrize("rule", ALL)
+def test_bad_unroll(rule, unroll):
+    model = problem(CFG).model
+    make = ep.sequence_loss if rule == "sequence_loss" else RULES[rule]
+    with pytest.raises(ValueError, match=rf"`unroll`.*positive int.*{unroll}"):
+        make(model, mse, unroll=unroll)

@@ -146,3 +146,14 @@ def test_runs_under_strict_promotion(rule, mode):
                 failures.append(f"{cfg.id} {cfg.dtype}{' reg' if reg else ''}: {type(error).__name__} at "
                                 f"{_where(error)} ({message})")
     assert not failures, "\n".join(failures)
+
+
+@pytest.mark.parametrize("rule", list(RULES))
+def test_unroll_changes_speed_only(rule):
+    """Three steps per scan iteration over T = 8 (a remainder of two) give the rule's gradient to rounding."""
+    cfg = Config(cells=("alif",), readout="leaky")  # compact per-synapse traces (s = 2)
+    prob = problem(cfg)
+    value, grads = run(rule, cfg)
+    value3, grads3 = jax.jit(RULES[rule](prob.model, mse, unroll=3))(prob.params, prob.inputs, prob.targets)
+    assert_close(value3, value, 1e-12, "loss")
+    assert_close(grads3, grads, 1e-12, "grads")

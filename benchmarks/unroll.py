@@ -1,0 +1,90 @@
+"""What the scan's ``unroll`` buys each rule: time per step and compile time at 1, 2 and 4 steps per iteration.
+
+Every rule takes ``unroll`` (``lax.scan``'s): the gradient is the same up to rounding, the speed is not.
+This sweep is the measurement behind the defaults (2 for e-prop's level-0 traces, 1 for the dense rules and
+BPTT; docs/design.md): the bench's default networks (hidden 16, batch 8, T = 100) on every cell, a single
+sequence of a GRU (the braintrace comparison of ``peers.py``), and the per-synapse trace networks of
+target 3 (hidden 256, batch 32). Writes ``unroll.json`` and ``unroll.png`` to ``benchmarks/results/<device>/``.
+
+    python benchmarks/unroll.py [--quick]
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import jax
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import parser, pyplot, results_dir, save, title  # noqa: E402
+
+from eproptax._bench import CELLS, RULES, build, measure, problem  # noqa: E402
+
+SPECS = {spec.name: spec for spec in RULES}
+UNROLLS = (1, 2, 4)
+SMALL = ("bptt", "rtrl", "eprop (leaky readout)", "eprop (stateless readout)", "eprop_m(1)", "deep_eprop(spatial)",
+         "deep_eprop(full)")
+
+
+def cases(quick):
+    small = dict(hidden=16, batch=8, time_steps=100)
+    for cell in ("lif", "gru") if quick else CELLS:
+        for name in SMALL:
+            yield cell, name, small
+    for hidden in (32,) if quick else (32, 128):
+        yield "gru", "eprop (stateless readout)", dict(hidden=hidden, batch=1, time_steps=100)
+    if not quick:
+        for cell in ("alif", "lstm"):
+            yield cell, "eprop (leaky readout)", dict(hidden=256, batch=32, time_steps=20)
+
+
+def main(argv=None):
+    args = parser(__doc__.split("\n")[0]).parse_args(argv)
+    start, rows = time.perf_counter(), []
+    for cell, name, sizes in cases(args.quick):
+        spec = SPECS[name]
+        prob = problem(cell, readout=spec.readout, layers=spec.layers, **sizes)
+        row = dict(cell=cell, rule=name, **sizes, per_step_s={}, compile_s={})
+        for unroll in UNROLLS:
+            fn, _ = build(spec, prob, unroll=unroll)
+            fig, _ = measure(fn, prob.params, prob.inputs, prob.targets, repeats=5, steps=sizes["time_steps"])
+            row["per_step_s"][unroll] = fig["per_step_s"]
+            row["compile_s"][unroll] = fig["lower_s"] + fig["compile_s"]
+        row["default_unroll"] = next((u for u in UNROLLS if _same_default(spec, prob, u)), None)
+        rows.append(row)
+        times = "  ".join(f"u{u} {1e6 * row['per_step_s'][u]:9.1f} us ({row['compile_s'][u]:4.1f} s)" for u in UNROLLS)
+        print(f"{cell:5s} {name:27s} h{sizes['hidden']:<4d} b{sizes['batch']:<3d} {times}  default u{row['default_unroll']}",
+              flush=True)
+    path = save("unroll", dict(rows=rows, unrolls=UNROLLS, seconds=time.perf_counter() - start), args.out)
+    plot(rows, os.path.join(results_dir(args.out), "unroll.png"))
+    print(f"wrote {path} ({time.perf_counter() - start:.0f} s)")
+
+
+def _same_default(spec, prob, unroll):
+    """Whether the rule's default ``unroll`` is ``unroll`` (the lowered programs are identical)."""
+    lower = lambda fn: jax.jit(fn).lower(prob.params, prob.inputs, prob.targets).as_text()
+    return lower(build(spec, prob)[0]) == lower(build(spec, prob, unroll=unroll)[0])
+
+
+def plot(rows, path):
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(10, 0.32 * len(rows) + 1.5))
+    labels = [f"{r['cell']} {r['rule']} (h{r['hidden']}, b{r['batch']})" for r in rows]
+    for i, u in enumerate(UNROLLS[1:]):
+        speedup = [r["per_step_s"][1] / r["per_step_s"][u] for r in rows]
+        ax.barh([j + 0.4 * i for j in range(len(rows))], speedup, height=0.4, label=f"unroll={u}")
+    ax.set_yticks([j + 0.2 for j in range(len(rows))], labels, fontsize=7)
+    ax.axvline(1.0, color="k", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("speed-up over unroll=1 (time per step)")
+    ax.legend()
+    fig.suptitle(title("lax.scan unroll: time per step against unroll=1"), fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
