@@ -6,7 +6,7 @@ from typing import Optional
 
 from ._cell import Cell
 from ._engine import FiringRateReg, OnlineRule, scan_rule
-from ._traces import online_traces, trace_unroll
+from ._traces import online_traces
 from ._typing import GradFn, LossFn
 
 DEPTHS = ("full", "collapsed", "spatial")
@@ -19,7 +19,7 @@ def online_deep_eprop(model: Cell, loss: LossFn, *, depth: str = "full", order: 
 
 
 def deep_eprop(model: Cell, loss: LossFn, *, depth: str = "full", order: int = 0, feedback="symmetric",
-               reg: Optional[FiringRateReg] = None, unroll: Optional[int] = None) -> GradFn:
+               reg: Optional[FiringRateReg] = None, unroll: int = 1) -> GradFn:
     """deep e-prop: online credit assignment across depth and time.
 
     Layers ``l = 1..L`` with ``a^l_t = W^l z^{l-1}_t + R^l z^l_{t-1} (+ b)``, ``h^l_t = f_l(h^l_{t-1}, a^l_t)``,
@@ -64,9 +64,8 @@ def deep_eprop(model: Cell, loss: LossFn, *, depth: str = "full", order: int = 0
       order: explicit recurrent edges kept within each layer (``0`` is deep e-prop proper).
       feedback: as for :func:`eprop` (``B`` replaces the transposed readout weights into the top layer).
       reg: optional :class:`~eproptax.FiringRateReg`.
-      unroll: time steps per iteration of the whole-sequence scan (``lax.scan``'s ``unroll``); it changes
-        the speed, not the result (up to rounding). Default: 2 when every trace is level 0 (``order=0``, and ``depth`` not
-        ``"full"`` or a single recurrent layer), else 1 (measured, docs/design.md).
+      unroll: time steps per iteration of the whole-sequence scan (``lax.scan``'s ``unroll``): it changes
+        the speed, not the result (up to rounding); ``benchmarks/unroll.py`` measures it for a network.
 
     Returns:
       ``grad_fn(params, inputs, targets) -> (loss, grads)``.
@@ -78,5 +77,4 @@ def deep_eprop(model: Cell, loss: LossFn, *, depth: str = "full", order: int = 0
       Millidge. "Generalising E-prop to Deep Networks", arXiv:2512.24506 (2025).
     """
     return scan_rule("deep_eprop", model, loss,
-                     online_deep_eprop(model, loss, depth=depth, order=order, feedback=feedback, reg=reg),
-                     trace_unroll(unroll, model, order=order, depth=depth))
+                     online_deep_eprop(model, loss, depth=depth, order=order, feedback=feedback, reg=reg), unroll)

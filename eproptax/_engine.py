@@ -250,9 +250,9 @@ def time_major(tree: Any) -> Any:
 def scan_rule(where: str, model: Cell, loss: LossFn, online: OnlineRule, unroll: int = 1):
     """The whole-sequence view of an online rule: ``init``, one ``lax.scan`` of ``step``, ``result``.
 
-    ``unroll`` time steps run per iteration of the scan (``lax.scan``'s ``unroll``): XLA then fuses
-    elementwise work across steps and ping-pongs the carried traces between two buffers instead of copying
-    them at the loop boundary. It changes the speed, not the result (up to rounding; docs/design.md).
+    ``unroll`` time steps run per iteration of the scan (``lax.scan``'s ``unroll``): XLA may then fuse work
+    across steps. It changes the speed, not the result (up to rounding); no value wins everywhere
+    (``benchmarks/unroll.py``), so the default is ``lax.scan``'s, 1.
     """
     check_unroll(where, unroll)
 

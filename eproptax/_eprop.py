@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from ._cell import Cell
 from ._engine import FiringRateReg, OnlineRule, scan_rule
-from ._traces import online_traces, trace_unroll
+from ._traces import online_traces
 from ._typing import GradFn, LossFn
 
 
@@ -20,7 +20,7 @@ def online_eprop(model: Cell, loss: LossFn, *, feedback="symmetric",
 
 
 def eprop(model: Cell, loss: LossFn, *, feedback="symmetric", reg: Optional[FiringRateReg] = None,
-          unroll: Optional[int] = None) -> GradFn:
+          unroll: int = 1) -> GradFn:
     """e-prop: online eligibility propagation (Bellec et al. 2020).
 
     Factorises the gradient as ``dE/dW_ji ~ sum_t L_j^t e_ji^t``. The eligibility trace comes from neuron
@@ -62,8 +62,8 @@ def eprop(model: Cell, loss: LossFn, *, feedback="symmetric", reg: Optional[Firi
         function to vmap over ``B``.
       reg: optional :class:`~eproptax.FiringRateReg`; its e-prop gradient is
         ``c_reg (r_j - f_target) / T sum_t e_ji^t``.
-      unroll: time steps per iteration of the whole-sequence scan (``lax.scan``'s ``unroll``); it changes
-        the speed, not the result (up to rounding). Default: 2 (measured, docs/design.md).
+      unroll: time steps per iteration of the whole-sequence scan (``lax.scan``'s ``unroll``): it changes
+        the speed, not the result (up to rounding); ``benchmarks/unroll.py`` measures it for a network.
 
     Returns:
       ``grad_fn(params, inputs, targets) -> (loss, grads)``.
@@ -77,8 +77,7 @@ def eprop(model: Cell, loss: LossFn, *, feedback="symmetric", reg: Optional[Firi
       Bellec, Scherr, Subramoney, Hajek, Salaj, Legenstein, Maass. "A solution to the learning dilemma for
       recurrent networks of spiking neurons", Nature Communications 11, 3625 (2020).
     """
-    return scan_rule("eprop", model, loss, online_eprop(model, loss, feedback=feedback, reg=reg),
-                     trace_unroll(unroll, model, order=0, depth="spatial"))
+    return scan_rule("eprop", model, loss, online_eprop(model, loss, feedback=feedback, reg=reg), unroll)
 
 
 def random_feedback(key, n_rec: int, n_out: int, dtype=jnp.float32) -> jax.Array:

@@ -6,7 +6,7 @@ from typing import Optional
 
 from ._cell import Cell
 from ._engine import FiringRateReg, OnlineRule, scan_rule
-from ._traces import online_traces, trace_unroll
+from ._traces import online_traces
 from ._typing import GradFn, LossFn
 
 
@@ -17,7 +17,7 @@ def online_eprop_m(model: Cell, loss: LossFn, order: int, *, feedback="symmetric
 
 
 def eprop_m(model: Cell, loss: LossFn, order: int = 1, *, feedback="symmetric",
-            reg: Optional[FiringRateReg] = None, unroll: Optional[int] = None) -> GradFn:
+            reg: Optional[FiringRateReg] = None, unroll: int = 1) -> GradFn:
     """m-order e-prop: keep the influence paths with at most ``order`` explicit recurrent edges.
 
     The exact influence ``M_l^t = dh_l^t / dtheta`` splits by the number ``n`` of explicit edges (through
@@ -43,9 +43,8 @@ def eprop_m(model: Cell, loss: LossFn, order: int = 1, *, feedback="symmetric",
       order: the number ``m`` of explicit edges kept, a Python int (a compile-time constant).
       feedback: as for :func:`eprop`.
       reg: optional :class:`~eproptax.FiringRateReg`.
-      unroll: time steps per iteration of the whole-sequence scan (``lax.scan``'s ``unroll``); it changes
-        the speed, not the result (up to rounding). Default: 2 when every trace is level 0 (``order=0``),
-        else 1 (measured, docs/design.md).
+      unroll: time steps per iteration of the whole-sequence scan (``lax.scan``'s ``unroll``): it changes
+        the speed, not the result (up to rounding); ``benchmarks/unroll.py`` measures it for a network.
 
     Returns:
       ``grad_fn(params, inputs, targets) -> (loss, grads)``.
@@ -58,4 +57,4 @@ def eprop_m(model: Cell, loss: LossFn, order: int = 1, *, feedback="symmetric",
       Martín-Sánchez, Bohté, Otte. "A Taxonomy of Recurrent Learning Rules", ICANN 2022, arXiv:2207.11439.
     """
     return scan_rule("eprop_m", model, loss, online_eprop_m(model, loss, order, feedback=feedback, reg=reg),
-                     trace_unroll(unroll, model, order=order, depth="spatial"))
+                     unroll)

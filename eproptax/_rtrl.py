@@ -117,9 +117,8 @@ def rtrl(model: Cell, loss: LossFn, *, reg: Optional[FiringRateReg] = None, unro
       model: a :class:`~eproptax.Cell`.
       loss: ``loss(outputs_t, targets_t) -> scalar``.
       reg: optional :class:`~eproptax.FiringRateReg`.
-      unroll: time steps per iteration of the whole-sequence scan (``lax.scan``'s ``unroll``); it changes
-        the speed, not the result (up to rounding). Default 1: the influence update is a matrix product, and unrolling it was
-        measured slower (docs/design.md).
+      unroll: time steps per iteration of the whole-sequence scan (``lax.scan``'s ``unroll``): it changes
+        the speed, not the result (up to rounding); ``benchmarks/unroll.py`` measures it for a network.
 
     Returns:
       ``grad_fn(params, inputs, targets) -> (loss, grads)``.

@@ -24,10 +24,10 @@ layer above ``p`` (hidden layers included) adds one scalar filter stage to ``p``
 the learning signal skips those layers' dynamics (their leak is in the filters) while taking their
 same-step Jacobians (``dz/dh``, the weights) at the current step.
 
-Representations (static): a layer's own level-0 trace is *compact* ``(n, s, k, m)`` (each synapse only
-moves its own neuron) or, when the layer declares a ``leak``, *factorised*: the presynaptic trace
-``zbar`` of shape ``(m,)``, shared by every neuron (e-prop's ``e_ji = psi_j zbar_i``). Every other
-influence is *dense* ``(n_l, s_l, n_p k_p m_p)``.
+Representations (static): a layer's own level-0 trace is *compact* (each synapse only moves its own
+neuron), a tuple of ``s`` arrays ``(n, k, m)``, one per state variable, or, when the layer declares a
+``leak``, *factorised*: the presynaptic trace ``zbar`` of shape ``(m,)``, shared by every neuron (e-prop's
+``e_ji = psi_j zbar_i``). Every other influence is *dense* ``(n_l, s_l, n_p k_p m_p)``.
 """
 
 from __future__ import annotations
@@ -80,20 +80,6 @@ def _dims(layer: Cell, params, dtype) -> Optional[_Dims]:
     if a.ndim != 2 or a.shape[0] != layer.n_out:
         raise ValueError(f"synapse must return shape (n={layer.n_out}, k), got {a.shape}.")
     return _Dims(layer.n_out, s, a.shape[1], layer.n_in + layer.n_out + 1)
-
-
-def trace_unroll(unroll: Optional[int], model: Cell, *, order: int, depth: str) -> int:
-    """The scan's ``unroll`` for the e-prop family: the user's, else 2 when every trace is level 0.
-
-    Measured on CPU (docs/design.md): with only level-0 traces (compact, factorised, filtered), two steps
-    per iteration let XLA fuse across steps and ping-pong the carried traces instead of copying them at the
-    loop boundary (GRU(128), batch 1: 2.2x faster); dense levels (``order >= 1``, ``depth="full"``) get
-    slower unrolled (XLA fuses the two steps' dense updates into passes that recompute each other's work).
-    """
-    if unroll is not None:
-        return unroll
-    dense = order > 0 or (depth == "full" and len(layers_of(model)) > 2)
-    return 1 if dense else 2
 
 
 def check_model(where: str, model: Cell, feedback) -> None:
@@ -159,13 +145,18 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
         dtype = jax.tree_util.tree_leaves(params)[0].dtype
         return [_dims(layer, p, dtype) for layer, p in zip(layers, params)], dtype
 
-    def trace_shape(dims, l, p, n):
+    def trace_shapes(dims, l, p, n):
+        """The shapes of one level's arrays: one per state variable for a compact own trace, else one."""
         dp, dl = dims[p], dims[l]
         if factorised(l, p, n):
-            return (dp.m,)
+            return [(dp.m,)]
         if own(l, p, n):
-            return (dp.n, dp.s, dp.k, dp.m)
-        return (dl.n, dl.s, dp.size)
+            return [(dp.n, dp.k, dp.m)] * dp.s
+        return [(dl.n, dl.s, dp.size)]
+
+    def trace_zeros(zeros, dims, l, p, n):
+        arrays = tuple(zeros(shape) for shape in trace_shapes(dims, l, p, n))
+        return arrays if own(l, p, n) and not factorised(l, p, n) else arrays[0]
 
     def zsum_shape(dims, l, p):
         dp = dims[p]
@@ -175,11 +166,11 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
         dims, _ = all_dims(params)
         dtype = accum_dtype(params)
         zeros = lambda shape: jnp.zeros((batch_size,) + shape, dtype)
-        influence = {(l, p): tuple(zeros(trace_shape(dims, l, p, n)) for n in range(levels)) for l, p in pairs}
+        influence = {(l, p): tuple(trace_zeros(zeros, dims, l, p, n) for n in range(levels)) for l, p in pairs}
         filtered = {p: tuple(zeros(zsum_shape(dims, obs(p), p)) for _ in filters(p)) for p in range(R) if filters(p)}
         readout = ()
         if is_neuron(top):
-            readout = zeros(trace_shape(dims, R, R, 0))
+            readout = trace_zeros(zeros, dims, R, R, 0)
         grads = tuple(jnp.zeros((d.n, d.k, d.m), dtype) for d in dims[:R])
         grads += (jnp.zeros((dims[R].n, dims[R].k, dims[R].m), dtype) if is_neuron(top)
                   else jax.tree_util.tree_map(lambda w: jnp.zeros(w.shape, dtype), params[R]),)
@@ -189,15 +180,23 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
 
     # ---- one example, one step ----------------------------------------------------------------------------
     def own_update(layer, blk, trace, v, fact):
+        """e-prop's eligibility trace. A compact one is a tuple over the state variables of ``(n, k, m)``
+        arrays: each output element then reads only the same element of every input, which XLA compiles
+        to simpler passes than the mixing of an ``s`` axis (measured 1.1x to 1.7x faster per step on ALIF
+        and LSTM networks, docs/design.md)."""
         if fact:
             decay, gain = layer.leak
             return decay * trace + gain * v
-        return mix(blk.D, trace) + blk.dfda[..., None] * v[None, None, None, :]
+        D, f = blk.D[..., None, None], blk.dfda[..., None]
+        return tuple(sum(D[:, c, d] * trace[d] for d in range(len(trace))) + f[:, c] * v[None, None]
+                     for c in range(len(trace)))
 
     def to_z(l, p, n, trace, dgdh):
         """The trace in z-space: compact ``(n, k, m)`` for an own level-0 trace, else dense ``(n_l, P)``."""
         if factorised(l, p, n):
             return dgdh[:, 0, None, None] * trace[None, None, :]
+        if own(l, p, n):
+            return sum(dgdh[:, c, None, None] * part for c, part in enumerate(trace))
         return weigh(dgdh, trace)
 
     def dense(l, p, n, z_trace):
@@ -318,6 +317,8 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
         return carry, EpropTraces(influence, filtered, readout), value, y, signals
 
     # ---- batch-level contractions (the batch is reduced every step) --------------------------------------
+    # A compact trace (B, n, k, m) is reduced over the batch as a weighted sum, which XLA fuses into one
+    # pass; as an einsum (a dot with the neuron axis as its batch) it first transposes the whole trace.
     def contract_z(sig, z_trace, dp):
         """``sum_b sum_j sig[b, j] z_trace[b, j, ...]`` for a compact or dense z-space trace."""
         if z_trace.ndim == 4:
@@ -328,7 +329,7 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
         if factorised(l, p, n):
             return jnp.einsum("bj,bi->ji", delta[..., 0], trace)[:, None, :]
         if own(l, p, n):
-            return jnp.einsum("bjc,bjcgi->jgi", delta, trace)
+            return sum(jnp.einsum("bj,bjgi->jgi", delta[:, :, c], part) for c, part in enumerate(trace))
         return jnp.einsum("bjc,bjcP->P", delta, trace).reshape(dp.n, dp.k, dp.m)
 
     def step(params, state, x, target):
