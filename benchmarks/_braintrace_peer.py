@@ -6,7 +6,7 @@ D-RTRL keeps the diagonal of the hidden-to-hidden Jacobian, which includes a neu
 while e-prop drops every explicit recurrent path, its own included; without self-connections the two are
 the same rule, so their gradients must agree to float32 rounding. Reported: the gradients' relative error
 against eproptax's ``eprop`` (and each one's against BPTT), and the time per sequence of the jitted
-functions after compilation.
+functions after compilation (the minimum over ``ROUNDS`` turns of each side, interleaved).
 """
 
 from __future__ import annotations
@@ -18,6 +18,9 @@ import numpy as np
 import eproptax as ep
 from eproptax._bench import _best_times
 from eproptax._compare import mse
+
+
+ROUNDS = 3
 
 
 def gru_problem(n_in, n, n_out, T, seed=0):
@@ -58,10 +61,24 @@ def compare_braintrace(exe, run_side, *, quick, log) -> list[dict]:
     for n in (32,) if quick else (32, 128):
         n_in, n_out, T = 16, 2, 100
         model, params, inputs, targets = gru_problem(n_in, n, n_out, T)
-        out = run_side(exe, "_braintrace_side.py", payload_of(params, inputs, targets, repeats=5 if quick else 30))
-        fn = jax.jit(ep.eprop(model, mse))
-        _, g_ep = jax.block_until_ready(fn(params, inputs, targets))
-        t_ep, _ = _best_times(fn, params, inputs, targets, repeats=5)
+        # The two sides take turns (the peer's process, then ours, ROUNDS times) and each keeps its minimum:
+        # timed once each, minutes apart, the ratio drifted by up to 2x on the shared machine.
+        # eproptax is timed as a user calls it (unroll=1) and with four steps per scan iteration (unroll=4,
+        # the fastest of 1, 2, 4 here in benchmarks/unroll.py); the speed-up reported is the default's.
+        fns = {u: jax.jit(ep.eprop(model, mse, unroll=u)) for u in (1, 4)}
+        _, g_ep = jax.block_until_ready(fns[1](params, inputs, targets))
+        jax.block_until_ready(fns[4](params, inputs, targets))
+        out, t_eps = None, {u: float("inf") for u in fns}
+        for _ in range(1 if quick else ROUNDS):
+            side = run_side(exe, "_braintrace_side.py", payload_of(params, inputs, targets, repeats=5 if quick else 30))
+            if out is not None:
+                for key in side:
+                    if key.endswith("/seconds"):
+                        side[key] = min(side[key], out[key])
+            out = side
+            for u, fn in fns.items():
+                t_eps[u] = min(t_eps[u], _best_times(fn, params, inputs, targets, repeats=5)[0])
+        t_ep = t_eps[1]
         _, g_bptt = jax.jit(ep.bptt(model, mse))(params, inputs, targets)
         ref = flat(g_ep[0], g_ep[1]["w_out"], g_ep[1]["b_out"])
         exact = flat(g_bptt[0], g_bptt[1]["w_out"], g_bptt[1]["b_out"])
@@ -74,12 +91,14 @@ def compare_braintrace(exe, run_side, *, quick, log) -> list[dict]:
                        hidden=n, T=T, batch=1, dtype="float32", braintrace_version=str(out["braintrace_version"]),
                        peer_jax=str(out["jax_version"]), peer_seconds=t_peer, peer_compile_s=float(out[f"{algo}/compile_s"]),
                        eproptax_rule="eprop", eproptax_seconds=t_ep, speedup=t_peer / t_ep, required_speedup=1.0,
+                       eproptax_seconds_unroll4=t_eps[4], speedup_unroll4=t_peer / t_eps[4],
                        relative_error_vs_eproptax=err,
                        peer_relative_error_vs_bptt=float(np.linalg.norm(g - exact) / np.linalg.norm(exact)),
                        eproptax_relative_error_vs_bptt=float(np.linalg.norm(ref - exact) / np.linalg.norm(exact)))
             rows.append(row)
             log(f"  {row['name']} {row['braintrace_version']} on GRU({n}), T={T}: {1e3 * t_peer:.2f} ms vs eproptax eprop "
-                f"{1e3 * t_ep:.2f} ms per sequence: x{t_peer / t_ep:.2f}; gradient relative error {err:.1e}")
+                f"{1e3 * t_ep:.2f} ms per sequence: x{t_peer / t_ep:.2f} (unroll=4: {1e3 * t_eps[4]:.2f} ms, "
+                f"x{t_peer / t_eps[4]:.2f}); gradient relative error {err:.1e}")
     rows.append(dict(name="braintrace (LIF)", speedup=None,
                      reason="braintrace's spiking neurons (brainpy.state) do not implement the NEST / "
                             "Bellec LIF used here (reset one step after the spike, piecewise-linear surrogate scaled "
