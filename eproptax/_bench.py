@@ -344,7 +344,8 @@ def build(spec: RuleSpec, prob: Problem, **options):
 
 
 def _order(m):
-    return (lambda model, loss, **kw: eprop_m(model, loss, m, **kw)), (lambda model, loss: online_eprop_m(model, loss, m))
+    return ((lambda model, loss, **kw: eprop_m(model, loss, m, **kw)),
+            (lambda model, loss: online_eprop_m(model, loss, m)))
 
 
 def _depth(d):

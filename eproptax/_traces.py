@@ -317,8 +317,8 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
         return carry, EpropTraces(influence, filtered, readout), value, y, signals
 
     # ---- batch-level contractions (the batch is reduced every step) --------------------------------------
-    # A compact trace (B, n, k, m) is reduced over the batch as a weighted sum, which XLA fuses into one
-    # pass; as an einsum (a dot with the neuron axis as its batch) it first transposes the whole trace.
+    # The batch is reduced with einsum (a dot): XLA's CPU backend runs a broadcast-multiply-and-sum over a
+    # leading axis far below bandwidth (measured 9x to 37x slower; benchmarks/README.md).
     def contract_z(sig, z_trace, dp):
         """``sum_b sum_j sig[b, j] z_trace[b, j, ...]`` for a compact or dense z-space trace."""
         if z_trace.ndim == 4:
