@@ -42,6 +42,21 @@ def pyplot():
     return plt
 
 
+def save_figure(fig, path: str, heading: str, fontsize: int = 10, dpi: int = 110) -> None:
+    """Gives ``fig`` its heading, lays it out, writes it to ``path`` and closes it."""
+    fig.suptitle(heading, fontsize=fontsize)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    pyplot().close(fig)
+
+
+def log_axes(ax, base: int = 10) -> None:
+    """Log-log axes with a light grid on both tick levels."""
+    ax.set_xscale("log", base=base)
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3, which="both")
+
+
 def title(text: str) -> str:
     info = device_info()
     return f"{text}\n{info['device']} ({info['cpu'] if info['platform'] == 'cpu' else info['device_kind']}), jax {info['jax']}, float32"

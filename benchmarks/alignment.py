@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 
 import jax
@@ -37,6 +38,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import eproptax as ep
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import pyplot, save_figure  # noqa: E402
 
 N_IN, N_OUT, BATCH = 8, 2, 4
 LIF_DRIVE = 0.1  # mean input weight times sqrt(fan_in) of the first LIF layer (twice that above it)
@@ -217,10 +221,7 @@ def cost_sweep(args, dtype):
 
 
 def plot_order(records, args, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     cells, lengths = args.cells, args.lengths
     fig, axes = plt.subplots(len(cells), len(lengths), figsize=(3.6 * len(lengths), 2.9 * len(cells)),
@@ -241,17 +242,12 @@ def plot_order(records, args, path):
             if j == 0:
                 ax.set_ylabel("cosine with BPTT\n(recurrent layer)")
     axes[0][-1].legend(loc="lower right")
-    fig.suptitle(f"m-order e-prop: alignment with BPTT (mean ± std over {len(args.seed_list)} networks)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, f"m-order e-prop: alignment with BPTT (mean ± std over {len(args.seed_list)} networks)",
+                fontsize=12, dpi=120)
 
 
 def plot_depth(records, args, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     columns = [(cell, key) for cell in args.cells for key in ("hidden", "first")]
     fig, axes = plt.subplots(2, len(columns), figsize=(3.4 * len(columns), 6.0), sharex=True, squeeze=False)
@@ -273,12 +269,9 @@ def plot_depth(records, args, path):
             if j == 0:
                 ax.set_ylabel("cosine with BPTT")
     axes[0][0].legend(loc="lower left")
-    fig.suptitle(f"deep e-prop: alignment with BPTT against depth ({args.depth_n} neurons per layer, "
-                 f"T = {args.depth_T}, mean ± std over {len(args.seed_list)} networks); top: with within-layer "
-                 "recurrent weights R, bottom: without", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, f"deep e-prop: alignment with BPTT against depth ({args.depth_n} neurons per layer, "
+                f"T = {args.depth_T}, mean ± std over {len(args.seed_list)} networks); top: with within-layer "
+                "recurrent weights R, bottom: without", dpi=120)
 
 
 def main(argv=None):

@@ -36,7 +36,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import HERE, parser, pyplot, results_dir, save, title  # noqa: E402
+from _common import HERE, parser, pyplot, results_dir, save, save_figure, title  # noqa: E402
 
 import eproptax as ep  # noqa: E402
 from eproptax._bench import _best_times  # noqa: E402
@@ -231,10 +231,7 @@ def plot(rows, path):
         ax.axvline(r["required_speedup"], color="k", ls=":", lw=0.8)
     ax.set_xscale("log")
     ax.set_xlabel("eproptax speed-up over the peer (same network and rule)")
-    fig.suptitle(title("eproptax against its peers"), fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, title("eproptax against its peers"), fontsize=9)
 
 
 def main(argv=None):

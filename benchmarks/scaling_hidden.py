@@ -20,7 +20,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import parser, pyplot, results_dir, save, title  # noqa: E402
+from _common import log_axes, parser, pyplot, results_dir, save, save_figure, title  # noqa: E402
 
 from eproptax._bench import RULES, build, hardware, measure, problem, roofline  # noqa: E402
 
@@ -65,14 +65,9 @@ def plot(rows, path):
         axes[i, 1].set(xlabel="hidden size (batch 8)", ylabel=f"{cell}: peak memory (MiB)")
         axes[i, 2].set(xlabel="batch size (hidden 64)", ylabel=f"{cell}: time per step (us)")
         for ax in axes[i]:
-            ax.set_xscale("log", base=2)
-            ax.set_yscale("log")
-            ax.grid(alpha=0.3, which="both")
+            log_axes(ax, base=2)
         axes[i, 0].legend(fontsize=7)
-    fig.suptitle(title("Time per step and peak memory against hidden size and batch size"), fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, title("Time per step and peak memory against hidden size and batch size"))
 
 
 def main(argv=None):

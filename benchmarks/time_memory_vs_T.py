@@ -22,7 +22,7 @@ import time
 import jax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import parser, pyplot, results_dir, save, title  # noqa: E402
+from _common import log_axes, parser, pyplot, results_dir, save, save_figure, title  # noqa: E402
 
 from eproptax._bench import RULES, build, measure, problem  # noqa: E402
 
@@ -87,15 +87,10 @@ def plot(rows, path):
         axes[i, 0].set_ylabel(f"{cell}: peak - inputs/targets (MiB)")
         axes[i, 1].set_ylabel(f"{cell}: time per step (us)")
         for ax in axes[i]:
-            ax.set_xscale("log")
-            ax.set_yscale("log")
+            log_axes(ax)
             ax.set_xlabel("sequence length T")
-            ax.grid(alpha=0.3, which="both")
         axes[i, 0].legend(fontsize=7)
-    fig.suptitle(title("Peak memory (XLA memory analysis) and time per step against T"), fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, title("Peak memory (XLA memory analysis) and time per step against T"))
 
 
 def main(argv=None):

@@ -20,7 +20,7 @@ import time
 import jax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import parser, pyplot, results_dir, save, title  # noqa: E402
+from _common import parser, pyplot, results_dir, save, save_figure, title  # noqa: E402
 
 from eproptax._bench import CELLS, RULES, build, problem  # noqa: E402
 
@@ -91,10 +91,7 @@ def plot(rows, path):
     ax.set_xscale("log")
     ax.set_xlabel("speed-up over unroll=1 (time per step)")
     ax.legend()
-    fig.suptitle(title("lax.scan unroll: time per step against unroll=1"), fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, title("lax.scan unroll: time per step against unroll=1"), fontsize=9)
 
 
 if __name__ == "__main__":
