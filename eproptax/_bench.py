@@ -303,7 +303,7 @@ def useful_work(online, prob: Problem, kind: str) -> dict:
             k = a.shape[1]
             for level in levels:
                 if not isinstance(level, tuple) and level.ndim == 4:  # dense (B, n_l, s_l, P); own traces are
-                    # tuples of (B, n, k, m) (compact) or (B, m) (factorised)
+                    # tuples of (n, B, k, m) (compact) or (B, m) (factorised)
                     batch, rows, s, size = level.shape
                     flops += 2.0 * batch * rows * size * n * k
     return dict(state_bytes=nbytes // 2, bytes=nbytes, flops=flops)

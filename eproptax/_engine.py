@@ -66,12 +66,45 @@ class OnlineRule(NamedTuple):
         shaped like ``params``.
       reset: ``reset(state) -> state``: zeroes the accumulators and keeps the carry and traces, to start a
         new window after an update.
+      batch_axes: ``batch_axes(state) -> tree``: where each per-example leaf of ``state`` keeps its batch
+        axis, as a prefix tree of ``state`` with an ``int`` per batched subtree and ``None`` for the
+        accumulators (``grads``, ``loss``, ``steps``). The default puts it first on every per-example leaf;
+        e-prop's compact traces keep it second (docs/design.md). :func:`batch_sharding` reads it.
     """
 
     init: Callable[[Params, int], OnlineState]
     step: Callable[[Params, OnlineState, Array, Any], tuple[OnlineState, Array]]
     result: Callable[[Params, OnlineState], tuple[Array, Params]]
     reset: Callable[[OnlineState], OnlineState]
+    batch_axes: Callable[[OnlineState], Any] = None
+
+    def axes(self, state: OnlineState) -> Any:
+        """``batch_axes(state)``, or the default (batch first on every per-example leaf) when unset."""
+        return (self.batch_axes or leading_batch_axes)(state)
+
+
+def leading_batch_axes(state: OnlineState, traces: Any = 0, reg_traces: Any = 0) -> OnlineState:
+    """The batch axes of an online state (see :class:`OnlineRule`): first on every per-example leaf, or as
+    ``traces`` and ``reg_traces`` say."""
+    return OnlineState(carry=0, traces=traces, grads=None, loss=None, spikes=0, reg_traces=reg_traces, steps=None)
+
+
+def batch_sharding(rule: OnlineRule, state: OnlineState, mesh: jax.sharding.Mesh, axis_name: str) -> OnlineState:
+    """Shardings for ``jax.device_put(state, ...)``: every per-example leaf split over the mesh axis
+    ``axis_name`` along its batch axis (``rule.axes``), the accumulators replicated.
+
+    Example::
+
+      state = rule.init(params, batch_size)
+      state = jax.device_put(state, ep.online.batch_sharding(rule, state, mesh, "batch"))
+    """
+    P = jax.sharding.PartitionSpec
+
+    def place(axis, subtree):
+        spec = P() if axis is None else P(*([None] * axis), axis_name)
+        return jax.tree_util.tree_map(lambda _: jax.sharding.NamedSharding(mesh, spec), subtree)
+
+    return jax.tree_util.tree_map(place, rule.axes(state), state, is_leaf=lambda x: x is None)
 
 
 def reset(state: OnlineState) -> OnlineState:

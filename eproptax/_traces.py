@@ -27,7 +27,9 @@ same-step Jacobians (``dz/dh``, the weights) at the current step.
 Representations (static): a layer's own level-0 trace is *compact* (each synapse only moves its own
 neuron), a tuple of ``s`` arrays ``(n, k, m)``, one per state variable, or, when the layer declares a
 ``leak``, *factorised*: the presynaptic trace ``zbar`` of shape ``(m,)``, shared by every neuron (e-prop's
-``e_ji = psi_j zbar_i``). Every other influence is *dense* ``(n_l, s_l, n_p k_p m_p)``.
+``e_ji = psi_j zbar_i``). Every other influence is *dense* ``(n_l, s_l, n_p k_p m_p)``. Over a batch, compact
+arrays keep the batch as their second axis, ``(n, B, k, m)``, when no dense level reads them; all others
+put it first.
 """
 
 from __future__ import annotations
@@ -39,14 +41,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._cell import Cell, float_state, is_neuron, layers_of
-from ._engine import (FiringRateReg, OnlineRule, accum_dtype, check_step, new_state, recurrent_outputs, reg_value,
-                      reg_weights, reset)
+from ._engine import (FiringRateReg, OnlineRule, accum_dtype, check_step, leading_batch_axes, new_state,
+                      recurrent_outputs, reg_value, reg_weights, reset)
 from ._jacobians import blocks, effective_weights, mix, output_jacobian, weigh
 from ._typing import LossFn
 
 
 class EpropTraces(NamedTuple):
-    """Per-example traces of the e-prop family (every leaf has a leading batch axis).
+    """Per-example traces of the e-prop family, batched: a leading batch axis on every leaf, except compact
+    arrays of a rule without dense levels (``order=0``, not ``depth="full"``), stored ``(n, B, k, m)``.
 
     Attributes:
       influence: ``{(l, p): (level_0, ..., level_order)}``, see the module docstring.
@@ -137,6 +140,9 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
     def factorised(l, p, n):
         return own(l, p, n) and layers[p].leak is not None
 
+    def compact(l, p, n):
+        return own(l, p, n) and layers[p].leak is None
+
     def compact_sum(l, p):  # the z-space sum over levels stays compact only for a lone own level
         return l == p and order == 0
 
@@ -155,63 +161,61 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
         return [(dl.n, dl.s, dp.size)]
 
     def trace_zeros(zeros, dims, l, p, n):
-        arrays = tuple(zeros(shape) for shape in trace_shapes(dims, l, p, n))
-        return arrays if own(l, p, n) and not factorised(l, p, n) else arrays[0]
+        arrays = tuple(zeros(shape, batch_axis(compact(l, p, n))) for shape in trace_shapes(dims, l, p, n))
+        return arrays if compact(l, p, n) else arrays[0]
 
     def zsum_shape(dims, l, p):
         dp = dims[p]
         return (dp.n, dp.k, dp.m) if compact_sum(l, p) else (dims[l].n, dp.size)
 
+    # Compact arrays are updated at batch level; every other array is batch-major and updated per example
+    # under ``jax.vmap``. When no dense level reads them (e-prop proper), compact arrays keep the batch as
+    # their second axis, ``(n, B, k, m)``: the batch contraction is then a dot batched over the leading
+    # neuron axis, which XLA runs without first transposing the trace (on CPU that transpose took more
+    # time than the trace update itself). A dense level's per-example update would read them through a
+    # transpose instead, so with dense levels they stay batch-major (docs/design.md).
+    neuron_major = order == 0 and not full
+    compact_spec = "bj,jbgi->jgi" if neuron_major else "bj,bjgi->jgi"
+
+    def batch_axis(is_compact):
+        return 1 if is_compact and neuron_major else 0
+
+    def batch_axes(state):
+        influence = {(l, p): tuple(batch_axis(compact(l, p, n)) for n in range(levels)) for l, p in pairs}
+        filtered = {p: batch_axis(compact_sum(obs(p), p)) for p in range(R) if filters(p)}
+        readout = batch_axis(is_neuron(top) and compact(R, R, 0))
+        reg_traces = {key: batch_axis(compact_sum(*key)) for key in pairs} if reg is not None else 0
+        return leading_batch_axes(state, EpropTraces(influence, filtered, readout), reg_traces)
+
+    def compact_layout(tree):
+        """Batch-major per-neuron coefficients ``(B, n, ...)`` in the layout of the compact arrays."""
+        return jax.tree_util.tree_map(lambda a: jnp.swapaxes(a, 0, 1), tree) if neuron_major else tree
+
+    def presynaptic(v):
+        """A presynaptic vector ``(B, m)`` broadcast against compact ``(n, B, k, m)`` or ``(B, n, k, m)`` arrays."""
+        return v[None, :, None, :] if neuron_major else v[:, None, None, :]
+
     def init(params, batch_size):
         dims, _ = all_dims(params)
         dtype = accum_dtype(params)
-        zeros = lambda shape: jnp.zeros((batch_size,) + shape, dtype)
+        zeros = lambda shape, axis: jnp.zeros(shape[:axis] + (batch_size,) + shape[axis:], dtype)
         influence = {(l, p): tuple(trace_zeros(zeros, dims, l, p, n) for n in range(levels)) for l, p in pairs}
-        filtered = {p: tuple(zeros(zsum_shape(dims, obs(p), p)) for _ in filters(p)) for p in range(R) if filters(p)}
+        filtered = {p: tuple(zeros(zsum_shape(dims, obs(p), p), batch_axis(compact_sum(obs(p), p)))
+                             for _ in filters(p)) for p in range(R) if filters(p)}
         readout = ()
         if is_neuron(top):
             readout = trace_zeros(zeros, dims, R, R, 0)
         grads = tuple(jnp.zeros((d.n, d.k, d.m), dtype) for d in dims[:R])
         grads += (jnp.zeros((dims[R].n, dims[R].k, dims[R].m), dtype) if is_neuron(top)
                   else jax.tree_util.tree_map(lambda w: jnp.zeros(w.shape, dtype), params[R]),)
-        reg_traces = {(l, p): zeros(zsum_shape(dims, l, p)) for l, p in pairs} if reg is not None else None
+        reg_traces = ({(l, p): zeros(zsum_shape(dims, l, p), batch_axis(compact_sum(l, p))) for l, p in pairs}
+                      if reg is not None else None)
         return new_state(model, params, batch_size, EpropTraces(influence, filtered, readout), grads, reg,
                          reg_traces)
 
-    # ---- one example, one step ----------------------------------------------------------------------------
-    def own_update(layer, blk, trace, v, fact):
-        """e-prop's eligibility trace. A compact one is a tuple over the state variables of ``(n, k, m)``
-        arrays: each output element then reads only the same element of every input, which XLA compiles
-        to simpler passes than the mixing of an ``s`` axis (measured 1.1x to 1.7x faster per step on ALIF
-        and LSTM networks, docs/design.md)."""
-        if fact:
-            decay, gain = layer.leak
-            return decay * trace + gain * v
-        D, f = blk.D[..., None, None], blk.dfda[..., None]
-        return tuple(sum(D[:, c, d] * trace[d] for d in range(len(trace))) + f[:, c] * v[None, None]
-                     for c in range(len(trace)))
-
-    def to_z(l, p, n, trace, dgdh):
-        """The trace in z-space: compact ``(n, k, m)`` for an own level-0 trace, else dense ``(n_l, P)``."""
-        if factorised(l, p, n):
-            return dgdh[:, 0, None, None] * trace[None, None, :]
-        if own(l, p, n):
-            return sum(dgdh[:, c, None, None] * part for c, part in enumerate(trace))
-        return weigh(dgdh, trace)
-
-    def dense(l, p, n, z_trace):
-        if not own(l, p, n):
-            return z_trace
-        count = z_trace.shape[0]
-        return (jnp.eye(count, dtype=z_trace.dtype)[:, :, None, None] * z_trace[None]).reshape(count, -1)
-
-    def z_sum(l, p, traces, dgdh):
-        parts = [to_z(l, p, n, t, dgdh) for n, t in enumerate(traces)]
-        if compact_sum(l, p):
-            return parts[0]
-        return sum(dense(l, p, n, part) for n, part in enumerate(parts))
-
-    def example(params, carry, traces, x, target):
+    # ---- one step: forward per example, own traces at batch level, dense levels per example -----------------
+    def forward(params, carry, x, target):
+        """One example: the forward step, the Jacobian blocks, the error and the same-step learning signals."""
         fwd, u = [], x
         for l in range(R):
             layer, p, h_prev = layers[l], params[l], carry[l]
@@ -224,15 +228,14 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
             u = layer.output(h)
 
         # the readout and the error
-        p_top, z_top_in = params[R], u
+        p_top, z_top_in, readout = params[R], u, {}
         if is_neuron(top):
             h_prev = carry[R]
             z_prev = top.output(h_prev)
             a = top.synapse(p_top, z_top_in, z_prev)
             h_top = top.dynamics(h_prev, a)
             y = top.output(h_top)
-            blk_top = blocks(top, h_prev, a, h_top)
-            v_top = jnp.concatenate([z_top_in, z_prev, jnp.ones((1,), u.dtype)])
+            readout = dict(blk=blocks(top, h_prev, a, h_top), v=jnp.concatenate([z_top_in, z_prev, jnp.ones((1,), u.dtype)]))
         else:
             h_top, y = top.apply(p_top, carry[R], z_top_in)
         value, err = jax.value_and_grad(lambda out: loss(out, target))(y)
@@ -240,7 +243,7 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
         # same-step learning signals L^l (z-space) of the recurrent layers
         g_top = ()
         if is_neuron(top):
-            delta_top = blk_top.dgdh * err[:, None]
+            delta_top = readout["blk"].dgdh * err[:, None]
             if filter_top:  # the readout's leak is in the filter: pull back through the synapse only
                 top_map = lambda uu: top.synapse(p_top, uu, z_prev)
                 cot = delta_top
@@ -265,7 +268,39 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
                     cot = L[l]
                 L[l - 1] = jax.vjp(step_map, f["u"])[1](cot)[0]
 
-        # trace updates, bottom-up so that F sees the new traces of the layer below
+        carry = tuple(f.pop("h") for f in fwd) + (h_top,)
+        for f in fwd:
+            del f["h_prev"]
+        z = recurrent_outputs(model, carry) if reg is not None else ()
+        signals = dict(L=L, delta={l: fwd[l]["blk"].dgdh * L[l][:, None] for l in L}, delta_top=delta_top,
+                       g_top=g_top, z=z)
+        return carry, fwd, readout, value, y, signals
+
+    def own_update(layer, blk, trace, v, fact):
+        """e-prop's eligibility trace over the batch: factorised ``(B, m)``, or compact, a tuple over the state
+        variables of arrays in the compact layout (``blk`` too). Each output element then reads only the
+        same element of every input, which XLA compiles to simpler passes than the mixing of an ``s`` axis
+        (measured 1.1x to 1.7x faster per step on ALIF and LSTM networks, docs/design.md)."""
+        if fact:
+            decay, gain = layer.leak
+            return decay * trace + gain * v
+        D, f, v = blk.D[..., None, None], blk.dfda[..., None], presynaptic(v)
+        return tuple(sum(D[:, :, c, d] * trace[d] for d in range(len(trace))) + f[:, :, c] * v
+                     for c in range(len(trace)))
+
+    def own_z(trace, dgdh, fact):
+        """An own level-0 trace in z-space, a compact array (``dgdh`` in the compact layout)."""
+        if fact:
+            return dgdh[:, :, 0, None, None] * presynaptic(trace)
+        return sum(dgdh[:, :, c, None, None] * part for c, part in enumerate(trace))
+
+    def dense_example(params, fwd, old, own_old, own_new):
+        """One example's dense levels, and the z-space sums over levels that are dense. ``own_old`` and
+        ``own_new`` hold each layer's own level-0 trace in z-space, compact ``(n, k, m)``, before and after
+        this step."""
+        def to_z(l, p, n, trace, dgdh, owns):
+            return owns[p] if own(l, p, n) else weigh(dgdh, trace)
+
         def push(l, arg, z_trace, compact):
             """``dh/da . W . z_trace``: the explicit edge (``arg="z"``) or the same-step edge from below (``"u"``)."""
             f, layer, p = fwd[l], layers[l], params[l]
@@ -281,80 +316,104 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
                 da = jax.vmap(lin, in_axes=1, out_axes=-1)(z_trace)
             return mix(f["blk"].dfda, da)
 
+        def expand(l, p, n, z_trace):  # a compact own z-space trace as a dense (n, P) one
+            if not own(l, p, n):
+                return z_trace
+            count = z_trace.shape[0]
+            return (jnp.eye(count, dtype=z_trace.dtype)[:, :, None, None] * z_trace[None]).reshape(count, -1)
+
         influence = {}
         for l, p in pairs:
-            f, old, new = fwd[l], traces.influence[(l, p)], []
+            f, new = fwd[l], {}
             for n in range(levels):
                 if own(l, p, n):
-                    new.append(own_update(layers[l], f["blk"], old[0], fwd[p]["v"], factorised(l, p, n)))
                     continue
-                trace = mix(f["blk"].D, old[n])
+                trace = mix(f["blk"].D, old[(l, p)][n])
                 if n >= 1:
-                    trace += push(l, "z", to_z(l, p, n - 1, old[n - 1], f["dgdh_prev"]), own(l, p, n - 1))
+                    z_old = to_z(l, p, n - 1, old[(l, p)].get(n - 1), f["dgdh_prev"], own_old)
+                    trace += push(l, "z", z_old, own(l, p, n - 1))
                 if l > p:
-                    below = influence[(l - 1, p)][n]
-                    trace += push(l, "u", to_z(l - 1, p, n, below, fwd[l - 1]["blk"].dgdh), own(l - 1, p, n))
-                new.append(trace)
-            influence[(l, p)] = tuple(new)
-
-        filtered = {}
-        for p in traces.filtered:
-            stage_in, stages = z_sum(obs(p), p, influence[(obs(p), p)], fwd[obs(p)]["blk"].dgdh), []
-            for l, old in zip(filters(p), traces.filtered[p]):
-                decay, gain = layers[l].leak
-                stage_in = decay * old + gain * stage_in
-                stages.append(stage_in)
-            filtered[p] = tuple(stages)
-        readout = ()
-        if is_neuron(top):
-            readout = own_update(top, blk_top, traces.readout, v_top, top.leak is not None)
-
-        signals = dict(
-            L=L, delta={l: fwd[l]["blk"].dgdh * L[l][:, None] for l in L}, delta_top=delta_top, g_top=g_top,
-            z=recurrent_outputs(model, tuple(f["h"] for f in fwd) + (h_top,)) if reg is not None else (),
-            reg={(l, p): z_sum(l, p, influence[(l, p)], fwd[l]["blk"].dgdh) for l, p in pairs} if reg is not None else ())
-        carry = tuple(f["h"] for f in fwd) + (h_top,)
-        return carry, EpropTraces(influence, filtered, readout), value, y, signals
+                    below = to_z(l - 1, p, n, influence[(l - 1, p)].get(n), fwd[l - 1]["blk"].dgdh, own_new)
+                    trace += push(l, "u", below, own(l - 1, p, n))
+                new[n] = trace
+            influence[(l, p)] = new
+        z_sums = {(l, p): sum(expand(l, p, n, to_z(l, p, n, influence[(l, p)].get(n), fwd[l]["blk"].dgdh, own_new))
+                              for n in range(levels))
+                  for l, p in pairs if not compact_sum(l, p)}
+        return influence, z_sums
 
     # ---- batch-level contractions (the batch is reduced every step) --------------------------------------
     # The batch is reduced with einsum (a dot): XLA's CPU backend runs a broadcast-multiply-and-sum over a
     # leading axis far below bandwidth (measured 9x to 37x slower; benchmarks/README.md).
     def contract_z(sig, z_trace, dp):
-        """``sum_b sum_j sig[b, j] z_trace[b, j, ...]`` for a compact or dense z-space trace."""
+        """``sum_b sum_j sig[b, j] z_trace[b, j, ...]`` for a compact or a dense z-space trace."""
         if z_trace.ndim == 4:
-            return jnp.einsum("bj,bjgi->jgi", sig, z_trace)
+            return jnp.einsum(compact_spec, sig, z_trace)
         return jnp.einsum("bj,bjP->P", sig, z_trace).reshape(dp.n, dp.k, dp.m)
 
     def contract_h(delta, trace, l, p, n, dp):
         if factorised(l, p, n):
             return jnp.einsum("bj,bi->ji", delta[..., 0], trace)[:, None, :]
         if own(l, p, n):
-            return sum(jnp.einsum("bj,bjgi->jgi", delta[:, :, c], part) for c, part in enumerate(trace))
+            return sum(jnp.einsum(compact_spec, delta[:, :, c], part) for c, part in enumerate(trace))
         return jnp.einsum("bjc,bjcP->P", delta, trace).reshape(dp.n, dp.k, dp.m)
 
     def step(params, state, x, target):
         check_step(where, model, loss, params, state, x, target)
         dims, _ = all_dims(params)
-        carry, traces, values, y, sig = jax.vmap(example, in_axes=(None, 0, 0, 0, 0))(
-            params, state.carry, state.traces, x, target)
+        carry, fwd, top_fwd, values, y, sig = jax.vmap(forward, in_axes=(None, 0, 0, 0))(params, state.carry, x, target)
+        old = state.traces.influence
+
+        # own level-0 traces at batch level, and their z-space views (XLA drops the views nobody reads)
+        own_new, own_old, influence = {}, {}, {}
+        for p in range(R):
+            fact, blk = factorised(p, p, 0), compact_layout(fwd[p]["blk"])
+            trace = own_update(layers[p], blk, old[(p, p)][0], fwd[p]["v"], fact)
+            influence[(p, p)] = (trace,)
+            own_new[p] = own_z(trace, blk.dgdh, fact)
+            if order > 0:
+                own_old[p] = own_z(old[(p, p)][0], compact_layout(fwd[p]["dgdh_prev"]), fact)
+        z_sums = {(l, p): own_new[p] for l, p in pairs if compact_sum(l, p)}
+
+        # dense levels per example
+        if order > 0 or full:
+            old_dense = {key: {n: t for n, t in enumerate(levels_) if not own(*key, n)} for key, levels_ in old.items()}
+            dense, dense_sums = jax.vmap(dense_example, in_axes=(None, 0, 0, 0, 0))(params, fwd, old_dense, own_old, own_new)
+            for key in pairs:
+                influence[key] = tuple(influence[key][0] if own(*key, n) else dense[key][n] for n in range(levels))
+            z_sums.update(dense_sums)
+
+        # filters, the readout's own trace, the gradient
+        filtered = {}
+        for p in state.traces.filtered:
+            stage_in, stages = z_sums[(obs(p), p)], []
+            for l, old_stage in zip(filters(p), state.traces.filtered[p]):
+                decay, gain = layers[l].leak
+                stage_in = decay * old_stage + gain * stage_in
+                stages.append(stage_in)
+            filtered[p] = tuple(stages)
+        readout = ()
+        if is_neuron(top):
+            readout = own_update(top, compact_layout(top_fwd["blk"]), state.traces.readout, top_fwd["v"],
+                                 top.leak is not None)
+
         batch = x.shape[0]
         grads = list(state.grads)
         for p in range(R):
             o = obs(p)
-            if p in traces.filtered:
-                g = contract_z(sig["L"][o], traces.filtered[p][-1], dims[p])
+            if p in filtered:
+                g = contract_z(sig["L"][o], filtered[p][-1], dims[p])
             else:
-                g = sum(contract_h(sig["delta"][o], t, o, p, n, dims[p])
-                        for n, t in enumerate(traces.influence[(o, p)]))
+                g = sum(contract_h(sig["delta"][o], t, o, p, n, dims[p]) for n, t in enumerate(influence[(o, p)]))
             grads[p] = grads[p] + g / batch
         if is_neuron(top):
-            grads[R] = grads[R] + contract_h(sig["delta_top"], traces.readout, R, R, 0, dims[R]) / batch
+            grads[R] = grads[R] + contract_h(sig["delta_top"], readout, R, R, 0, dims[R]) / batch
         else:
             grads[R] = jax.tree_util.tree_map(lambda acc, g: acc + jnp.sum(g, 0) / batch, grads[R], sig["g_top"])
-        state = state._replace(carry=carry, traces=traces, grads=tuple(grads), loss=state.loss + jnp.mean(values),
-                               steps=state.steps + 1)
+        state = state._replace(carry=carry, traces=EpropTraces(influence, filtered, readout), grads=tuple(grads),
+                               loss=state.loss + jnp.mean(values), steps=state.steps + 1)
         if reg is not None:
-            reg_traces = {key: state.reg_traces[key] + sig["reg"][key] for key in pairs}
+            reg_traces = {key: state.reg_traces[key] + z_sums[key] for key in pairs}
             state = state._replace(spikes=state.spikes + sig["z"], reg_traces=reg_traces)
         return state, y
 
@@ -377,4 +436,4 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
                 out.append(jax.tree_util.tree_map(lambda g, w: g.astype(w.dtype), grads[i], params[i]))
         return value, tuple(out)
 
-    return OnlineRule(init, step, result, reset)
+    return OnlineRule(init, step, result, reset, batch_axes)

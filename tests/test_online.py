@@ -81,3 +81,28 @@ def test_streaming_in_two_chunks(rule):
     np.testing.assert_allclose(value_1 + value_2, value_w, rtol=1e-13)
     assert_close(jax.tree_util.tree_map(lambda a, b: a + b, grads_1, grads_2), grads_w, 1e-12, "windows add up")
     assert float(value_1) > 0 and float(value_2) > 0
+
+
+@pytest.mark.parametrize("rule", ["eprop", "eprop_m1", "rtrl"])
+def test_batch_axes_select_each_example(rule):
+    """``rule.axes(state)`` names each per-example leaf's batch axis (e-prop keeps its compact traces
+    neuron-major): example 1 of a batch of two, taken along those axes, is the state of example 1 alone."""
+    cfg = Config(cells=("alif",), readout="leaky")  # compact own traces and a compact filtered trace
+    prob = problem(cfg)
+    online_rule = ONLINE[rule](prob.model, mse)
+    step = jax.jit(online_rule.step)
+
+    def states(examples):
+        state = online_rule.init(prob.params, len(examples))
+        for t in range(3):
+            target_t = jax.tree_util.tree_map(lambda a: a[examples, t], prob.targets)
+            state, _ = step(prob.params, state, prob.inputs[examples, t], target_t)
+        return state
+
+    both, alone = states([0, 1]), states([1])
+
+    def example_1(axis, subtree):
+        return subtree if axis is None else jax.tree_util.tree_map(lambda a: a.take(np.array([1]), axis), subtree)
+
+    picked = jax.tree_util.tree_map(example_1, online_rule.axes(both), both, is_leaf=lambda x: x is None)
+    assert_close((picked.carry, picked.traces), (alone.carry, alone.traces), 1e-12, f"{rule} example 1")

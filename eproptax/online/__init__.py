@@ -1,5 +1,6 @@
-"""Per-time-step forms of the forward-mode rules: ``OnlineRule(init, step, result, reset)``."""
+"""Per-time-step forms of the forward-mode rules: ``OnlineRule(init, step, result, reset, batch_axes)``."""
 
+from .._engine import batch_sharding as batch_sharding
 from .._deep_eprop import online_deep_eprop as deep_eprop
 from .._eprop import online_eprop as eprop
 from .._eprop_m import online_eprop_m as eprop_m
