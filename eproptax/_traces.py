@@ -352,8 +352,15 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
         return jnp.einsum("bj,bjP->P", sig, z_trace).reshape(dp.n, dp.k, dp.m)
 
     def contract_h(delta, trace, l, p, n, dp):
-        if factorised(l, p, n):
+        if factorised(l, p, n) and l == R:
             return jnp.einsum("bj,bi->ji", delta[..., 0], trace)[:, None, :]
+        if factorised(l, p, n):
+            # Transposed copies of the two small factors (B x n, B x m), which the barrier keeps XLA from
+            # folding back, make this a dot over both trailing axes rather than both leading ones, which
+            # XLA's CPU backend runs on a slower path: 1.04x to 1.09x per step on LIF(16, 32) batch 8 with a
+            # stateless readout, neutral at 64 and 256. The readout's own n_out-wide product gains nothing.
+            post, pre = jax.lax.optimization_barrier((delta[..., 0].T, trace.T))
+            return jnp.einsum("jb,ib->ji", post, pre)[:, None, :]
         if own(l, p, n):
             return sum(jnp.einsum(compact_spec, delta[:, :, c], part) for c, part in enumerate(trace))
         return jnp.einsum("bjc,bjcP->P", delta, trace).reshape(dp.n, dp.k, dp.m)
