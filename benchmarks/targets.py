@@ -8,10 +8,11 @@ Targets (they are reported, not unit tests):
 2. e-prop on LIF with a stateless readout (factorised trace) costs at most 2.5 times the forward pass.
 3. e-prop with per-synapse traces (leaky readout, ALIF, LSTM) reaches at least half of the measured
    memory bandwidth in its trace update at hidden 256, batch 32 (bytes: the traces, read and written once;
-   time: the step less the forward pass).
+   time: the step less the forward pass, each timed as the slope between T = 10 and T = 40: see
+   ``marginal``).
 4. exact RTRL's influence update reaches at least a third of the measured matmul throughput at hidden 64
    (FLOPs: ``2 B |theta| C^2`` for the dense carry Jacobian times the influence matrix; time: the whole
-   step, so this is a lower bound on the update's own rate).
+   step, timed as the slope between T = 5 and T = 20, so this is a lower bound on the update's own rate).
 5. compile time under 10 s for every rule at the default sizes of ``eproptax bench``.
 6. peers: at least 10 times faster than NEST's e-prop, faster than braintrace (read from peers.json,
    written by ``benchmarks/peers.py``).
@@ -50,6 +51,31 @@ def run(cell, name, *, repeats=3, execute=True, **sizes):
     fig, out = measure(fn, prob.params, prob.inputs, prob.targets, repeats=repeats,
                        steps=prob.inputs.shape[1], execute=execute)
     return prob, fig, online
+
+
+def marginal(cell, name, lengths, rounds=3, **sizes):
+    """Time per step as the slope between two sequence lengths, and the figures of the longer run.
+
+    Each call of a whole-sequence rule also pays a fixed cost: XLA allocates the loop's buffers (the
+    traces, the influence matrix) per call, and on this project's VM the first touch of that fresh memory
+    costs 10 to 15 ms per call for 100 MiB of traces, 0.5 ms or more per step at T = 20, and varies between
+    runs. The slope ``(t(T2) - t(T1)) / (T2 - T1)``, timed in interleaved rounds, is the cost of one more
+    step, which is what a long sequence pays.
+    """
+    runs = [build_rule(cell, name, time_steps=T, **sizes) for T in lengths]
+    compiled = []
+    for prob, fn, _ in runs:
+        args = (prob.params, prob.inputs, prob.targets)
+        compiled.append((jax.jit(fn).lower(*args).compile(), args))
+        jax.block_until_ready(compiled[-1][0](*args))
+    best = [float("inf")] * len(lengths)
+    for _ in range(rounds):
+        for i, (fn, args) in enumerate(compiled):
+            best[i] = min(best[i], _best_times(fn, *args, repeats=2)[0])
+    slope = (best[1] - best[0]) / (lengths[1] - lengths[0])
+    prob, fn, online = runs[1]
+    fig, _ = measure(fn, prob.params, prob.inputs, prob.targets, execute=False)
+    return prob, dict(fig, per_step_s=slope, whole_call_per_step_s=best[1] / lengths[1], lengths=lengths), online
 
 
 def verdict(ok):
@@ -103,26 +129,28 @@ def target_factorised(quick):
 
 def target_traces(quick, hw):
     bandwidth = hw["bandwidth"]["bytes_per_s"]
-    sizes = dict(hidden=128 if quick else 256, batch=32, time_steps=10 if quick else 20)
+    sizes, lengths = dict(hidden=128 if quick else 256, batch=32), (5, 15) if quick else (10, 40)
     rows, ok = [], True
     for cell, name in (("lif", "eprop (leaky readout)"), ("alif", "eprop (leaky readout)"),
                        ("lstm", "eprop (leaky readout)"), ("alif", "eprop (stateless readout)"),
                        ("lstm", "eprop (stateless readout)")):
         readout = SPECS[name].readout
         fwd_name = "forward" if readout == "leaky" else "forward (stateless readout)"
-        prob, ep, online = run(cell, name, repeats=2, **sizes)
-        _, fwd, _ = run(cell, fwd_name, repeats=2, **sizes)
+        prob, ep, online = marginal(cell, name, lengths, **sizes)
+        _, fwd, _ = marginal(cell, fwd_name, lengths, **sizes)
         state = jax.eval_shape(lambda p: online.init(p, prob.inputs.shape[0]), prob.params)
         moved = 2 * _tree_bytes(state.traces)
         update_s = ep["per_step_s"] - fwd["per_step_s"]
         fraction = moved / update_s / bandwidth
         primary = readout == "leaky"  # the three configurations the target names; stateless rows are extra
         ok &= fraction >= 0.5 or not primary
-        rows.append(dict(cell=cell, rule=name, **sizes, trace_bytes=moved // 2, step_s=ep["per_step_s"],
+        rows.append(dict(cell=cell, rule=name, **sizes, lengths=lengths, trace_bytes=moved // 2, step_s=ep["per_step_s"],
+                         whole_call_step_s=ep["whole_call_per_step_s"],
                          forward_s=fwd["per_step_s"], update_s=update_s, bytes_per_s=moved / update_s,
                          fraction=fraction, counts=primary, xla_bytes_per_step=ep["xla"]["bytes_accessed"]))
         print(f"  {cell}({sizes['hidden']}) {name}: traces {moved / 2 / 2**20:.1f} MiB, step "
-              f"{1e3 * ep['per_step_s']:.2f} ms (forward {1e3 * fwd['per_step_s']:.2f} ms): "
+              f"{1e3 * ep['per_step_s']:.2f} ms (forward {1e3 * fwd['per_step_s']:.2f} ms; whole call at T={lengths[1]}: "
+              f"{1e3 * ep['whole_call_per_step_s']:.2f} ms): "
               f"{moved / update_s / 1e9:.2f} GB/s = {fraction:.2f} of {bandwidth / 1e9:.1f} GB/s "
               f"{verdict(fraction >= 0.5) if primary else '(extra)'}; XLA bytes accessed per step "
               f"{(ep['xla']['bytes_accessed'] or 0) / 2**20:.0f} MiB")
@@ -145,8 +173,8 @@ def target_rtrl(quick, hw):
     matmul = hw["matmul"]["flops_per_s"]
     rows, ok = [], True
     for cell in ("lif",) if quick else ("lif", "gru"):
-        sizes = dict(hidden=64 if cell == "lif" else 32, batch=8, time_steps=5 if quick else 10)
-        prob, fig, online = run(cell, "rtrl", repeats=2, **sizes)
+        sizes, lengths = dict(hidden=64 if cell == "lif" else 32, batch=8), (3, 8) if quick else (5, 20)
+        prob, fig, online = marginal(cell, "rtrl", lengths, **sizes)
         state = jax.eval_shape(lambda p: online.init(p, prob.inputs.shape[0]), prob.params)
         batch, n_carry, n_theta = state.traces.shape  # M^T per example
         flops = 2.0 * batch * n_theta * n_carry ** 2
@@ -154,11 +182,12 @@ def target_rtrl(quick, hw):
         kernel = dense_kernel_rate(batch, n_theta, n_carry)
         counts = cell == "lif"
         ok &= fraction >= 1 / 3 or not counts
-        rows.append(dict(cell=cell, **sizes, n_theta=n_theta, n_carry=n_carry, flops=flops, step_s=fig["per_step_s"],
+        rows.append(dict(cell=cell, **sizes, lengths=lengths, n_theta=n_theta, n_carry=n_carry, flops=flops,
+                         step_s=fig["per_step_s"], whole_call_step_s=fig["whole_call_per_step_s"],
                          flops_per_s=flops / fig["per_step_s"], fraction=fraction, kernel_flops_per_s=kernel,
                          counts=counts, xla_flops_per_step=fig["xla"]["flops"]))
         print(f"  {cell}({sizes['hidden']}) batch {batch}: |theta|={n_theta}, C={n_carry}, {flops / 1e6:.0f} MFLOP per step "
-              f"in {1e3 * fig['per_step_s']:.1f} ms = {flops / fig['per_step_s'] / 1e9:.2f} GFLOP/s = {fraction:.3f} of "
+              f"in {1e3 * fig['per_step_s']:.1f} ms (whole call at T={lengths[1]}: {1e3 * fig['whole_call_per_step_s']:.1f} ms) = {flops / fig['per_step_s'] / 1e9:.2f} GFLOP/s = {fraction:.3f} of "
               f"{matmul / 1e9:.0f} GFLOP/s {verdict(fraction >= 1 / 3) if counts else '(extra)'}; the same product "
               f"alone (einsum): {kernel / 1e9:.1f} GFLOP/s; XLA counts {(fig['xla']['flops'] or 0) / 1e6:.0f} MFLOP per step")
     return dict(name="RTRL influence update >= 1/3 of matmul throughput (hidden 64)", rows=rows, ok=ok,
