@@ -59,6 +59,20 @@ def blocks(layer: Cell, h_prev, a: jax.Array, h) -> Blocks:
     return Blocks(D, dfda, output_jacobian(layer, h))
 
 
+def read_states(layer: Cell, h_prev, a) -> tuple[bool, ...]:
+    """Which floating state variables ``dynamics`` reads (``h_prev`` and ``a`` may be shapes).
+
+    Found from the jaxpr of ``dynamics``: a variable no equation reads has a zero column in ``D`` whatever
+    the values (an LSTM's ``h``, recomputed from ``c`` and the gates every step), so a trace through it
+    is never carried to the next step. A variable passed through unchanged counts as read.
+    """
+    leaves, treedef = jax.tree_util.tree_flatten(h_prev)
+    dynamics = lambda leaves, a: layer.dynamics(jax.tree_util.tree_unflatten(treedef, leaves), a)
+    jaxpr = jax.make_jaxpr(dynamics)(leaves, a).jaxpr
+    used = {id(v) for eqn in jaxpr.eqns for v in eqn.invars} | {id(v) for v in jaxpr.outvars}
+    return tuple(id(v) in used for v, leaf in zip(jaxpr.invars, leaves) if jnp.issubdtype(leaf.dtype, jnp.inexact))
+
+
 def _lead(w, ndim):
     """``w`` of shape ``(n,)`` reshaped to broadcast against an array of ``ndim`` dimensions led by ``n``."""
     return w.reshape(w.shape + (1,) * (ndim - 1))

@@ -25,7 +25,9 @@ the learning signal skips those layers' dynamics (their leak is in the filters) 
 same-step Jacobians (``dz/dh``, the weights) at the current step.
 
 Representations (static): a layer's own level-0 trace is *compact* (each synapse only moves its own
-neuron), a tuple of ``s`` arrays ``(n, k, m)``, one per state variable, or, when the layer declares a
+neuron), a tuple of arrays ``(n, k, m)``, one per state variable (with ``order=0``, one per variable that
+``dynamics`` reads: the others' new traces are only needed in z-space, where they are formed from the
+stored ones, so an LSTM carries ``c``'s trace and not ``h``'s), or, when the layer declares a
 ``leak``, *factorised*: the presynaptic trace ``zbar`` of shape ``(m,)``, shared by every neuron (e-prop's
 ``e_ji = psi_j zbar_i``). Every other influence is *dense* ``(n_l, s_l, n_p k_p m_p)``. Over a batch, compact
 arrays keep the batch as their second axis, ``(n, B, k, m)``, when no dense level reads them; all others
@@ -43,7 +45,7 @@ import numpy as np
 from ._cell import Cell, float_state, is_neuron, layers_of
 from ._engine import (FiringRateReg, OnlineRule, accum_dtype, check_step, leading_batch_axes, new_state,
                       recurrent_outputs, reg_value, reg_weights, reset)
-from ._jacobians import blocks, effective_weights, mix, output_jacobian, weigh
+from ._jacobians import blocks, effective_weights, mix, output_jacobian, read_states, weigh
 from ._typing import LossFn
 
 
@@ -67,6 +69,7 @@ class _Dims(NamedTuple):
     s: int  # differentiable state variables per neuron
     k: int  # synaptic entries (gates) per neuron
     m: int  # presynaptic values: n_in + n + 1
+    read: tuple  # per state variable: whether ``dynamics`` reads it (``read_states``)
 
     @property
     def size(self):
@@ -82,7 +85,8 @@ def _dims(layer: Cell, params, dtype) -> Optional[_Dims]:
                        jax.ShapeDtypeStruct((layer.n_out,), dtype))
     if a.ndim != 2 or a.shape[0] != layer.n_out:
         raise ValueError(f"synapse must return shape (n={layer.n_out}, k), got {a.shape}.")
-    return _Dims(layer.n_out, s, a.shape[1], layer.n_in + layer.n_out + 1)
+    read = (True,) * s if layer.leak is not None else read_states(layer, carry, a)
+    return _Dims(layer.n_out, s, a.shape[1], layer.n_in + layer.n_out + 1, read)
 
 
 def check_model(where: str, model: Cell, feedback) -> None:
@@ -151,13 +155,21 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
         dtype = jax.tree_util.tree_leaves(params)[0].dtype
         return [_dims(layer, p, dtype) for layer, p in zip(layers, params)], dtype
 
+    def stored(d):
+        """The state variables whose compact own trace is carried to the next step. Only a level-0 update
+        reads the previous own trace, through ``D``; a variable ``dynamics`` never reads has a zero column
+        there, so with ``order=0`` its trace is recomputed every step and never stored (an LSTM's ``h``:
+        a third less trace memory and traffic with a leaky readout, half with a stateless one). Dense
+        levels (``order >= 1``) read the previous trace of every variable."""
+        return d.read if order == 0 else (True,) * d.s
+
     def trace_shapes(dims, l, p, n):
-        """The shapes of one level's arrays: one per state variable for a compact own trace, else one."""
+        """The shapes of one level's arrays: one per stored state variable for a compact own trace, else one."""
         dp, dl = dims[p], dims[l]
         if factorised(l, p, n):
             return [(dp.m,)]
         if own(l, p, n):
-            return [(dp.n, dp.k, dp.m)] * dp.s
+            return [(dp.n, dp.k, dp.m)] * sum(stored(dp))
         return [(dl.n, dl.s, dp.size)]
 
     def trace_zeros(zeros, dims, l, p, n):
@@ -273,20 +285,28 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
             del f["h_prev"]
         z = recurrent_outputs(model, carry) if reg is not None else ()
         signals = dict(L=L, delta={l: fwd[l]["blk"].dgdh * L[l][:, None] for l in L}, delta_top=delta_top,
-                       g_top=g_top, z=z)
+                       err=err, g_top=g_top, z=z)
         return carry, fwd, readout, value, y, signals
 
-    def own_update(layer, blk, trace, v, fact):
-        """e-prop's eligibility trace over the batch: factorised ``(B, m)``, or compact, a tuple over the state
-        variables of arrays in the compact layout (``blk`` too). Each output element then reads only the
-        same element of every input, which XLA compiles to simpler passes than the mixing of an ``s`` axis
-        (measured 1.1x to 1.7x faster per step on ALIF and LSTM networks, docs/design.md)."""
+    def own_update(layer, blk, trace, v, fact, d):
+        """e-prop's eligibility trace over the batch and its z-space view: factorised ``(B, m)``, or compact,
+        a tuple over the stored state variables (:func:`stored`) of arrays in the compact layout (``blk``
+        too). Each output element then reads only the same element of every input, which XLA compiles to
+        simpler passes than the mixing of an ``s`` axis (measured 1.1x to 1.7x faster per step on ALIF and
+        LSTM networks, docs/design.md). An unstored variable's new trace is only ever read in z-space, so
+        its coefficients are mixed into the z-space view at neuron size and the trace itself is never formed."""
         if fact:
             decay, gain = layer.leak
-            return decay * trace + gain * v
-        D, f, v = blk.D[..., None, None], blk.dfda[..., None], presynaptic(v)
-        return tuple(sum(D[:, :, c, d] * trace[d] for d in range(len(trace))) + f[:, :, c] * v
-                     for c in range(len(trace)))
+            trace = decay * trace + gain * v
+            return trace, own_z(trace, blk.dgdh, fact)
+        kept = [c for c in range(d.s) if stored(d)[c]]
+        D, f, pre = blk.D[..., None, None], blk.dfda[..., None], presynaptic(v)
+        new = tuple(sum(D[:, :, c, e] * part for e, part in zip(kept, trace)) + f[:, :, c] * pre for c in kept)
+        if len(kept) == d.s:
+            return new, own_z(new, blk.dgdh, fact)
+        g = blk.dgdh  # z = sum_c g_c (sum_e D_ce trace_e + f_c v) = sum_e (g . D)_e trace_e + (g . f) v
+        D, f = jnp.einsum("...c,...ce->...e", g, blk.D), jnp.einsum("...c,...ck->...k", g, blk.dfda)
+        return new, sum(D[:, :, e, None, None] * part for e, part in zip(kept, trace)) + f[..., None] * pre
 
     def own_z(trace, dgdh, fact):
         """An own level-0 trace in z-space, a compact array (``dgdh`` in the compact layout)."""
@@ -375,9 +395,8 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
         own_new, own_old, influence = {}, {}, {}
         for p in range(R):
             fact, blk = factorised(p, p, 0), compact_layout(fwd[p]["blk"])
-            trace = own_update(layers[p], blk, old[(p, p)][0], fwd[p]["v"], fact)
+            trace, own_new[p] = own_update(layers[p], blk, old[(p, p)][0], fwd[p]["v"], fact, dims[p])
             influence[(p, p)] = (trace,)
-            own_new[p] = own_z(trace, blk.dgdh, fact)
             if order > 0:
                 own_old[p] = own_z(old[(p, p)][0], compact_layout(fwd[p]["dgdh_prev"]), fact)
         z_sums = {(l, p): own_new[p] for l, p in pairs if compact_sum(l, p)}
@@ -399,10 +418,10 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
                 stage_in = decay * old_stage + gain * stage_in
                 stages.append(stage_in)
             filtered[p] = tuple(stages)
-        readout = ()
+        readout = readout_z = ()
         if is_neuron(top):
-            readout = own_update(top, compact_layout(top_fwd["blk"]), state.traces.readout, top_fwd["v"],
-                                 top.leak is not None)
+            readout, readout_z = own_update(top, compact_layout(top_fwd["blk"]), state.traces.readout,
+                                            top_fwd["v"], top.leak is not None, dims[R])
 
         batch = x.shape[0]
         grads = list(state.grads)
@@ -410,10 +429,14 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
             o = obs(p)
             if p in filtered:
                 g = contract_z(sig["L"][o], filtered[p][-1], dims[p])
+            elif compact_sum(o, p) and not all(stored(dims[p])):
+                g = contract_z(sig["L"][o], z_sums[(o, p)], dims[p])
             else:
                 g = sum(contract_h(sig["delta"][o], t, o, p, n, dims[p]) for n, t in enumerate(influence[(o, p)]))
             grads[p] = grads[p] + g / batch
-        if is_neuron(top):
+        if is_neuron(top) and not all(stored(dims[R])):
+            grads[R] = grads[R] + contract_z(sig["err"], readout_z, dims[R]) / batch
+        elif is_neuron(top):
             grads[R] = grads[R] + contract_h(sig["delta_top"], readout, R, R, 0, dims[R]) / batch
         else:
             grads[R] = jax.tree_util.tree_map(lambda acc, g: acc + jnp.sum(g, 0) / batch, grads[R], sig["g_top"])

@@ -1,13 +1,14 @@
 """Structural properties of e-prop: where it is exact, what it drops, feedback, regularisation."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
 import eproptax as ep
-from helpers import (CELLS, READOUTS, SPIKING, Config, assert_close, cosine, layer_outputs, loss_fn, mse,
-                     nest_fixture, nest_problem, nest_refractory, nest_rule_fn, problem, rel_err, run, spike_counts,
+from helpers import (CELLS, READOUTS, SPIKING, Config, assert_close, cosine, layer_outputs, loss_fn, model_of,
+                     mse, nest_fixture, nest_problem, nest_refractory, nest_rule_fn, problem, rel_err, run, spike_counts,
                      zero_recurrent)
 
 STANDARD = [Config(cells=(cell,), readout=readout) for cell in CELLS for readout in READOUTS]
@@ -60,6 +61,57 @@ def test_factorised_path_equals_generic_path(readout):
         value_g, grads_g = run("eprop", generic, params)
         np.testing.assert_allclose(value_f, value_g, rtol=1e-14)
         assert_close(grads_f, grads_g, 1e-12, f"factorised vs generic [{readout}]")
+
+
+def _detached(layer):
+    """The layer with its recurrent input cut from autodiff: BPTT through it keeps only the paths through
+    each neuron's own state, which is what e-prop's eligibility traces carry."""
+    return ep.cells.make_cell(n_in=layer.n_in, n_out=layer.n_out, init=layer.init, init_carry=layer.init_carry,
+                              synapse=lambda p, x, z: layer.synapse(p, x, jax.lax.stop_gradient(z)),
+                              dynamics=layer.dynamics, output=layer.output, leak=layer.leak)
+
+
+DETACHED = [Config(cells=(cell,), readout=readout) for cell in ("lif", "alif", "lstm") for readout in READOUTS]
+
+
+@pytest.mark.parametrize("cfg", DETACHED, ids=ids)
+def test_eprop_is_bptt_with_the_recurrent_input_detached(cfg):
+    """With its recurrence on, e-prop equals BPTT of a copy of the model whose synapse sees
+    ``stop_gradient(z_prev)``: an independent reference for the traces of every state variable, including
+    an LSTM's ``h``, which e-prop recomputes from ``c`` every step rather than carrying (see the next test)."""
+    prob = problem(cfg)
+    layer, readout = model_of(cfg).layers
+    _spiking_check(cfg, prob.params)
+    value_d, grads_d = jax.jit(ep.bptt(ep.cells.stack(_detached(layer), readout), mse))(
+        prob.params, prob.inputs, prob.targets)
+    value_e, grads_e = run("eprop", cfg)
+    np.testing.assert_allclose(value_e, value_d, rtol=1e-12)
+    assert_close(grads_e, grads_d, 1e-10, f"eprop vs detached bptt [{cfg.id}]")
+    assert rel_err(grads_e[0], run("bptt", cfg)[1][0]) > 1e-3, "vacuous: the detached recurrence changes nothing"
+
+
+def _pass_through(n_in, n, dtype):
+    """A leaky tanh unit with a second state variable that ``dynamics`` passes through unchanged."""
+    rnn = ep.cells.rnn(n_in, n, dtype=dtype)
+    return ep.cells.make_cell(n_in=n_in, n_out=n, init=rnn.init,
+                              init_carry=lambda p: (jnp.zeros(n, dtype), jnp.ones(n, dtype)),
+                              synapse=rnn.synapse, dynamics=lambda h, a: (0.9 * h[0] + 0.1 * h[1] * a[:, 0], h[1]),
+                              output=lambda h: jnp.tanh(h[0]))
+
+
+@pytest.mark.parametrize("cell,order,count", [("lstm", 0, 1), ("lstm", 1, 2), ("alif", 0, 2), ("pass", 0, 2)])
+def test_eprop_carries_only_the_traces_it_reads(cell, order, count):
+    """A layer's own trace of a state variable that ``dynamics`` never reads (an LSTM's ``h``, a function of
+    the new ``c`` and gates) has no effect on the next step's traces, so order-0 e-prop recomputes it each
+    step instead of carrying it; the dense levels of ``eprop_m(1)`` read every variable, and a variable
+    passed through unchanged is read."""
+    layer = (_pass_through(3, 4, jnp.float64) if cell == "pass"
+             else model_of(Config(cells=(cell,), readout="linear")).layers[0])
+    model = ep.cells.stack(layer, ep.cells.readout(4, 2, dtype=jnp.float64))
+    params = model.init(jax.random.key(0))
+    state = jax.eval_shape(lambda p: ep.online.eprop_m(model, mse, order).init(p, 2), params)
+    own = state.traces.influence[(0, 0)][0]
+    assert len(own) == count, f"{cell}, order {order}: {len(own)} compact own traces, expected {count}"
 
 
 # ----------------------------------------------------------------------------------------------------------
