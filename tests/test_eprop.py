@@ -91,20 +91,22 @@ def test_eprop_is_bptt_with_the_recurrent_input_detached(cfg):
 
 
 def _pass_through(n_in, n, dtype):
-    """A leaky tanh unit with a second state variable that ``dynamics`` passes through unchanged."""
+    """A leaky tanh unit with a second state variable that ``dynamics`` passes through unchanged (no
+    equation reads it: it is read only in being returned)."""
     rnn = ep.cells.rnn(n_in, n, dtype=dtype)
     return ep.cells.make_cell(n_in=n_in, n_out=n, init=rnn.init,
                               init_carry=lambda p: (jnp.zeros(n, dtype), jnp.ones(n, dtype)),
-                              synapse=rnn.synapse, dynamics=lambda h, a: (0.9 * h[0] + 0.1 * h[1] * a[:, 0], h[1]),
+                              synapse=rnn.synapse, dynamics=lambda h, a: (0.9 * h[0] + 0.1 * a[:, 0], h[1]),
                               output=lambda h: jnp.tanh(h[0]))
 
 
-@pytest.mark.parametrize("cell,order,count", [("lstm", 0, 1), ("lstm", 1, 2), ("alif", 0, 2), ("pass", 0, 2)])
+@pytest.mark.parametrize("cell,order,count", [("lstm", 0, 1), ("lstm", 1, 2), ("alif", 0, 2), ("rnn", 0, 0),
+                                              ("pass", 0, 2)])
 def test_eprop_carries_only_the_traces_it_reads(cell, order, count):
     """A layer's own trace of a state variable that ``dynamics`` never reads (an LSTM's ``h``, a function of
     the new ``c`` and gates) has no effect on the next step's traces, so order-0 e-prop recomputes it each
-    step instead of carrying it; the dense levels of ``eprop_m(1)`` read every variable, and a variable
-    passed through unchanged is read."""
+    step instead of carrying it (a tanh RNN, ``h = tanh(a)``, carries none); the dense levels of
+    ``eprop_m(1)`` read every variable, and a variable passed through unchanged is read."""
     layer = (_pass_through(3, 4, jnp.float64) if cell == "pass"
              else model_of(Config(cells=(cell,), readout="linear")).layers[0])
     model = ep.cells.stack(layer, ep.cells.readout(4, 2, dtype=jnp.float64))
