@@ -17,10 +17,15 @@ any cell made with :func:`make_cell`) also exposes the split that the forward-mo
     The neuron-wise output, shape ``(n,)`` (a spike with a surrogate derivative, or a smooth function).
 
 ``apply`` is then ``h = dynamics(h_prev, synapse(params, x, output(h_prev))); return h, output(h)``.
-``leak``, when not ``None``, is a pair ``(decay, gain)`` declaring that the cell's differentiable state is
-one number per neuron obeying ``h = decay * h_prev + gain * a`` with ``k = 1`` (a leaky readout, a LIF
-neuron whose reset is detached). The rules use it to factorise eligibility traces; it is a promise about
-``dynamics``, and the tests check every shipped cell's promise against autodiff.
+``leak`` declares which differentiable state variables are linear leaky integrators of the synaptic input,
+``h_c = decay * h_c_prev + gain * a[:, 0]`` with ``k = 1`` and no other variable read: a pair
+``(decay, gain)`` when the state is that one variable (a leaky readout, a LIF neuron whose reset is
+detached), or a tuple with one entry per differentiable variable (the floating leaves of the state, in
+order), each a pair or ``None`` (an ALIF neuron: ``((alpha, gain), None)``, the membrane leaks, the
+adaptation does not). A leaky variable's eligibility trace is the same for every neuron, the presynaptic
+trace ``zbar``, so the rules keep one vector instead of one trace per synapse; a cell whose whole state
+is one leaky variable also collapses into a scalar filter. It is a promise about ``dynamics``, and the
+tests check every shipped cell's promise against autodiff.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ class Cell(NamedTuple):
       synapse: the synaptic stage of a neuron cell (see the module docstring), else ``None``.
       dynamics: the neuron-wise dynamics of a neuron cell, else ``None``.
       output: the neuron-wise output of a neuron cell, else ``None``.
-      leak: ``(decay, gain)`` when the state is a linear leaky integrator of ``a`` (see above), else ``None``.
+      leak: the state variables that are linear leaky integrators of ``a`` (see above), else ``None``.
       layers: for a :func:`stack`, its layers in order; ``()`` for a single cell.
       n_in: the input width.
       n_out: the output width.
@@ -101,7 +106,8 @@ def make_cell(
       synapse: ``synapse(params, x, z_prev) -> a`` of shape ``(n_out, k)``, affine in ``(x, z_prev)``.
       dynamics: ``dynamics(h_prev, a) -> h``, neuron-wise.
       output: ``output(h) -> z`` of shape ``(n_out,)``, neuron-wise.
-      leak: optional ``(decay, gain)``, see :class:`Cell`.
+      leak: optional ``(decay, gain)``, or one such pair or ``None`` per differentiable state variable;
+        see :class:`Cell`.
 
     Returns:
       A :class:`Cell`.
@@ -161,6 +167,35 @@ def stack(*cells: Cell) -> Cell:
         return tuple(new_carry), x
 
     return Cell(init, init_carry, apply, layers=layers, n_in=layers[0].n_in, n_out=layers[-1].n_out)
+
+
+def _is_pair(leak) -> bool:
+    return len(leak) == 2 and not any(e is None or isinstance(e, (tuple, list)) for e in leak)
+
+
+def variable_leaks(cell: Cell, s: int, k: int) -> tuple:
+    """The cell's ``leak`` per differentiable state variable: ``(decay, gain)`` or ``None`` for each of ``s``."""
+    leak = cell.leak
+    if leak is None:
+        return (None,) * s
+    leaks = (tuple(leak),) if _is_pair(leak) else tuple(None if e is None else tuple(e) for e in leak)
+    if len(leaks) != s or any(e is not None and len(e) != 2 for e in leaks):
+        raise ValueError(f"leak: expected a pair (decay, gain) for a one-variable state, or one pair or None "
+                         f"per differentiable state variable ({s} here), got {leak!r}.")
+    if k != 1 and any(e is not None for e in leaks):
+        raise ValueError(f"leak: a leaky state variable integrates one synaptic entry (k = 1), but synapse "
+                         f"returns k = {k} entries per neuron.")
+    return leaks
+
+
+def scalar_leak(cell: Cell) -> Optional[tuple]:
+    """``(decay, gain)`` when the cell's whole differentiable state is one leaky variable, else ``None``."""
+    leak = cell.leak
+    if leak is None:
+        return None
+    if _is_pair(leak):
+        return tuple(leak)
+    return tuple(leak[0]) if len(leak) == 1 and leak[0] is not None else None
 
 
 def float_state(h: Any) -> Array:

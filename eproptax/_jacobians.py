@@ -9,8 +9,8 @@ and ``z = output(h)``, every neuron ``j`` has small dense blocks (``s`` differen
 * ``dgdh[j] = d z_j / d h_j``, shape ``(s,)``.
 
 Each is a few ``jax.jvp`` calls with one-hot tangents broadcast over the neurons (the dynamics are
-neuron-wise, so one jvp yields a column of every neuron's block). A cell that declares
-``leak = (decay, gain)`` skips them: ``D = decay``, ``dfda = gain``. The explicit recurrence and the
+neuron-wise, so one jvp yields a column of every neuron's block). A cell whose whole state
+is one leaky variable (``leak = (decay, gain)``) skips them: ``D = decay``, ``dfda = gain``. The explicit recurrence and the
 same-step edge from the layer below go through the synaptic stage, pushed with ``jax.jvp`` (vmapped over
 tangent directions) rather than formed as matrices.
 """
@@ -22,7 +22,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ._cell import Cell, float_state, with_float_state
+from ._cell import Cell, float_state, scalar_leak, with_float_state
 
 
 class Blocks(NamedTuple):
@@ -49,8 +49,8 @@ def blocks(layer: Cell, h_prev, a: jax.Array, h) -> Blocks:
     """The implicit-recurrence and input Jacobians of ``dynamics`` at ``(h_prev, a)`` and ``dz/dh`` at ``h``."""
     hf_prev = float_state(h_prev)
     n, s = hf_prev.shape
-    if layer.leak is not None:
-        decay, gain = layer.leak
+    if scalar_leak(layer) is not None:
+        decay, gain = scalar_leak(layer)
         ones = jnp.ones((n, 1, 1), hf_prev.dtype)
         D, dfda = decay * ones, gain * ones
     else:

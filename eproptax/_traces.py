@@ -15,8 +15,8 @@ with ``D`` the implicit recurrence, ``J^l = dfda W_rec dgdh_{t-1}`` the explicit
 ``sum_t delta^{obs}_t . sum_n G^{obs,p,(n)}_t`` with ``obs = p`` (spatial, collapsed) or ``obs = R - 1``
 (full) and ``delta`` the same-step learning signal.
 
-Filters. A layer that declares ``leak = (decay, gain)`` has ``D`` and ``dh/da`` equal for every neuron and
-independent of the state, so its influence collapses into a filtered copy of the trace below it. A leaky
+Filters. A layer whose whole state is one leaky variable (``leak = (decay, gain)``) has ``D`` and ``dh/da``
+equal for every neuron and independent of the state, so its influence collapses into a filtered copy of the trace below it. A leaky
 readout on top is never tracked as a layer: the observed traces are filtered with it,
 ``ebar = kappa ebar + zeta_out (dz/dh) G``, and contracted with ``L = W_out^T err`` (or ``B err``): exactly
 e-prop's readout-filtered trace, exact for the readout's own leak. With ``depth="collapsed"`` every leaky
@@ -24,14 +24,14 @@ layer above ``p`` (hidden layers included) adds one scalar filter stage to ``p``
 the learning signal skips those layers' dynamics (their leak is in the filters) while taking their
 same-step Jacobians (``dz/dh``, the weights) at the current step.
 
-Representations (static): a layer's own level-0 trace is *compact* (each synapse only moves its own
-neuron), a tuple of arrays ``(n, k, m)``, one per state variable (with ``order=0``, one per variable that
-``dynamics`` reads: the others' new traces are only needed in z-space, where they are formed from the
-stored ones, so an LSTM carries ``c``'s trace and not ``h``'s), or, when the layer declares a
-``leak``, *factorised*: the presynaptic trace ``zbar`` of shape ``(m,)``, shared by every neuron (e-prop's
-``e_ji = psi_j zbar_i``). Every other influence is *dense* ``(n_l, s_l, n_p k_p m_p)``. Over a batch, compact
-arrays keep the batch as their second axis, ``(n, B, k, m)``, when no dense level reads them; all others
-put it first.
+Representations (static): a layer's own level-0 trace is a tuple with one array per state variable
+(with ``order=0``, one per variable that ``dynamics`` reads: the others' new traces are only needed in
+z-space, where they are formed from the stored ones, so an LSTM carries ``c``'s trace and not ``h``'s).
+A variable the layer declares leaky (``leak``) has the same trace for every neuron, the presynaptic trace
+``zbar`` of shape ``(m,)`` (e-prop's factorised ``e_ji = psi_j zbar_i``; an ALIF neuron's membrane); any
+other is *compact*, ``(n, k, m)`` (each synapse only moves its own neuron). Every other influence is
+*dense* ``(n_l, s_l, n_p k_p m_p)``. Over a batch, compact arrays keep the batch as their second axis,
+``(n, B, k, m)``, when no dense level reads them; all others put it first.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._cell import Cell, float_state, is_neuron, layers_of
+from ._cell import Cell, is_neuron, layers_of, scalar_leak, variable_leaks
 from ._engine import (FiringRateReg, OnlineRule, accum_dtype, check_step, leading_batch_axes, new_state,
                       recurrent_outputs, reg_value, reg_weights, reset)
 from ._jacobians import blocks, effective_weights, mix, output_jacobian, read_states, weigh
@@ -70,6 +70,7 @@ class _Dims(NamedTuple):
     k: int  # synaptic entries (gates) per neuron
     m: int  # presynaptic values: n_in + n + 1
     read: tuple  # per state variable: whether ``dynamics`` reads it (``read_states``)
+    leaks: tuple  # per state variable: ``(decay, gain)`` if declared leaky, else ``None``
 
     @property
     def size(self):
@@ -85,8 +86,10 @@ def _dims(layer: Cell, params, dtype) -> Optional[_Dims]:
                        jax.ShapeDtypeStruct((layer.n_out,), dtype))
     if a.ndim != 2 or a.shape[0] != layer.n_out:
         raise ValueError(f"synapse must return shape (n={layer.n_out}, k), got {a.shape}.")
-    read = (True,) * s if layer.leak is not None else read_states(layer, carry, a)
-    return _Dims(layer.n_out, s, a.shape[1], layer.n_in + layer.n_out + 1, read)
+    leaks = variable_leaks(layer, s, a.shape[1])
+    read = (True,) * s if all(leaks) else read_states(layer, carry, a)
+    read = tuple(r or leak is not None for r, leak in zip(read, leaks))  # a leaky variable reads itself
+    return _Dims(layer.n_out, s, a.shape[1], layer.n_in + layer.n_out + 1, read, leaks)
 
 
 def check_model(where: str, model: Cell, feedback) -> None:
@@ -127,7 +130,7 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
     R, top = len(layers) - 1, layers[-1]
     levels = order + 1
     full = depth == "full"
-    filter_top = is_neuron(top) and top.leak is not None
+    filter_top = is_neuron(top) and scalar_leak(top) is not None
     B = None if isinstance(feedback, str) else jnp.asarray(feedback)
     pairs = [(l, p) for l in range(R) for p in range(R) if (p <= l if full else l == p)]
     obs = (lambda p: R - 1) if full else (lambda p: p)
@@ -135,17 +138,11 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
     def filters(p):
         """The leaky layers whose scalar leak filters the trace observed for ``p``, bottom to top."""
         if depth == "collapsed":
-            return [l for l in range(p + 1, R + 1) if is_neuron(layers[l]) and layers[l].leak is not None]
+            return [l for l in range(p + 1, R + 1) if is_neuron(layers[l]) and scalar_leak(layers[l]) is not None]
         return [R] if filter_top else []
 
     def own(l, p, n):
         return l == p and n == 0
-
-    def factorised(l, p, n):
-        return own(l, p, n) and layers[p].leak is not None
-
-    def compact(l, p, n):
-        return own(l, p, n) and layers[p].leak is None
 
     def compact_sum(l, p):  # the z-space sum over levels stays compact only for a lone own level
         return l == p and order == 0
@@ -163,18 +160,14 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
         levels (``order >= 1``) read the previous trace of every variable."""
         return d.read if order == 0 else (True,) * d.s
 
-    def trace_shapes(dims, l, p, n):
-        """The shapes of one level's arrays: one per stored state variable for a compact own trace, else one."""
-        dp, dl = dims[p], dims[l]
-        if factorised(l, p, n):
-            return [(dp.m,)]
-        if own(l, p, n):
-            return [(dp.n, dp.k, dp.m)] * sum(stored(dp))
-        return [(dl.n, dl.s, dp.size)]
-
     def trace_zeros(zeros, dims, l, p, n):
-        arrays = tuple(zeros(shape, batch_axis(compact(l, p, n))) for shape in trace_shapes(dims, l, p, n))
-        return arrays if compact(l, p, n) else arrays[0]
+        """One level's zero traces: an own level's tuple over the stored state variables, each ``zbar`` ``(m,)``
+        (leaky) or compact ``(n, k, m)``; a dense level's single array."""
+        dp, dl = dims[p], dims[l]
+        if own(l, p, n):
+            return tuple(zeros((dp.m,), 0) if leak is not None else zeros((dp.n, dp.k, dp.m), batch_axis(True))
+                         for leak, kept in zip(dp.leaks, stored(dp)) if kept)
+        return zeros((dl.n, dl.s, dp.size), 0)
 
     def zsum_shape(dims, l, p):
         dp = dims[p]
@@ -192,10 +185,14 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
     def batch_axis(is_compact):
         return 1 if is_compact and neuron_major else 0
 
+    def own_axes(trace):  # an own trace's arrays: zbar (B, m) batch-major, compact (n, B, k, m) per the layout
+        return tuple(batch_axis(part.ndim == 4) for part in trace)
+
     def batch_axes(state):
-        influence = {(l, p): tuple(batch_axis(compact(l, p, n)) for n in range(levels)) for l, p in pairs}
+        influence = {(l, p): tuple(own_axes(state.traces.influence[(l, p)][0]) if own(l, p, n) else 0
+                                   for n in range(levels)) for l, p in pairs}
         filtered = {p: batch_axis(compact_sum(obs(p), p)) for p in range(R) if filters(p)}
-        readout = batch_axis(is_neuron(top) and compact(R, R, 0))
+        readout = own_axes(state.traces.readout) if is_neuron(top) else 0
         reg_traces = {key: batch_axis(compact_sum(*key)) for key in pairs} if reg is not None else 0
         return leading_batch_axes(state, EpropTraces(influence, filtered, readout), reg_traces)
 
@@ -272,7 +269,7 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
         if not full:
             for l in range(R - 1, 0, -1):
                 f, layer, p = fwd[l], layers[l], params[l]
-                if depth == "collapsed" and layer.leak is not None:  # its leak is in the filters
+                if depth == "collapsed" and scalar_leak(layer) is not None:  # its leak is in the filters
                     step_map = lambda uu: layer.synapse(p, uu, f["z_prev"])
                     cot = f["blk"].dgdh * L[l][:, None]
                 else:
@@ -288,31 +285,41 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
                        err=err, g_top=g_top, z=z)
         return carry, fwd, readout, value, y, signals
 
-    def own_update(layer, blk, trace, v, fact, d):
-        """e-prop's eligibility trace over the batch and its z-space view: factorised ``(B, m)``, or compact,
-        a tuple over the stored state variables (:func:`stored`) of arrays in the compact layout (``blk``
-        too). Each output element then reads only the same element of every input, which XLA compiles to
-        simpler passes than the mixing of an ``s`` axis (measured 1.1x to 1.7x faster per step on ALIF and
-        LSTM networks, docs/design.md). An unstored variable's new trace is only ever read in z-space, so
-        its coefficients are mixed into the z-space view at neuron size and the trace itself is never formed."""
-        if fact:
-            decay, gain = layer.leak
-            trace = decay * trace + gain * v
-            return trace, own_z(trace, blk.dgdh, fact)
+    def own_update(blk, trace, v, d):
+        """e-prop's eligibility trace over the batch and its z-space view. ``trace`` is a tuple over the
+        stored state variables (:func:`stored`): a leaky variable's ``zbar`` ``(B, m)`` is filtered on its
+        own (its ``D`` row is its decay), every other variable's compact array, in the compact layout
+        (``blk`` too), mixes the stored traces through its ``D`` row, reading ``zbar`` broadcast over the
+        neurons. Each output element then reads only the same element of every input, which XLA compiles
+        to simpler passes than the mixing of an ``s`` axis (measured 1.1x to 1.7x faster per step on ALIF
+        and LSTM networks, docs/design.md); and no compact array reads another, so each is updated in place.
+        An unstored variable's new trace is only ever read in z-space, so its coefficients are mixed into
+        the z-space view at neuron size and the trace itself is never formed."""
         kept = [c for c in range(d.s) if stored(d)[c]]
         D, f, pre = blk.D[..., None, None], blk.dfda[..., None], presynaptic(v)
-        new = tuple(sum(D[:, :, c, e] * part for e, part in zip(kept, trace)) + f[:, :, c] * pre for c in kept)
+        olds = [as_compact(part, d.leaks[e]) for e, part in zip(kept, trace)]
+
+        def update(c, part):
+            if d.leaks[c] is not None:
+                decay, gain = d.leaks[c]
+                return decay * part + gain * v
+            return sum(D[:, :, c, e] * old for e, old in zip(kept, olds)) + f[:, :, c] * pre
+
+        new = tuple(update(c, part) for c, part in zip(kept, trace))
         if len(kept) == d.s:
-            return new, own_z(new, blk.dgdh, fact)
+            return new, own_z(new, blk.dgdh, d)
         g = blk.dgdh  # z = sum_c g_c (sum_e D_ce trace_e + f_c v) = sum_e (g . D)_e trace_e + (g . f) v
         D, f = jnp.einsum("...c,...ce->...e", g, blk.D), jnp.einsum("...c,...ck->...k", g, blk.dfda)
-        return new, sum(D[:, :, e, None, None] * part for e, part in zip(kept, trace)) + f[..., None] * pre
+        return new, sum(D[:, :, e, None, None] * old for e, old in zip(kept, olds)) + f[..., None] * pre
 
-    def own_z(trace, dgdh, fact):
-        """An own level-0 trace in z-space, a compact array (``dgdh`` in the compact layout)."""
-        if fact:
-            return dgdh[:, :, 0, None, None] * presynaptic(trace)
-        return sum(dgdh[:, :, c, None, None] * part for c, part in enumerate(trace))
+    def as_compact(part, leak):
+        """A stored own trace as a compact array: a leaky variable's ``zbar`` broadcast over the neurons."""
+        return presynaptic(part) if leak is not None else part
+
+    def own_z(trace, dgdh, d):
+        """An own level-0 trace with every variable stored, in z-space: a compact array (``dgdh`` in the
+        compact layout)."""
+        return sum(dgdh[:, :, c, None, None] * as_compact(part, d.leaks[c]) for c, part in enumerate(trace))
 
     def dense_example(params, fwd, old, own_old, own_new):
         """One example's dense levels, and the z-space sums over levels that are dense. ``own_old`` and
@@ -371,18 +378,21 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
             return jnp.einsum(compact_spec, sig, z_trace)
         return jnp.einsum("bj,bjP->P", sig, z_trace).reshape(dp.n, dp.k, dp.m)
 
+    def outer(post, pre, l):
+        """``sum_b post[b, j] pre[b, i]`` as ``(n, 1, m)``: a leaky variable's gradient (``k = 1``)."""
+        if l == R:
+            return jnp.einsum("bj,bi->ji", post, pre)[:, None, :]
+        # Transposed copies of the two small factors (B x n, B x m), which the barrier keeps XLA from
+        # folding back, make this a dot over both trailing axes rather than both leading ones, which
+        # XLA's CPU backend runs on a slower path: 1.04x to 1.09x per step on LIF(16, 32) batch 8 with a
+        # stateless readout, neutral at 64 and 256. The readout's own n_out-wide product gains nothing.
+        post, pre = jax.lax.optimization_barrier((post.T, pre.T))
+        return jnp.einsum("jb,ib->ji", post, pre)[:, None, :]
+
     def contract_h(delta, trace, l, p, n, dp):
-        if factorised(l, p, n) and l == R:
-            return jnp.einsum("bj,bi->ji", delta[..., 0], trace)[:, None, :]
-        if factorised(l, p, n):
-            # Transposed copies of the two small factors (B x n, B x m), which the barrier keeps XLA from
-            # folding back, make this a dot over both trailing axes rather than both leading ones, which
-            # XLA's CPU backend runs on a slower path: 1.04x to 1.09x per step on LIF(16, 32) batch 8 with a
-            # stateless readout, neutral at 64 and 256. The readout's own n_out-wide product gains nothing.
-            post, pre = jax.lax.optimization_barrier((delta[..., 0].T, trace.T))
-            return jnp.einsum("jb,ib->ji", post, pre)[:, None, :]
-        if own(l, p, n):
-            return sum(jnp.einsum(compact_spec, delta[:, :, c], part) for c, part in enumerate(trace))
+        if own(l, p, n):  # every variable stored (else the gradient contracts in z-space)
+            return sum(outer(delta[:, :, c], part, l) if dp.leaks[c] is not None
+                       else jnp.einsum(compact_spec, delta[:, :, c], part) for c, part in enumerate(trace))
         return jnp.einsum("bjc,bjcP->P", delta, trace).reshape(dp.n, dp.k, dp.m)
 
     def step(params, state, x, target):
@@ -394,11 +404,10 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
         # own level-0 traces at batch level, and their z-space views (XLA drops the views nobody reads)
         own_new, own_old, influence = {}, {}, {}
         for p in range(R):
-            fact, blk = factorised(p, p, 0), compact_layout(fwd[p]["blk"])
-            trace, own_new[p] = own_update(layers[p], blk, old[(p, p)][0], fwd[p]["v"], fact, dims[p])
+            trace, own_new[p] = own_update(compact_layout(fwd[p]["blk"]), old[(p, p)][0], fwd[p]["v"], dims[p])
             influence[(p, p)] = (trace,)
             if order > 0:
-                own_old[p] = own_z(old[(p, p)][0], compact_layout(fwd[p]["dgdh_prev"]), fact)
+                own_old[p] = own_z(old[(p, p)][0], compact_layout(fwd[p]["dgdh_prev"]), dims[p])
         z_sums = {(l, p): own_new[p] for l, p in pairs if compact_sum(l, p)}
 
         # dense levels per example
@@ -414,14 +423,14 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
         for p in state.traces.filtered:
             stage_in, stages = z_sums[(obs(p), p)], []
             for l, old_stage in zip(filters(p), state.traces.filtered[p]):
-                decay, gain = layers[l].leak
+                decay, gain = scalar_leak(layers[l])
                 stage_in = decay * old_stage + gain * stage_in
                 stages.append(stage_in)
             filtered[p] = tuple(stages)
         readout = readout_z = ()
         if is_neuron(top):
-            readout, readout_z = own_update(top, compact_layout(top_fwd["blk"]), state.traces.readout,
-                                            top_fwd["v"], top.leak is not None, dims[R])
+            readout, readout_z = own_update(compact_layout(top_fwd["blk"]), state.traces.readout, top_fwd["v"],
+                                            dims[R])
 
         batch = x.shape[0]
         grads = list(state.grads)

@@ -108,11 +108,46 @@ def test_declared_leak_matches_autodiff(name, keys):
         np.testing.assert_allclose(dfda[:, :, 0], declared_gain * np.eye(N), rtol=1e-14, atol=1e-15)
 
 
+def test_alif_declares_its_membrane_leak(keys):
+    """ALIF's membrane, with the reset detached, is a leaky integrator of the input (``D_vv = alpha``,
+    ``D_va = 0``, ``dv/da = zeta``: its declared ``leak``); the adaptation is not (``D_av = psi``)."""
+    cell = ep.cells.alif(N_IN, N, tau_mem=15.0, dt=1.5, zeta=0.7, beta=0.05, tau_adapt=10.0, dtype=F64)
+    (decay, gain), adaptation = cell.leak
+    np.testing.assert_allclose(decay, np.exp(-1.5 / 15.0), rtol=1e-15)
+    assert gain == 0.7 and adaptation is None
+    params = cell.init(keys[0])
+    state = lambda h: jnp.stack([h.v, h.a])
+    d_adapt_d_v = []
+    for k in jax.random.split(keys[1], 3):
+        h_prev = random_carry(cell, params, k)
+        a = jax.random.normal(jax.random.fold_in(k, 1), (N, 1), F64)
+        new = lambda v, adapt, aa: state(cell.dynamics(h_prev._replace(v=v, a=adapt), aa))
+        D_v, D_a, dfda = jax.jacfwd(new, argnums=(0, 1, 2))(h_prev.v, h_prev.a, a)  # (2, N, N), (2, N, N), (2, N, N, 1)
+        np.testing.assert_allclose(D_v[0], decay * np.eye(N), rtol=1e-14, atol=1e-15)
+        np.testing.assert_allclose(D_a[0], np.zeros((N, N)), atol=1e-15)
+        np.testing.assert_allclose(dfda[0, :, :, 0], gain * np.eye(N), rtol=1e-14, atol=1e-15)
+        d_adapt_d_v.append(np.diag(D_v[1]))
+    assert np.any(np.abs(np.concatenate(d_adapt_d_v)) > 1e-3), "vacuous: no neuron near threshold"
+    assert ep.cells.alif(N_IN, N, detach_reset=False, dtype=F64).leak is None
+
+
+@pytest.mark.parametrize("leak,k,message", [(((0.9, 0.1),), 1, "one pair or None per differentiable state variable"),
+                                            ((0.9, 0.1), 3, "k = 3")])
+def test_bad_leak_is_named(leak, k, message):
+    rnn = ep.cells.rnn(N_IN, N, dtype=F64)
+    cell = ep.cells.make_cell(n_in=N_IN, n_out=N, init=rnn.init, init_carry=lambda p: (jnp.zeros(N, F64),) * 2,
+                              synapse=lambda p, x, z: jnp.tile(rnn.synapse(p, x, z), (1, k)),
+                              dynamics=lambda h, a: (0.9 * h[0] + 0.1 * a[:, 0], h[1] + a[:, -1]),
+                              output=lambda h: jnp.tanh(h[0]), leak=leak if k == 1 else ((0.9, 0.1), None))
+    model = ep.cells.stack(cell, ep.cells.readout(N, 2, dtype=F64))
+    with pytest.raises(ValueError, match=message):
+        ep.online.eprop(model, mse).init(model.init(jax.random.key(0)), 1)
+
+
 def test_attached_reset_declares_no_leak():
     """With the reset in the gradient, D = alpha - threshold * psi(v_prev): not a constant leak."""
     cell = ep.cells.lif(N_IN, N, detach_reset=False, dtype=F64)
     assert cell.leak is None
-    assert ep.cells.alif(N_IN, N, dtype=F64).leak is None
     h_prev = ep.cells.LIFState(jnp.array([0.02, 0.03, 0.05, 0.2], F64), jnp.zeros(N, jnp.int32))
     D, _ = _jacobians(cell, h_prev, jnp.zeros((N, 1), F64))
     alpha = np.exp(-1 / 20.0)

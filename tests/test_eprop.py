@@ -50,17 +50,19 @@ def test_eprop_differs_from_bptt_with_recurrence(cfg, record_property):
     assert err > 1e-3
 
 
+@pytest.mark.parametrize("cell", ["lif", "alif"])
 @pytest.mark.parametrize("readout", READOUTS)
-def test_factorised_path_equals_generic_path(readout):
-    """LIF declares its leak, so e-prop keeps only zbar; dropping the declaration gives the generic path."""
-    fast, generic = Config(cells=("lif",), readout=readout), Config(cells=("lif",), readout=readout, generic=True)
+def test_factorised_path_equals_generic_path(cell, readout):
+    """LIF and ALIF declare their membrane's leak, so e-prop keeps its trace as zbar (LIF: its only trace;
+    ALIF: beside the adaptation's per-synapse trace); dropping the declaration gives the generic path."""
+    fast, generic = Config(cells=(cell,), readout=readout), Config(cells=(cell,), readout=readout, generic=True)
     prob = problem(fast)
     assert prob.model.layers[0].leak is not None and problem(generic).model.layers[0].leak is None
     for params in (prob.params, zero_recurrent(prob.params, fast)):
         value_f, grads_f = run("eprop", fast, params)
         value_g, grads_g = run("eprop", generic, params)
         np.testing.assert_allclose(value_f, value_g, rtol=1e-14)
-        assert_close(grads_f, grads_g, 1e-12, f"factorised vs generic [{readout}]")
+        assert_close(grads_f, grads_g, 1e-12, f"factorised vs generic [{cell}, {readout}]")
 
 
 def _detached(layer):
@@ -100,20 +102,25 @@ def _pass_through(n_in, n, dtype):
                               output=lambda h: jnp.tanh(h[0]))
 
 
-@pytest.mark.parametrize("cell,order,count", [("lstm", 0, 1), ("lstm", 1, 2), ("alif", 0, 2), ("rnn", 0, 0),
-                                              ("pass", 0, 2)])
+@pytest.mark.parametrize("cell,order,count", [("lstm", 0, 1), ("lstm", 1, 2), ("alif", 0, 1), ("lif", 0, 0),
+                                              ("rnn", 0, 0), ("pass", 0, 2)])
 def test_eprop_carries_only_the_traces_it_reads(cell, order, count):
     """A layer's own trace of a state variable that ``dynamics`` never reads (an LSTM's ``h``, a function of
     the new ``c`` and gates) has no effect on the next step's traces, so order-0 e-prop recomputes it each
     step instead of carrying it (a tanh RNN, ``h = tanh(a)``, carries none); the dense levels of
-    ``eprop_m(1)`` read every variable, and a variable passed through unchanged is read."""
+    ``eprop_m(1)`` read every variable, and a variable passed through unchanged is read. A leaky variable
+    (LIF's and ALIF's membrane) carries the presynaptic ``zbar`` instead of a per-synapse trace."""
     layer = (_pass_through(3, 4, jnp.float64) if cell == "pass"
              else model_of(Config(cells=(cell,), readout="linear")).layers[0])
     model = ep.cells.stack(layer, ep.cells.readout(4, 2, dtype=jnp.float64))
     params = model.init(jax.random.key(0))
     state = jax.eval_shape(lambda p: ep.online.eprop_m(model, mse, order).init(p, 2), params)
     own = state.traces.influence[(0, 0)][0]
-    assert len(own) == count, f"{cell}, order {order}: {len(own)} compact own traces, expected {count}"
+    compact = [part.shape for part in own if part.shape[:2] in ((4, 2), (2, 4))]  # (n, B, k, m) or (B, n, k, m)
+    zbar = [part.shape for part in own if part.shape == (2, 3 + 4 + 1)]
+    assert len(compact) == count, f"{cell}, order {order}: {len(compact)} compact own traces, expected {count}"
+    assert len(compact) + len(zbar) == len(own), f"{cell}: unexpected trace shapes {[p.shape for p in own]}"
+    assert len(zbar) == (cell in ("lif", "alif")), f"{cell}: {len(zbar)} presynaptic traces"
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -172,7 +172,10 @@ def alif(
     is Bellec et al.'s ``beta_B = 1.7`` in this convention, ``1.7 * (1 - rho)`` (about ``8.5e-4`` with
     ``tau_adapt = 2000`` steps). Only the reset term
     is detached (``detach_reset``); the adaptation keeps its derivative through the neuron's own previous
-    spike, which is the implicit recurrence behind e-prop's two-component ALIF trace.
+    spike, which is the implicit recurrence behind e-prop's two-component ALIF trace. With the reset detached
+    the membrane is a leaky integrator of the input and the cell declares ``leak = ((alpha, zeta), None)``:
+    e-prop keeps the membrane's trace as the presynaptic ``zbar`` (Bellec et al.'s ``epsilon^v``) and only
+    the adaptation's trace per synapse.
 
     Returns:
       A neuron :class:`Cell` with the params of :func:`lif` and carry :class:`ALIFState`.
@@ -202,4 +205,5 @@ def alif(
 
     return make_cell(
         n_in=n_in, n_out=n_rec, init=_recurrent_init(n_in, n_rec, autapses, dtype), init_carry=init_carry,
-        synapse=_recurrent_synapse(n_rec, autapses), dynamics=dynamics, output=output)
+        synapse=_recurrent_synapse(n_rec, autapses), dynamics=dynamics, output=output,
+        leak=((alpha, gain), None) if detach_reset else None)
