@@ -29,7 +29,7 @@ Representations (static): a layer's own level-0 trace is a tuple with one array 
 z-space, where they are formed from the stored ones, so an LSTM carries ``c``'s trace and not ``h``'s).
 A variable the layer declares leaky (``leak``) has the same trace for every neuron, the presynaptic trace
 ``zbar`` of shape ``(m,)`` (e-prop's factorised ``e_ji = psi_j zbar_i``; an ALIF neuron's membrane); any
-other is *compact*, ``(n, k, m)`` (each synapse only moves its own neuron). Every other influence is
+other is *compact*, ``(n, k, m)``, stored ``(n, m)`` when ``k = 1`` (each synapse only moves its own neuron). Every other influence is
 *dense* ``(n_l, s_l, n_p k_p m_p)``. Over a batch, compact arrays keep the batch as their second axis,
 ``(n, B, k, m)``, when no dense level reads them; all others put it first.
 """
@@ -162,10 +162,10 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
 
     def trace_zeros(zeros, dims, l, p, n):
         """One level's zero traces: an own level's tuple over the stored state variables, each ``zbar`` ``(m,)``
-        (leaky) or compact ``(n, k, m)``; a dense level's single array."""
+        (leaky) or compact (:func:`compact_shape`); a dense level's single array."""
         dp, dl = dims[p], dims[l]
         if own(l, p, n):
-            return tuple(zeros((dp.m,), 0) if leak is not None else zeros((dp.n, dp.k, dp.m), batch_axis(True))
+            return tuple(zeros((dp.m,), 0) if leak is not None else zeros(compact_shape(dp), batch_axis(True))
                          for leak, kept in zip(dp.leaks, stored(dp)) if kept)
         return zeros((dl.n, dl.s, dp.size), 0)
 
@@ -181,12 +181,13 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
     # transpose instead, so with dense levels they stay batch-major (docs/design.md).
     neuron_major = order == 0 and not full
     compact_spec = "bj,jbgi->jgi" if neuron_major else "bj,bjgi->jgi"
+    flat_spec = "bj,jbP->jP" if neuron_major else "bj,bjP->jP"
 
     def batch_axis(is_compact):
         return 1 if is_compact and neuron_major else 0
 
-    def own_axes(trace):  # an own trace's arrays: zbar (B, m) batch-major, compact (n, B, k, m) per the layout
-        return tuple(batch_axis(part.ndim == 4) for part in trace)
+    def own_axes(trace):  # an own trace's arrays: zbar (B, m) batch-major, compact ones per the layout
+        return tuple(batch_axis(part.ndim > 2) for part in trace)
 
     def batch_axes(state):
         influence = {(l, p): tuple(own_axes(state.traces.influence[(l, p)][0]) if own(l, p, n) else 0
@@ -297,13 +298,14 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
         the z-space view at neuron size and the trace itself is never formed."""
         kept = [c for c in range(d.s) if stored(d)[c]]
         D, f, pre = blk.D[..., None, None], blk.dfda[..., None], presynaptic(v)
-        olds = [as_compact(part, d.leaks[e]) for e, part in zip(kept, trace)]
+        olds = [as_compact(part, d.leaks[e], d) for e, part in zip(kept, trace)]
 
         def update(c, part):
             if d.leaks[c] is not None:
                 decay, gain = d.leaks[c]
                 return decay * part + gain * v
-            return sum(D[:, :, c, e] * old for e, old in zip(kept, olds)) + f[:, :, c] * pre
+            new = sum(D[:, :, c, e] * old for e, old in zip(kept, olds)) + f[:, :, c] * pre
+            return new.reshape(new.shape[:2] + compact_shape(d)[1:])
 
         new = tuple(update(c, part) for c, part in zip(kept, trace))
         if len(kept) == d.s:
@@ -312,14 +314,22 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
         D, f = jnp.einsum("...c,...ce->...e", g, blk.D), jnp.einsum("...c,...ck->...k", g, blk.dfda)
         return new, sum(D[:, :, e, None, None] * old for e, old in zip(kept, olds)) + f[..., None] * pre
 
-    def as_compact(part, leak):
+    def as_compact(part, leak, d):
         """A stored own trace as a compact array: a leaky variable's ``zbar`` broadcast over the neurons."""
-        return presynaptic(part) if leak is not None else part
+        return presynaptic(part) if leak is not None else part.reshape(part.shape[:2] + (d.k, d.m))
+
+    def compact_shape(d):
+        """A compact own trace as stored, per example: ``(n, k, m)``, or ``(n, m)`` when ``k = 1``. Without the
+        unit axis the batch contraction's ``dot`` reads the stored trace as it is; with it XLA's CPU backend
+        reshapes the ``dot``'s operand and computes the new trace twice, once for the loop and once for the
+        ``dot``, and copies the old one, which both read (ALIF(256) b32, stateless readout: 2.0x faster per
+        step without; with ``k > 1`` flattening ``(k, m)`` instead was 0.74x to 0.9x, so those keep it)."""
+        return (d.n, d.m) if d.k == 1 else (d.n, d.k, d.m)
 
     def own_z(trace, dgdh, d):
         """An own level-0 trace with every variable stored, in z-space: a compact array (``dgdh`` in the
         compact layout)."""
-        return sum(dgdh[:, :, c, None, None] * as_compact(part, d.leaks[c]) for c, part in enumerate(trace))
+        return sum(dgdh[:, :, c, None, None] * as_compact(part, d.leaks[c], d) for c, part in enumerate(trace))
 
     def dense_example(params, fwd, old, own_old, own_new):
         """One example's dense levels, and the z-space sums over levels that are dense. ``own_old`` and
@@ -392,7 +402,8 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
     def contract_h(delta, trace, l, p, n, dp):
         if own(l, p, n):  # every variable stored (else the gradient contracts in z-space)
             return sum(outer(delta[:, :, c], part, l) if dp.leaks[c] is not None
-                       else jnp.einsum(compact_spec, delta[:, :, c], part) for c, part in enumerate(trace))
+                       else jnp.einsum(compact_spec if part.ndim == 4 else flat_spec, delta[:, :, c], part).reshape(
+                           dp.n, dp.k, dp.m) for c, part in enumerate(trace))
         return jnp.einsum("bjc,bjcP->P", delta, trace).reshape(dp.n, dp.k, dp.m)
 
     def step(params, state, x, target):
