@@ -310,9 +310,30 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
         new = tuple(update(c, part) for c, part in zip(kept, trace))
         if len(kept) == d.s:
             return new, own_z(new, blk.dgdh, d)
-        g = blk.dgdh  # z = sum_c g_c (sum_e D_ce trace_e + f_c v) = sum_e (g . D)_e trace_e + (g . f) v
-        D, f = jnp.einsum("...c,...ce->...e", g, blk.D), jnp.einsum("...c,...ck->...k", g, blk.dfda)
+        D, f = z_mix(blk)
         return new, sum(D[:, :, e, None, None] * old for e, old in zip(kept, olds)) + f[..., None] * pre
+
+    def z_mix(blk):
+        """``dgdh`` mixed with ``D`` and ``dh/da`` at neuron size: the new own trace in z-space is
+        ``z = sum_c g_c (sum_e D_ce trace_e + f_c v) = sum_e (g . D)_e trace_e + (g . f) v`` over the
+        *previous* stored traces, so it never needs an unstored variable's trace."""
+        g = blk.dgdh
+        return jnp.einsum("...c,...ce->...e", g, blk.D), jnp.einsum("...c,...ck->...k", g, blk.dfda)
+
+    def contract_mixed(sig, blk, trace, v, l, d):
+        """``sum_b sig[b, j] z[b, j, ...]`` for the z-space view ``z`` of :func:`own_update` when some variable
+        is not stored, contracted from the previous stored traces and ``v`` without forming ``z``: the
+        ``dot`` reads each stored trace as it is carried, and no z-space array is written and read back."""
+        D, f = (jnp.swapaxes(x, 0, 1) if neuron_major else x for x in z_mix(blk))  # batch-major (B, n, ...)
+        kept = [c for c in range(d.s) if stored(d)[c]]
+        g = jnp.einsum("bjg,bi->jgi", sig[..., None] * f, v)
+        for e, part in zip(kept, trace):
+            w = sig * D[:, :, e]
+            if d.leaks[e] is not None:
+                g = g + outer(w, part, l)
+            else:
+                g = g + contract_compact(w, part, d)
+        return g
 
     def as_compact(part, leak, d):
         """A stored own trace as a compact array: a leaky variable's ``zbar`` broadcast over the neurons."""
@@ -399,11 +420,14 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
         post, pre = jax.lax.optimization_barrier((post.T, pre.T))
         return jnp.einsum("jb,ib->ji", post, pre)[:, None, :]
 
+    def contract_compact(w, part, d):
+        """``sum_b w[b, j] part[j, b, ...]`` for a stored compact trace (:func:`compact_shape`), as ``(n, k, m)``."""
+        return jnp.einsum(compact_spec if part.ndim == 4 else flat_spec, w, part).reshape(d.n, d.k, d.m)
+
     def contract_h(delta, trace, l, p, n, dp):
         if own(l, p, n):  # every variable stored (else the gradient contracts in z-space)
             return sum(outer(delta[:, :, c], part, l) if dp.leaks[c] is not None
-                       else jnp.einsum(compact_spec if part.ndim == 4 else flat_spec, delta[:, :, c], part).reshape(
-                           dp.n, dp.k, dp.m) for c, part in enumerate(trace))
+                       else contract_compact(delta[:, :, c], part, dp) for c, part in enumerate(trace))
         return jnp.einsum("bjc,bjcP->P", delta, trace).reshape(dp.n, dp.k, dp.m)
 
     def step(params, state, x, target):
@@ -438,10 +462,9 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
                 stage_in = decay * old_stage + gain * stage_in
                 stages.append(stage_in)
             filtered[p] = tuple(stages)
-        readout = readout_z = ()
+        readout = ()
         if is_neuron(top):
-            readout, readout_z = own_update(compact_layout(top_fwd["blk"]), state.traces.readout, top_fwd["v"],
-                                            dims[R])
+            readout, _ = own_update(compact_layout(top_fwd["blk"]), state.traces.readout, top_fwd["v"], dims[R])
 
         batch = x.shape[0]
         grads = list(state.grads)
@@ -450,12 +473,13 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
             if p in filtered:
                 g = contract_z(sig["L"][o], filtered[p][-1], dims[p])
             elif compact_sum(o, p) and not all(stored(dims[p])):
-                g = contract_z(sig["L"][o], z_sums[(o, p)], dims[p])
+                g = contract_mixed(sig["L"][o], compact_layout(fwd[p]["blk"]), old[(p, p)][0], fwd[p]["v"], p, dims[p])
             else:
                 g = sum(contract_h(sig["delta"][o], t, o, p, n, dims[p]) for n, t in enumerate(influence[(o, p)]))
             grads[p] = grads[p] + g / batch
         if is_neuron(top) and not all(stored(dims[R])):
-            grads[R] = grads[R] + contract_z(sig["err"], readout_z, dims[R]) / batch
+            grads[R] = grads[R] + contract_mixed(sig["err"], compact_layout(top_fwd["blk"]), state.traces.readout,
+                                                 top_fwd["v"], R, dims[R]) / batch
         elif is_neuron(top):
             grads[R] = grads[R] + contract_h(sig["delta_top"], readout, R, R, 0, dims[R]) / batch
         else:
