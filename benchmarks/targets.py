@@ -32,11 +32,13 @@ import time
 
 import jax
 import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import parser, results_dir, save  # noqa: E402
 
-from eproptax._bench import CELLS, RULES, _best_times, _tree_bytes, bandwidth, build, hardware, measure, problem  # noqa: E402
+from eproptax._bench import (CELLS, RULES, _best_times, _tree_bytes, bandwidth, build, hardware,  # noqa: E402
+                             influence_shape, measure, problem)
 
 SPECS = {spec.name: spec for spec in RULES}
 
@@ -183,14 +185,15 @@ def target_rtrl(quick, hw):
         sizes, lengths = dict(hidden=64 if cell == "lif" else 32, batch=8), (3, 8) if quick else (5, 20)
         prob, fig, online = marginal(cell, "rtrl", lengths, **sizes)
         state = jax.eval_shape(lambda p: online.init(p, prob.inputs.shape[0]), prob.params)
-        batch, n_carry, n_theta = state.traces.shape  # M^T per example
+        batch, n_carry, n_columns = influence_shape(state)  # M^T per example, effective-weight columns
+        n_theta = ravel_pytree(prob.params)[0].size  # the useful work counts |theta|
         flops = 2.0 * batch * n_theta * n_carry ** 2
         fraction = flops / fig["per_step_s"] / matmul
         kernel = dense_kernel_rate(batch, n_theta, n_carry)
         counts = cell == "lif"
         ok &= fraction >= 1 / 3 or not counts
-        rows.append(dict(cell=cell, **sizes, lengths=lengths, n_theta=n_theta, n_carry=n_carry, flops=flops,
-                         step_s=fig["per_step_s"], whole_call_step_s=fig["whole_call_per_step_s"],
+        rows.append(dict(cell=cell, **sizes, lengths=lengths, n_theta=n_theta, n_columns=n_columns, n_carry=n_carry,
+                         flops=flops, step_s=fig["per_step_s"], whole_call_step_s=fig["whole_call_per_step_s"],
                          flops_per_s=flops / fig["per_step_s"], fraction=fraction, kernel_flops_per_s=kernel,
                          counts=counts, xla_flops_per_step=fig["xla"]["flops"]))
         print(f"  {cell}({sizes['hidden']}) batch {batch}: |theta|={n_theta}, C={n_carry}, {flops / 1e6:.0f} MFLOP per step "

@@ -31,6 +31,7 @@ from typing import Callable, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.flatten_util import ravel_pytree
 
 from . import cells
 from ._bptt import bptt
@@ -277,6 +278,14 @@ def _tree_bytes(tree) -> int:
     return int(sum(np.prod(leaf.shape) * np.dtype(leaf.dtype).itemsize for leaf in jax.tree_util.tree_leaves(tree)))
 
 
+def influence_shape(state) -> tuple[int, int, int]:
+    """RTRL's influence as ``(batch, C, P)``: ``M^T`` per example, stored as one block of columns per layer
+    (effective weights for a neuron layer), ``P`` the columns of all blocks together. The useful work
+    counts ``|theta|`` instead, which the structural zeros of the effective weights make smaller."""
+    batch, n_carry, _ = state.traces[0].shape
+    return batch, n_carry, sum(block.shape[2] for block in state.traces)
+
+
 def useful_work(online, prob: Problem, kind: str) -> dict:
     """The minimum work of one step of an online rule: bytes it must move and matmul FLOPs it must do.
 
@@ -291,8 +300,8 @@ def useful_work(online, prob: Problem, kind: str) -> dict:
     nbytes = 2 * _tree_bytes(state)
     flops = 0.0
     if kind == "rtrl":
-        batch, n_carry, n_theta = state.traces.shape  # M^T per example
-        flops = 2.0 * batch * n_theta * n_carry ** 2
+        batch, n_carry, _ = influence_shape(state)
+        flops = 2.0 * batch * ravel_pytree(prob.params)[0].size * n_carry ** 2
     elif kind == "traces":
         recurrent = layers_of(prob.model)[:-1]
         for (l, p), levels in state.traces.influence.items():

@@ -33,6 +33,12 @@ class Blocks(NamedTuple):
     dgdh: jax.Array  # (n, s)
 
 
+def synapse_struct(layer: Cell, params, dtype) -> jax.ShapeDtypeStruct:
+    """The shape ``(n, k)`` and dtype of ``layer.synapse``'s output for inputs of ``dtype`` (nothing is run)."""
+    return jax.eval_shape(layer.synapse, params, jax.ShapeDtypeStruct((layer.n_in,), dtype),
+                          jax.ShapeDtypeStruct((layer.n_out,), dtype))
+
+
 def _columns(fn, x, n_dirs):
     """Columns of a neuron-wise Jacobian: ``jvp`` along each one-hot direction of the last axis of ``x``."""
     eye = jnp.eye(n_dirs, dtype=x.dtype)

@@ -8,9 +8,10 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from ._cell import Cell
+from ._cell import Cell, is_neuron, layers_of
 from ._engine import (FiringRateReg, OnlineRule, accum_dtype, check_step, new_state, recurrent_outputs, reg_value,
                       reg_weights, reset, scan_rule)
+from ._jacobians import effective_weights, synapse_struct
 from ._typing import GradFn, LossFn
 
 
@@ -29,69 +30,128 @@ def _ravel_float(tree):
 
 def online_rtrl(model: Cell, loss: LossFn, *, reg: Optional[FiringRateReg] = None) -> OnlineRule:
     """The per-step form of :func:`rtrl` (see there); ``ep.online.rtrl``."""
+    layers = layers_of(model)
+    as_layers = (lambda tree: tuple(tree)) if model.layers else (lambda tree: (tree,))
+    from_layers = (lambda seq: tuple(seq)) if model.layers else (lambda seq: seq[0])
+
+    def columns(params):
+        """The influence's columns per layer: ``n k m`` effective weights (neuron layer), or ``|theta^l|``."""
+        dtype = jax.tree_util.tree_leaves(params)[0].dtype
+        out = []
+        for layer, p in zip(layers, as_layers(params)):
+            if is_neuron(layer):
+                n, k = synapse_struct(layer, p, dtype).shape
+                out.append(n * k * (layer.n_in + n + 1))
+            else:
+                out.append(ravel_pytree(p)[0].size)
+        return out
 
     def init(params, batch_size):
-        theta, _ = ravel_pytree(params)
         c_vec, _ = _ravel_float(model.init_carry(params))
         dtype = accum_dtype(params)
-        influence = jnp.zeros((batch_size, c_vec.size, theta.size), dtype)  # M^T: rows are state variables
+        cols = columns(params)
+        influence = tuple(jnp.zeros((batch_size, c_vec.size, P), dtype) for P in cols)  # M^T per layer
         reg_traces = None
         if reg is not None:
             n = jax.eval_shape(lambda p: recurrent_outputs(model, model.init_carry(p)), params).shape[0]
-            reg_traces = jnp.zeros((batch_size, n, theta.size), dtype)
-        return new_state(model, params, batch_size, influence, jnp.zeros(theta.shape, dtype), reg, reg_traces)
+            reg_traces = tuple(jnp.zeros((batch_size, n, P), dtype) for P in cols)
+        return new_state(model, params, batch_size, influence, tuple(jnp.zeros((P,), dtype) for P in cols), reg,
+                         reg_traces)
 
-    def example(theta, unravel_params, carry, influence, x, target):
+    def example(params, carry, influence, x, target):
         c_vec, unravel_c = _ravel_float(carry)
+        layer_params = as_layers(params)
+        # One variable per layer to differentiate along: a neuron layer's synaptic vector, through a zero
+        # offset ``eps`` added to ``a`` (``d/d W_eff[j, g, i] = d/d a[j, g] * v[i]``: the synapse is affine,
+        # ``a = W_eff v``); any other layer's raveled parameters.
+        eps = tuple(jnp.zeros(a.shape, a.dtype) for a in (synapse_struct(layer, p, x.dtype) for layer, p in
+                                                            zip(layers, layer_params) if is_neuron(layer)))
+        raveled = [ravel_pytree(p) for layer, p in zip(layers, layer_params) if not is_neuron(layer)]
+        ths, unravels = tuple(th for th, _ in raveled), tuple(unravel for _, unravel in raveled)
 
-        def run(c, th):
-            return model.apply(unravel_params(th), unravel_c(c), x)
+        def run(c, eps, ths):
+            eps, opaque, u, new, vs = iter(eps), iter(zip(ths, unravels)), x, [], []
+            for layer, p, h in zip(layers, layer_params, as_layers(unravel_c(c))):
+                if is_neuron(layer):
+                    z_prev = layer.output(h)
+                    vs.append(jnp.concatenate([u, z_prev, jnp.ones((1,), u.dtype)]))
+                    h = layer.dynamics(h, layer.synapse(p, u, z_prev) + next(eps))
+                    u = layer.output(h)
+                else:
+                    th, unravel_p = next(opaque)
+                    h, u = layer.apply(unravel_p(th), h, u)
+                new.append(h)
+            return from_layers(new), u, vs
 
-        def new_c(c, th):
-            return _ravel_float(run(c, th)[0])[0]
+        def new_c(c, eps, ths):
+            return _ravel_float(run(c, eps, ths)[0])[0]
 
-        (value, out), (g_c, g_theta) = jax.value_and_grad(
-            lambda c, th: (loss(run(c, th)[1], target), run(c, th)[1]), argnums=(0, 1), has_aux=True)(c_vec, theta)
-        # The influence is stored as M^T (|carry| rows of |theta| columns), so that both products below
-        # stream its long rows. d carry^t / d carry^{t-1} comes from jvp along the few state directions
-        # (jacfwd); stacked with d loss_t / d carry^{t-1} as one more row, a single matrix product gives both
-        # the new influence and this step's gradient (d loss_t / d carry^{t-1}) . M^{t-1}, reading M once.
-        # The immediate term d carry^t / d theta is jacrev over the few state variables: already (C, P).
-        # Jacobians are taken in the cell's dtype; the influence accumulates in accum_dtype.
-        jac_c = jax.jacfwd(lambda c: new_c(c, theta))(c_vec)
-        rows = jnp.concatenate([jac_c, g_c[None].astype(jac_c.dtype)]).astype(influence.dtype) @ influence
-        immediate = jax.jacrev(lambda th: new_c(c_vec, th))(theta)
-        influence_new = rows[:-1] + immediate.astype(influence.dtype)
-        new_carry = run(c_vec, theta)[0]
+        (value, (out, vs)), (g_c, g_eps, g_th) = jax.value_and_grad(
+            lambda c, e, t: (loss(run(c, e, t)[1], target), run(c, e, t)[1:]), argnums=(0, 1, 2), has_aux=True)(
+            c_vec, eps, ths)
+        # The influence is stored per layer as M^T (|carry| rows of that layer's columns), so that the
+        # product below streams its long rows. d carry^t / d carry^{t-1} comes from jvp along the few state
+        # directions (jacfwd); stacked with d loss_t / d carry^{t-1} as one more row, a single matrix
+        # product gives both the new influence and this step's gradient (d loss_t / d carry^{t-1}) .
+        # M^{t-1}, reading M once. The same jvps along the synaptic vectors give d carry^t / d a (the cell's
+        # derivative, evaluated once, at neuron size), and the immediate term of the effective weights is
+        # its outer product with the presynaptic vector, which XLA forms inside the add: no (C, P) Jacobian
+        # is materialised. Jacobians are taken in the cell's dtype; the influence accumulates in accum_dtype.
+        jac_c, jac_eps = jax.jacfwd(lambda c, e: new_c(c, e, ths), argnums=(0, 1))(c_vec, eps)
+        lhs = jnp.concatenate([jac_c, g_c[None].astype(jac_c.dtype)])
+        jac_th = jax.jacrev(lambda t: new_c(c_vec, eps, t))(ths) if ths else ()
+        dtype = influence[0].dtype
+        neuron, other = iter(zip(jac_eps, g_eps, vs)), iter(zip(jac_th, g_th))
+        new_influence, grads = [], []
+        for layer, M in zip(layers, influence):
+            rows = lhs.astype(dtype) @ M
+            if is_neuron(layer):  # rows as (C + 1, n, k, m), plus the outer product of [J; g] with v
+                J, g, v = (a.astype(dtype) for a in next(neuron))
+                new_M = (rows[:-1].reshape(J.shape + v.shape) + J[..., None] * v[None, None, None]).reshape(M.shape)
+                grad = (rows[-1].reshape(g.shape + v.shape) + g[..., None] * v[None, None]).reshape(-1)
+            else:
+                J, g = next(other)
+                new_M, grad = rows[:-1] + J.astype(dtype), rows[-1] + g.astype(dtype)
+            new_influence.append(new_M)
+            grads.append(grad)
+        new_carry = run(c_vec, eps, ths)[0]
         extras = ()
         if reg is not None:
             _, unravel_new = _ravel_float(new_carry)
             z_of = lambda c: recurrent_outputs(model, unravel_new(c))
-            new_vec = new_c(c_vec, theta)
-            dz = jax.jacfwd(z_of)(new_vec).astype(influence.dtype) @ influence_new
-            extras = (z_of(new_vec).astype(influence.dtype), dz)
-        return new_carry, influence_new, value, out, rows[-1] + g_theta.astype(influence.dtype), extras
+            new_vec = new_c(c_vec, eps, ths)
+            dz_dc = jax.jacfwd(z_of)(new_vec).astype(dtype)
+            extras = (z_of(new_vec).astype(dtype), tuple(dz_dc @ M for M in new_influence))
+        return new_carry, tuple(new_influence), value, out, tuple(grads), extras
 
     def step(params, state, x, target):
         check_step("rtrl", model, loss, params, state, x, target)
-        theta, unravel_params = ravel_pytree(params)
         carry, influence, values, out, g, extras = jax.vmap(
-            example, in_axes=(None, None, 0, 0, 0, 0))(theta, unravel_params, state.carry, state.traces, x, target)
-        grads = state.grads + jnp.sum(g, 0) / x.shape[0]
+            example, in_axes=(None, 0, 0, 0, 0))(params, state.carry, state.traces, x, target)
+        grads = tuple(acc + jnp.sum(gl, 0) / x.shape[0] for acc, gl in zip(state.grads, g))
         state = state._replace(carry=carry, traces=influence, grads=grads, loss=state.loss + jnp.mean(values),
                                steps=state.steps + 1)
         if reg is not None:
             z, dz = extras
-            state = state._replace(spikes=state.spikes + z, reg_traces=state.reg_traces + dz)
+            state = state._replace(spikes=state.spikes + z,
+                                   reg_traces=tuple(acc + d for acc, d in zip(state.reg_traces, dz)))
         return state, out
 
     def result(params, state):
-        theta, unravel_params = ravel_pytree(params)
-        grads, value = state.grads, state.loss
+        dtype = jax.tree_util.tree_leaves(params)[0].dtype
+        grads, value = list(state.grads), state.loss
         if reg is not None:
-            grads = grads + jnp.einsum("bnp,bn->p", state.reg_traces, reg_weights(reg, state.spikes, state.steps))
+            weights = reg_weights(reg, state.spikes, state.steps)
+            grads = [g + jnp.einsum("bnp,bn->p", t, weights) for g, t in zip(grads, state.reg_traces)]
             value = value + reg_value(reg, state.spikes, state.steps)
-        return value, unravel_params(grads.astype(theta.dtype))
+        out = []
+        for layer, p, g in zip(layers, as_layers(params), grads):
+            if is_neuron(layer):  # pulled back from the effective weights to the layer's own parameters
+                w_eff, pull = jax.vjp(lambda q: effective_weights(layer, q, layer.n_in, dtype), p)
+                out.append(pull(g.reshape(w_eff.shape).astype(w_eff.dtype))[0])
+            else:
+                out.append(ravel_pytree(p)[1](g.astype(dtype)))
+        return value, from_layers(out)
 
     return OnlineRule(init, step, result, reset)
 
@@ -107,11 +167,18 @@ def rtrl(model: Cell, loss: LossFn, *, reg: Optional[FiringRateReg] = None, unro
 
     ``d carry^t / d carry^{t-1}`` is ``jax.jvp`` of the step vmapped over the state's tangent directions
     (``jax.jacfwd``); with ``d loss_t / d carry^{t-1}`` stacked as one more row, it is applied to all
-    ``|theta|`` columns of ``M`` in one matrix product, which yields both updates while reading ``M``
-    once. The immediate term is the step's own Jacobian in ``theta`` (``jax.jacrev`` over the few state
-    variables). It works for every cell, with or without the synapse / dynamics split. It equals
-    :func:`bptt` to rounding error; memory per example is ``|carry| x |theta|``, independent of ``T``, and
-    time per step ``O(|carry|^2 |theta|)`` (one matrix product): use it on small networks, or as a reference.
+    columns of ``M`` in one matrix product per layer, which yields both updates while reading ``M`` once.
+
+    For a neuron layer (one with the synapse / dynamics split) the columns are its effective weights
+    ``W_eff`` (``a = W_eff [x, z_prev, 1]``, as in :func:`eprop`), and the gradient is pulled back to the
+    layer's parameters once, in ``result``. The synapse is affine, so the immediate term is an outer
+    product, ``d carry^t / d W_eff[j, g, i] = (d carry^t / d a[j, g]) v[i]``: the same jvps give
+    ``d carry^t / d a`` at neuron size, and the ``|carry| x |W_eff|`` term is formed inside the add, never
+    as a Jacobian of its own. Any other layer's columns are its raveled parameters, with the immediate
+    term from ``jax.jacrev``: ``rtrl`` works for every cell, with or without the split. It equals
+    :func:`bptt` to rounding error; memory per example is ``|carry| x |W_eff|`` (``|theta|`` for a layer
+    without the split, and per layer ``n k (n_in + n + 1)``, about ``|theta|``), independent of ``T``, and
+    time per step ``O(|carry|^2 |W_eff|)`` (one matrix product): use it on small networks, or as a reference.
 
     Args:
       model: a :class:`~eproptax.Cell`.

@@ -45,7 +45,7 @@ import numpy as np
 from ._cell import Cell, is_neuron, layers_of, scalar_leak, variable_leaks
 from ._engine import (FiringRateReg, OnlineRule, accum_dtype, check_step, leading_batch_axes, new_state,
                       recurrent_outputs, reg_value, reg_weights, reset)
-from ._jacobians import blocks, effective_weights, mix, output_jacobian, read_states, weigh
+from ._jacobians import blocks, effective_weights, mix, output_jacobian, read_states, synapse_struct, weigh
 from ._typing import LossFn
 
 
@@ -82,8 +82,7 @@ def _dims(layer: Cell, params, dtype) -> Optional[_Dims]:
         return None
     carry = jax.eval_shape(layer.init_carry, params)
     s = sum(1 for leaf in jax.tree_util.tree_leaves(carry) if jnp.issubdtype(leaf.dtype, jnp.inexact))
-    a = jax.eval_shape(layer.synapse, params, jax.ShapeDtypeStruct((layer.n_in,), dtype),
-                       jax.ShapeDtypeStruct((layer.n_out,), dtype))
+    a = synapse_struct(layer, params, dtype)
     if a.ndim != 2 or a.shape[0] != layer.n_out:
         raise ValueError(f"synapse must return shape (n={layer.n_out}, k), got {a.shape}.")
     leaks = variable_leaks(layer, s, a.shape[1])

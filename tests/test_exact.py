@@ -75,3 +75,28 @@ def test_rtrl_equals_bptt(cfg):
         assert np.abs(ravel_pytree(g)[0]).max() > 0, f"layer {i} gets a zero gradient"
     np.testing.assert_allclose(value_r, value_b, rtol=1e-12)
     assert_close(grads_r, grads_b, 1e-9, "rtrl vs bptt")
+
+
+def test_rtrl_equals_bptt_on_a_single_cell():
+    """A model that is one cell, not a stack: RTRL's columns are a neuron cell's effective weights (pulled
+    back to its own parameters) or an opaque cell's raveled parameters; both equal BPTT, and the
+    effective-weight columns cover a masked autapse (the LIF's ``w_rec`` diagonal) and the unused bias."""
+    lif = ep.cells.lif(3, 4, dtype=jnp.float64)
+    opaque = ep.Cell(lif.init, lif.init_carry, lif.apply, n_in=lif.n_in, n_out=lif.n_out)  # no split
+    params = jax.tree_util.tree_map(lambda w: 3.0 * w, lif.init(jax.random.key(1)))
+    inputs = (jax.random.uniform(jax.random.key(2), (2, 9, 3)) < 0.5).astype(jnp.float64)
+    targets = jax.random.normal(jax.random.key(3), (2, 9, 4), jnp.float64)
+
+    loss = lambda out, target: 0.5 * jnp.sum((out - target) ** 2)
+
+    @jax.jit
+    def grads(p, x, t):
+        return [rule(model, loss)(p, x, t) for model in (lif, opaque) for rule in (ep.bptt, ep.rtrl)]
+
+    (vb, gb), (vr, gr), (vb_o, gb_o), (vr_o, gr_o) = grads(params, inputs, targets)
+    assert np.abs(ravel_pytree(gb)[0]).max() > 0
+    for value, g, what in ((vr, gr, "neuron cell"), (vr_o, gr_o, "opaque cell"), (vb_o, gb_o, "opaque bptt")):
+        np.testing.assert_allclose(value, vb, rtol=1e-12)
+        assert_close(g, gb, 1e-9, f"rtrl vs bptt, single {what}")
+    state = jax.eval_shape(lambda p: ep.online.rtrl(lif, loss).init(p, 2), params)
+    assert [block.shape for block in state.traces] == [(2, 4, 4 * (3 + 4 + 1))]  # one block of W_eff columns
