@@ -285,32 +285,59 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
                        err=err, g_top=g_top, z=z)
         return carry, fwd, readout, value, y, signals
 
-    def own_update(blk, trace, v, d):
-        """e-prop's eligibility trace over the batch and its z-space view. ``trace`` is a tuple over the
-        stored state variables (:func:`stored`): a leaky variable's ``zbar`` ``(B, m)`` is filtered on its
-        own (its ``D`` row is its decay), every other variable's compact array, in the compact layout
-        (``blk`` too), mixes the stored traces through its ``D`` row, reading ``zbar`` broadcast over the
-        neurons. Each output element then reads only the same element of every input, which XLA compiles
-        to simpler passes than the mixing of an ``s`` axis (measured 1.1x to 1.7x faster per step on ALIF
-        and LSTM networks, docs/design.md); and no compact array reads another, so each is updated in place.
-        An unstored variable's new trace is only ever read in z-space, so its coefficients are mixed into
-        the z-space view at neuron size and the trace itself is never formed."""
+    def own_update(blk, trace, v, d, after=None):
+        """e-prop's eligibility trace over the batch. ``trace`` is a tuple over the stored state variables
+        (:func:`stored`): a leaky variable's ``zbar`` ``(B, m)`` is filtered on its own (its ``D`` row is
+        its decay), every other variable's compact array, in the compact layout (``blk`` too), mixes the
+        stored traces through its ``D`` row, reading ``zbar`` broadcast over the neurons. Each output
+        element then reads only the same element of every input, which XLA compiles to simpler passes
+        than the mixing of an ``s`` axis (measured 1.1x to 1.7x faster per step on ALIF and LSTM networks,
+        docs/design.md); and no compact array reads another. ``after`` (:func:`written_after`) is added to
+        the previous compact arrays as they are read, so that the new ones are computed after every other
+        reader of the previous ones and XLA writes them in place (an expression of its own, which XLA
+        does not merge with the view's recomputation of the update)."""
         kept = [c for c in range(d.s) if stored(d)[c]]
-        D, f, pre = blk.D[..., None, None], blk.dfda[..., None], presynaptic(v)
-        olds = [as_compact(part, d.leaks[e], d) for e, part in zip(kept, trace)]
+        # operands in the stored layout (compact_shape): with k = 1 the unit k axis is dropped here rather
+        # than by a reshape of the result, which would keep XLA from writing the new array in place
+        stored_layout = (lambda a: a[:, :, 0]) if d.k == 1 else (lambda a: a)
+        D, f, pre = blk.D[..., None, None], blk.dfda[..., None], stored_layout(presynaptic(v))
+        olds = [stored_layout(as_compact(part, d.leaks[e], d)) if d.leaks[e] is not None or after is None
+                else part + after for e, part in zip(kept, trace)]
 
         def update(c, part):
             if d.leaks[c] is not None:
                 decay, gain = d.leaks[c]
                 return decay * part + gain * v
-            new = sum(D[:, :, c, e] * old for e, old in zip(kept, olds)) + f[:, :, c] * pre
-            return new.reshape(new.shape[:2] + compact_shape(d)[1:])
+            mixed = sum(stored_layout(D[:, :, c, e]) * old for e, old in zip(kept, olds))
+            return mixed + stored_layout(f[:, :, c]) * pre
 
-        new = tuple(update(c, part) for c, part in zip(kept, trace))
+        return tuple(update(c, part) for c, part in zip(kept, trace))
+
+    def own_view(blk, trace, v, d):
+        """The z-space view of the new own trace (:func:`own_update`), as a function of the *previous*
+        stored traces, so that the new ones can be written after it (:func:`written_after`): with every
+        variable stored, ``dz/dh`` applied to the new traces computed without ``after`` (XLA computes them
+        inside the view's own pass); else mixed from the previous traces at neuron size (:func:`z_mix`),
+        since an unstored variable's trace does not exist."""
+        kept = [c for c in range(d.s) if stored(d)[c]]
         if len(kept) == d.s:
-            return new, own_z(new, blk.dgdh, d)
+            return own_z(own_update(blk, trace, v, d), blk.dgdh, d)
         D, f = z_mix(blk)
-        return new, sum(D[:, :, e, None, None] * old for e, old in zip(kept, olds)) + f[..., None] * pre
+        olds = [as_compact(part, d.leaks[e], d) for e, part in zip(kept, trace)]
+        return sum(D[:, :, e, None, None] * old for e, old in zip(kept, olds)) + f[..., None] * presynaptic(v)
+
+    def written_after(*trees):
+        """A zero that depends on every array of ``trees`` (the outputs of the other readers of the previous
+        own traces: filters, the regulariser's sums, gradients contracted from the previous traces), or
+        ``None`` if there is none. Added to the previous compact traces where :func:`own_update` reads them,
+        it orders the update after those readers, which lets XLA write the new traces into the loop-carried
+        buffers in place; without it XLA cannot prove that order and copies a trace every step (docs/design.md).
+        It is ``0 * x`` for one finite element ``x`` of the arrays, never a NaN."""
+        leaves = [leaf for leaf in jax.tree_util.tree_leaves(trees) if leaf.size]
+        if not leaves:
+            return None
+        x = sum(leaf.reshape(-1)[0] for leaf in leaves)
+        return jnp.where(jnp.isfinite(x), x, jnp.zeros_like(x)) * jnp.zeros_like(x)
 
     def z_mix(blk):
         """``dgdh`` mixed with ``D`` and ``dh/da`` at neuron size: the new own trace in z-space is
@@ -435,24 +462,22 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
         carry, fwd, top_fwd, values, y, sig = jax.vmap(forward, in_axes=(None, 0, 0, 0))(params, state.carry, x, target)
         old = state.traces.influence
 
-        # own level-0 traces at batch level, and their z-space views (XLA drops the views nobody reads)
-        own_new, own_old, influence = {}, {}, {}
+        # the z-space views of the own level-0 traces, from the previous traces (XLA drops those nobody reads)
+        own_new, own_old = {}, {}
         for p in range(R):
-            trace, own_new[p] = own_update(compact_layout(fwd[p]["blk"]), old[(p, p)][0], fwd[p]["v"], dims[p])
-            influence[(p, p)] = (trace,)
+            own_new[p] = own_view(compact_layout(fwd[p]["blk"]), old[(p, p)][0], fwd[p]["v"], dims[p])
             if order > 0:
                 own_old[p] = own_z(old[(p, p)][0], compact_layout(fwd[p]["dgdh_prev"]), dims[p])
         z_sums = {(l, p): own_new[p] for l, p in pairs if compact_sum(l, p)}
 
         # dense levels per example
+        dense = {}
         if order > 0 or full:
             old_dense = {key: {n: t for n, t in enumerate(levels_) if not own(*key, n)} for key, levels_ in old.items()}
             dense, dense_sums = jax.vmap(dense_example, in_axes=(None, 0, 0, 0, 0))(params, fwd, old_dense, own_old, own_new)
-            for key in pairs:
-                influence[key] = tuple(influence[key][0] if own(*key, n) else dense[key][n] for n in range(levels))
             z_sums.update(dense_sums)
 
-        # filters, the readout's own trace, the gradient
+        # filters, the regulariser's sums and the gradients that do not read the new own traces
         filtered = {}
         for p in state.traces.filtered:
             stage_in, stages = z_sums[(obs(p), p)], []
@@ -461,21 +486,34 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
                 stage_in = decay * old_stage + gain * stage_in
                 stages.append(stage_in)
             filtered[p] = tuple(stages)
-        readout = ()
-        if is_neuron(top):
-            readout, _ = own_update(compact_layout(top_fwd["blk"]), state.traces.readout, top_fwd["v"], dims[R])
-
+        reg_traces = {key: state.reg_traces[key] + z_sums[key] for key in pairs} if reg is not None else ()
         batch = x.shape[0]
-        grads = list(state.grads)
+        grads, mixed, later = list(state.grads), [], []  # later: the layers whose gradient reads the new traces
         for p in range(R):
             o = obs(p)
             if p in filtered:
-                g = contract_z(sig["L"][o], filtered[p][-1], dims[p])
+                grads[p] = grads[p] + contract_z(sig["L"][o], filtered[p][-1], dims[p]) / batch
             elif compact_sum(o, p) and not all(stored(dims[p])):
-                g = contract_mixed(sig["L"][o], compact_layout(fwd[p]["blk"]), old[(p, p)][0], fwd[p]["v"], p, dims[p])
+                mixed.append(contract_mixed(sig["L"][o], compact_layout(fwd[p]["blk"]), old[(p, p)][0], fwd[p]["v"],
+                                            p, dims[p]))
+                grads[p] = grads[p] + mixed[-1] / batch
             else:
-                g = sum(contract_h(sig["delta"][o], t, o, p, n, dims[p]) for n, t in enumerate(influence[(o, p)]))
+                later.append(p)
+
+        # the new own traces, written after every other reader of the previous ones (in place), then the
+        # gradients that read them
+        after = written_after(filtered, reg_traces, mixed) if neuron_major else None
+        own_traces = {p: own_update(compact_layout(fwd[p]["blk"]), old[(p, p)][0], fwd[p]["v"], dims[p], after)
+                      for p in range(R)}
+        influence = {(l, p): tuple(own_traces[p] if own(l, p, n) else dense[(l, p)][n] for n in range(levels))
+                     for l, p in pairs}
+        for p in later:
+            o = obs(p)
+            g = sum(contract_h(sig["delta"][o], t, o, p, n, dims[p]) for n, t in enumerate(influence[(o, p)]))
             grads[p] = grads[p] + g / batch
+        readout = ()
+        if is_neuron(top):
+            readout = own_update(compact_layout(top_fwd["blk"]), state.traces.readout, top_fwd["v"], dims[R])
         if is_neuron(top) and not all(stored(dims[R])):
             grads[R] = grads[R] + contract_mixed(sig["err"], compact_layout(top_fwd["blk"]), state.traces.readout,
                                                  top_fwd["v"], R, dims[R]) / batch
@@ -486,7 +524,6 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
         state = state._replace(carry=carry, traces=EpropTraces(influence, filtered, readout), grads=tuple(grads),
                                loss=state.loss + jnp.mean(values), steps=state.steps + 1)
         if reg is not None:
-            reg_traces = {key: state.reg_traces[key] + z_sums[key] for key in pairs}
             state = state._replace(spikes=state.spikes + sig["z"], reg_traces=reg_traces)
         return state, y
 
