@@ -347,7 +347,7 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
         return jnp.einsum("...c,...ce->...e", g, blk.D), jnp.einsum("...c,...ck->...k", g, blk.dfda)
 
     def contract_mixed(sig, blk, trace, v, l, d):
-        """``sum_b sig[b, j] z[b, j, ...]`` for the z-space view ``z`` of :func:`own_update` when some variable
+        """``sum_b sig[b, j] z[b, j, ...]`` for the z-space view ``z`` of :func:`own_view` when some variable
         is not stored, contracted from the previous stored traces and ``v`` without forming ``z``: the
         ``dot`` reads each stored trace as it is carried, and no z-space array is written and read back."""
         D, f = (jnp.swapaxes(x, 0, 1) if neuron_major else x for x in z_mix(blk))  # batch-major (B, n, ...)
