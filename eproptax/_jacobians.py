@@ -111,3 +111,15 @@ def effective_weights(layer: Cell, params, n_in: int, dtype) -> jax.Array:
     w_z = jax.jacfwd(lambda z: layer.synapse(params, x0, z))(z0)
     bias = layer.synapse(params, x0, z0)
     return jnp.concatenate([w_x, w_z, bias[..., None]], axis=-1)
+
+
+def effective_size(layer: Cell, params, dtype) -> int:
+    """The number of effective weights ``n k (n_in + n + 1)`` (:func:`effective_weights`; nothing is run)."""
+    return jax.eval_shape(lambda p: effective_weights(layer, p, layer.n_in, dtype), params).size
+
+
+def pull_back(layer: Cell, params, grads, dtype):
+    """A gradient for the effective weights (any shape of their size) as a gradient for ``params``: the vjp
+    of :func:`effective_weights`, which every forward-mode rule applies once, in its ``result``."""
+    w_eff, pull = jax.vjp(lambda p: effective_weights(layer, p, layer.n_in, dtype), params)
+    return pull(grads.reshape(w_eff.shape).astype(w_eff.dtype))[0]

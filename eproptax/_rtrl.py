@@ -11,7 +11,7 @@ from jax.flatten_util import ravel_pytree
 from ._cell import Cell, is_neuron, layers_of
 from ._engine import (FiringRateReg, OnlineRule, accum_dtype, check_step, new_state, recurrent_outputs, reg_value,
                       reg_weights, reset, scan_rule)
-from ._jacobians import effective_weights, synapse_struct
+from ._jacobians import effective_size, pull_back, synapse_struct
 from ._typing import GradFn, LossFn
 
 
@@ -40,8 +40,7 @@ def online_rtrl(model: Cell, loss: LossFn, *, reg: Optional[FiringRateReg] = Non
         out = []
         for layer, p in zip(layers, as_layers(params)):
             if is_neuron(layer):
-                n, k = synapse_struct(layer, p, dtype).shape
-                out.append(n * k * (layer.n_in + n + 1))
+                out.append(effective_size(layer, p, dtype))
             else:
                 out.append(ravel_pytree(p)[0].size)
         return out
@@ -147,8 +146,7 @@ def online_rtrl(model: Cell, loss: LossFn, *, reg: Optional[FiringRateReg] = Non
         out = []
         for layer, p, g in zip(layers, as_layers(params), grads):
             if is_neuron(layer):  # pulled back from the effective weights to the layer's own parameters
-                w_eff, pull = jax.vjp(lambda q: effective_weights(layer, q, layer.n_in, dtype), p)
-                out.append(pull(g.reshape(w_eff.shape).astype(w_eff.dtype))[0])
+                out.append(pull_back(layer, p, g, dtype))
             else:
                 out.append(ravel_pytree(p)[1](g.astype(dtype)))
         return value, from_layers(out)

@@ -45,7 +45,7 @@ import numpy as np
 from ._cell import Cell, is_neuron, layers_of, scalar_leak, variable_leaks
 from ._engine import (FiringRateReg, OnlineRule, accum_dtype, check_step, leading_batch_axes, new_state,
                       recurrent_outputs, reg_value, reg_weights, reset)
-from ._jacobians import blocks, effective_weights, mix, output_jacobian, read_states, synapse_struct, weigh
+from ._jacobians import blocks, mix, output_jacobian, pull_back, read_states, synapse_struct, weigh
 from ._typing import LossFn
 
 
@@ -540,8 +540,7 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
         out = []
         for i, layer in enumerate(layers):
             if is_neuron(layer):
-                _, pull = jax.vjp(lambda p: effective_weights(layer, p, layer.n_in, dtype), params[i])
-                out.append(pull(grads[i].astype(dtype))[0])
+                out.append(pull_back(layer, params[i], grads[i], dtype))
             else:
                 out.append(jax.tree_util.tree_map(lambda g, w: g.astype(w.dtype), grads[i], params[i]))
         return value, tuple(out)
