@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The benchmarks on an accelerator, as one prepared run of about 8 minutes (at most 9), for a session that
+# is lent a GPU machine: the device tool's `run` allows 10 minutes a command and 15 minutes a session.
+#
+#   run(command="bash benchmarks/accelerator.sh", timeout_s=580)       # on the device machine
+#   cp -r <files_at>/<device>/* benchmarks/results/<device>/             # back here, then commit
+#
+# Needs no install: the machine's image has jax (with CUDA), optax, flax, chex, pytest and matplotlib, and
+# the package is imported from the working tree. Each step has its own time limit, and a step that fails
+# or runs out leaves the others to run; the log says which. Results go to $OUT/<device>/ (the device
+# tool brings back $OUT; at most 8 files, which this run stays under), or benchmarks/results/<device>/
+# without $OUT. QUICK=1 runs every step in its quick form (about 3 minutes on this project's 2-core CPU),
+# to check the script itself.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 MPLBACKEND=Agg
+py=${PYTHON:-python3}
+device=$($py -c "from eproptax._bench import device_name; print(device_name())") || exit 1
+dir="${OUT:-benchmarks/results}/$device"
+mkdir -p "$dir"
+log="$dir/log.txt"
+quick=${QUICK:+--quick}
+
+step() {  # step <seconds> <name> <command...>: runs the command with a time limit, logs its exit status
+  local limit=$1 name=$2 start=$SECONDS status
+  shift 2
+  echo "== $name (limit ${limit}s): $*" | tee -a "$log"
+  timeout "$limit" "$@" 2>&1 | grep -v "^WARNING: All log messages" | tee -a "$log"
+  status=${PIPESTATUS[0]}
+  echo "== $name: exit $status after $((SECONDS - start)) s" | tee -a "$log"
+}
+
+: >"$log"
+step 30 devices $py -c "import jax; print(jax.__version__, jax.devices())"
+command -v nvidia-smi >/dev/null && step 15 nvidia-smi nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv
+# correctness on the device: RTRL, BPTT and e-prop against each other and the references, in float64
+step 120 exactness $py -m pytest -q -x -p no:cacheprovider tests/test_exact.py
+step 120 bench $py -m eproptax bench $quick --out "$dir"
+step 200 targets $py benchmarks/targets.py $quick --runs 2 --out "$dir"
+step 60 time-memory-vs-T $py benchmarks/time_memory_vs_T.py --quick --out "$dir"
+step 40 profile $py benchmarks/profile.py --cell alif --rule "eprop (leaky readout)" --hidden 256 --batch 32 \
+  --steps 40 --out "$dir"
+ls -l "$dir" | tee -a "$log"
