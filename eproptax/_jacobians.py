@@ -65,6 +65,23 @@ def blocks(layer: Cell, h_prev, a: jax.Array, h) -> Blocks:
     return Blocks(D, dfda, output_jacobian(layer, h))
 
 
+def formed_once(tree):
+    """``tree`` unchanged in value, but formed once, at its own size, by XLA's CPU backend.
+
+    Per-neuron blocks feed per-synapse passes that broadcast them over ``k m`` (or ``B k m``) elements. XLA's
+    CPU fusion fuses a cheap producer into such a consumer and evaluates it again for every element: a
+    GRU's trace update evaluated its gate derivatives 63 times per trace element (``benchmarks/profile.py``).
+    It does not do so with a producer it counts as expensive, a floating-point division, so each leaf
+    ``a`` is divided by a one that XLA cannot fold, ``1 + 0 * a`` (``a`` with its non-finite values
+    zeroed): exact for every value, and the passes then read the blocks (GRU(128) batch 1: 9 operations
+    per element).
+    """
+    def once(a):
+        return a / (1 + 0 * jnp.where(jnp.isfinite(a), a, jnp.zeros_like(a)))
+
+    return jax.tree_util.tree_map(once, tree)
+
+
 def read_states(layer: Cell, h_prev, a) -> tuple[bool, ...]:
     """Which floating state variables ``dynamics`` reads (``h_prev`` and ``a`` may be shapes).
 
