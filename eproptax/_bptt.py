@@ -9,7 +9,8 @@ from ._engine import FiringRateReg, sequence_loss
 from ._typing import GradFn, LossFn
 
 
-def bptt(model: Cell, loss: LossFn, *, reg: Optional[FiringRateReg] = None, unroll: int = 1) -> GradFn:
+def bptt(model: Cell, loss: LossFn, *, reg: Optional[FiringRateReg] = None,
+         unroll: Optional[int] = None) -> GradFn:
     """Exact gradient by backpropagation through time: ``jax.value_and_grad`` of the unrolled loss.
 
     Memory grows with the sequence length ``T`` (the scan stores every step's state for the backward
@@ -20,7 +21,8 @@ def bptt(model: Cell, loss: LossFn, *, reg: Optional[FiringRateReg] = None, unro
       model: a :class:`~eproptax.Cell`.
       loss: ``loss(outputs_t, targets_t) -> scalar`` for one example and one step.
       reg: optional :class:`~eproptax.FiringRateReg`.
-      unroll: time steps per iteration of the scan (``lax.scan``'s ``unroll``): speed only.
+      unroll: time steps per iteration of the scan (``lax.scan``'s ``unroll``): speed only. ``None``, the
+        default: the platform's (:data:`eproptax.DEFAULT_UNROLL`), chosen when the function is lowered.
 
     Returns:
       ``grad_fn(params, inputs, targets) -> (loss, grads)``, the same as

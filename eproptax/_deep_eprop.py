@@ -19,7 +19,7 @@ def online_deep_eprop(model: Cell, loss: LossFn, *, depth: str = "full", order: 
 
 
 def deep_eprop(model: Cell, loss: LossFn, *, depth: str = "full", order: int = 0, feedback="symmetric",
-               reg: Optional[FiringRateReg] = None, unroll: int = 1) -> GradFn:
+               reg: Optional[FiringRateReg] = None, unroll: Optional[int] = None) -> GradFn:
     """deep e-prop: online credit assignment across depth and time.
 
     Layers ``l = 1..L`` with ``a^l_t = W^l z^{l-1}_t + R^l z^l_{t-1} (+ b)``, ``h^l_t = f_l(h^l_{t-1}, a^l_t)``,
@@ -65,7 +65,8 @@ def deep_eprop(model: Cell, loss: LossFn, *, depth: str = "full", order: int = 0
       feedback: as for :func:`eprop` (``B`` replaces the transposed readout weights into the top layer).
       reg: optional :class:`~eproptax.FiringRateReg`.
       unroll: time steps per iteration of the whole-sequence scan (``lax.scan``'s ``unroll``): it changes
-        the speed, not the result (up to rounding); ``benchmarks/unroll.py`` measures it for a network.
+        the speed, not the result (up to rounding). ``None``, the default: the platform's
+        (:data:`eproptax.DEFAULT_UNROLL`: 1 on CPU, 4 on CUDA GPUs), chosen when the function is lowered.
 
     Returns:
       ``grad_fn(params, inputs, targets) -> (loss, grads)``.

@@ -156,7 +156,8 @@ def reg_weights(reg: FiringRateReg, spikes: Array, steps: Array) -> Array:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def sequence_loss(model: Cell, loss: LossFn, *, reg: Optional[FiringRateReg] = None, unroll: int = 1):
+def sequence_loss(model: Cell, loss: LossFn, *, reg: Optional[FiringRateReg] = None,
+                  unroll: Optional[int] = None):
     """The scalar objective every rule estimates the gradient of.
 
     ``objective(params, inputs, targets)`` is the mean over the batch of ``sum_t loss(outputs_t,
@@ -167,7 +168,9 @@ def sequence_loss(model: Cell, loss: LossFn, *, reg: Optional[FiringRateReg] = N
       model: a :class:`Cell` (typically a :func:`~eproptax.cells.stack`).
       loss: ``loss(outputs_t, targets_t) -> scalar`` for one example and one step.
       reg: optional :class:`FiringRateReg`.
-      unroll: time steps per iteration of the ``lax.scan`` (its ``unroll``): speed only.
+      unroll: time steps per iteration of the ``lax.scan`` (its ``unroll``): speed only. ``None``, the
+        default: the platform's (:data:`DEFAULT_UNROLL`: 1 on CPU, 4 on CUDA GPUs), chosen when the function
+        is lowered.
 
     Returns:
       ``objective(params, inputs, targets) -> scalar`` with ``inputs`` of shape ``(B, T, n_in)`` and
@@ -185,7 +188,7 @@ def sequence_loss(model: Cell, loss: LossFn, *, reg: Optional[FiringRateReg] = N
                 z = recurrent_outputs(model, carry) if reg is not None else ()
                 return carry, (loss(out, xt[1]), z)
 
-            _, (losses, zs) = jax.lax.scan(body, model.init_carry(params), (x_seq, target_seq), unroll=unroll)
+            _, (losses, zs) = scan(body, model.init_carry(params), (x_seq, target_seq), unroll=unroll)
             dtype = accum_dtype(params)
             total = jnp.sum(losses.astype(dtype))
             if reg is not None:
@@ -208,9 +211,9 @@ def _shape_str(x) -> str:
 
 
 def check_unroll(where: str, unroll) -> None:
-    if isinstance(unroll, bool) or not isinstance(unroll, (int, np.integer)) or unroll < 1:
-        raise ValueError(f"{where}: `unroll` must be a positive int (time steps per iteration of the scan), "
-                         f"got {unroll!r}.")
+    if unroll is not None and (isinstance(unroll, bool) or not isinstance(unroll, (int, np.integer)) or unroll < 1):
+        raise ValueError(f"{where}: `unroll` must be a positive int (time steps per iteration of the scan) "
+                         f"or None (the platform's default), got {unroll!r}.")
 
 
 def check_params(where: str, model: Cell, params: Params) -> None:
@@ -280,12 +283,33 @@ def time_major(tree: Any) -> Any:
     return jax.tree_util.tree_map(lambda a: jnp.swapaxes(a, 0, 1), tree)
 
 
-def scan_rule(where: str, model: Cell, loss: LossFn, online: OnlineRule, unroll: int = 1):
+# Time steps per iteration of the scan for ``unroll=None``, per platform (``lax.platform_dependent``'s names),
+# 1 on the others. Measured in interleaved rounds (docs/design.md): on the CPU every value above 1 loses
+# somewhere (``benchmarks/unroll.py``, up to 2.7x slower); on an H200 4 made every measured rule 1.2x to
+# 2.0x faster (``benchmarks/variants.py``). TPU and ROCm are unmeasured.
+DEFAULT_UNROLL = {"cpu": 1, "cuda": 4}
+
+
+def scan(f: Callable, init, xs, length: Optional[int] = None, unroll: Optional[int] = None):
+    """``lax.scan(f, init, xs, length, unroll)``; ``unroll=None`` takes the lowering platform's
+    :data:`DEFAULT_UNROLL`. Each distinct value is staged out (``lax.platform_dependent``, with ``f`` traced
+    once) and the choice is made when the function is lowered, so a compiled program holds one loop."""
+    if unroll is not None:
+        return jax.lax.scan(f, init, xs, length=length, unroll=unroll)
+
+    def with_unroll(u):
+        return lambda init, xs: jax.lax.scan(f, init, xs, length=length, unroll=u)
+
+    branches = {platform: with_unroll(u) for platform, u in DEFAULT_UNROLL.items() if u != 1}  # 1: the default
+    return jax.lax.platform_dependent(init, xs, default=with_unroll(1), **branches)
+
+
+def scan_rule(where: str, model: Cell, loss: LossFn, online: OnlineRule, unroll: Optional[int] = None):
     """The whole-sequence view of an online rule: ``init``, one ``lax.scan`` of ``step``, ``result``.
 
     ``unroll`` time steps run per iteration of the scan (``lax.scan``'s ``unroll``): XLA may then fuse work
-    across steps. It changes the speed, not the result (up to rounding); no value wins everywhere
-    (``benchmarks/unroll.py``), so the default is ``lax.scan``'s, 1.
+    across steps and the loop's per-iteration cost is paid once per ``unroll`` steps. It changes the
+    speed, not the result (up to rounding); ``None`` takes the platform's :data:`DEFAULT_UNROLL`.
     """
     check_unroll(where, unroll)
 
@@ -300,7 +324,7 @@ def scan_rule(where: str, model: Cell, loss: LossFn, online: OnlineRule, unroll:
             state, _ = online.step(params, state, at_t(inputs), jax.tree_util.tree_map(at_t, targets))
             return state, None
 
-        state, _ = jax.lax.scan(body, state, None, length=np.shape(inputs)[1], unroll=unroll)
+        state, _ = scan(body, state, None, length=np.shape(inputs)[1], unroll=unroll)
         return online.result(params, state)
 
     return grad_fn

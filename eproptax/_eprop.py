@@ -20,7 +20,7 @@ def online_eprop(model: Cell, loss: LossFn, *, feedback="symmetric",
 
 
 def eprop(model: Cell, loss: LossFn, *, feedback="symmetric", reg: Optional[FiringRateReg] = None,
-          unroll: int = 1) -> GradFn:
+          unroll: Optional[int] = None) -> GradFn:
     """e-prop: online eligibility propagation (Bellec et al. 2020).
 
     Factorises the gradient as ``dE/dW_ji ~ sum_t L_j^t e_ji^t``. The eligibility trace comes from neuron
@@ -63,7 +63,8 @@ def eprop(model: Cell, loss: LossFn, *, feedback="symmetric", reg: Optional[Firi
       reg: optional :class:`~eproptax.FiringRateReg`; its e-prop gradient is
         ``c_reg (r_j - f_target) / T sum_t e_ji^t``.
       unroll: time steps per iteration of the whole-sequence scan (``lax.scan``'s ``unroll``): it changes
-        the speed, not the result (up to rounding); ``benchmarks/unroll.py`` measures it for a network.
+        the speed, not the result (up to rounding). ``None``, the default: the platform's
+        (:data:`eproptax.DEFAULT_UNROLL`: 1 on CPU, 4 on CUDA GPUs), chosen when the function is lowered.
 
     Returns:
       ``grad_fn(params, inputs, targets) -> (loss, grads)``.

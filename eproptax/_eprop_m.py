@@ -17,7 +17,7 @@ def online_eprop_m(model: Cell, loss: LossFn, order: int, *, feedback="symmetric
 
 
 def eprop_m(model: Cell, loss: LossFn, order: int = 1, *, feedback="symmetric",
-            reg: Optional[FiringRateReg] = None, unroll: int = 1) -> GradFn:
+            reg: Optional[FiringRateReg] = None, unroll: Optional[int] = None) -> GradFn:
     """m-order e-prop: keep the influence paths with at most ``order`` explicit recurrent edges.
 
     The exact influence ``M_l^t = dh_l^t / dtheta`` splits by the number ``n`` of explicit edges (through
@@ -44,7 +44,8 @@ def eprop_m(model: Cell, loss: LossFn, order: int = 1, *, feedback="symmetric",
       feedback: as for :func:`eprop`.
       reg: optional :class:`~eproptax.FiringRateReg`.
       unroll: time steps per iteration of the whole-sequence scan (``lax.scan``'s ``unroll``): it changes
-        the speed, not the result (up to rounding); ``benchmarks/unroll.py`` measures it for a network.
+        the speed, not the result (up to rounding). ``None``, the default: the platform's
+        (:data:`eproptax.DEFAULT_UNROLL`: 1 on CPU, 4 on CUDA GPUs), chosen when the function is lowered.
 
     Returns:
       ``grad_fn(params, inputs, targets) -> (loss, grads)``.

@@ -154,7 +154,8 @@ def online_rtrl(model: Cell, loss: LossFn, *, reg: Optional[FiringRateReg] = Non
     return OnlineRule(init, step, result, reset)
 
 
-def rtrl(model: Cell, loss: LossFn, *, reg: Optional[FiringRateReg] = None, unroll: int = 1) -> GradFn:
+def rtrl(model: Cell, loss: LossFn, *, reg: Optional[FiringRateReg] = None,
+         unroll: Optional[int] = None) -> GradFn:
     """Exact real-time recurrent learning (Williams and Zipser 1989), forward in time with ``jax.jvp``.
 
     Carries the influence matrix ``M^t = d carry^t / d theta`` of every parameter on every state variable
@@ -183,7 +184,8 @@ def rtrl(model: Cell, loss: LossFn, *, reg: Optional[FiringRateReg] = None, unro
       loss: ``loss(outputs_t, targets_t) -> scalar``.
       reg: optional :class:`~eproptax.FiringRateReg`.
       unroll: time steps per iteration of the whole-sequence scan (``lax.scan``'s ``unroll``): it changes
-        the speed, not the result (up to rounding); ``benchmarks/unroll.py`` measures it for a network.
+        the speed, not the result (up to rounding). ``None``, the default: the platform's
+        (:data:`eproptax.DEFAULT_UNROLL`: 1 on CPU, 4 on CUDA GPUs), chosen when the function is lowered.
 
     Returns:
       ``grad_fn(params, inputs, targets) -> (loss, grads)``.

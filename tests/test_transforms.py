@@ -1,5 +1,7 @@
 """Every rule composes with JAX: grads mirror params, jit, vmap over hyperparameters and seeds, optax."""
 
+import collections
+import re
 import traceback
 
 import chex
@@ -157,3 +159,27 @@ def test_unroll_changes_speed_only(rule):
     value3, grads3 = jax.jit(RULES[rule](prob.model, mse, unroll=3))(prob.params, prob.inputs, prob.targets)
     assert_close(value3, value, 1e-12, "loss")
     assert_close(grads3, grads, 1e-12, "grads")
+
+
+def _opcodes(compiled) -> collections.Counter:
+    """The compiled program's instructions, counted by opcode (names and metadata differ between compiles)."""
+    return collections.Counter(re.findall(r"^\s*(?:ROOT )?%\S+ = \S+ ([\w-]+)\(", compiled.as_text(), re.M))
+
+
+@pytest.mark.parametrize("rule", ["bptt", "eprop"])
+def test_default_unroll_is_the_platforms(rule, monkeypatch):
+    """``unroll=None`` compiles the program of the lowering platform's ``DEFAULT_UNROLL`` (set to 3 for the CPU
+    here): the choice is staged out with ``lax.platform_dependent`` and made when lowering."""
+    cfg = Config(cells=("lif",), readout="leaky", time=6)
+    prob = problem(cfg)
+    args = (prob.params, prob.inputs, prob.targets)
+
+    def program(unroll):
+        return jax.jit(RULES[rule](prob.model, mse, unroll=unroll)).lower(*args).compile()
+
+    assert ep.DEFAULT_UNROLL["cpu"] == 1
+    assert _opcodes(program(None)) == _opcodes(program(1))
+    monkeypatch.setitem(ep.DEFAULT_UNROLL, "cpu", 3)
+    chosen = program(None)
+    assert _opcodes(chosen) == _opcodes(program(3)) != _opcodes(program(1))
+    assert_close(chosen(*args), run(rule, cfg), 1e-12, "unroll 3 by default")
