@@ -38,7 +38,7 @@ from ._bptt import bptt
 from ._cell import layers_of
 from ._compare import Problem, alignment, spiking_problem
 from ._deep_eprop import deep_eprop, online_deep_eprop
-from ._engine import sequence_loss
+from ._engine import DEFAULT_UNROLL, sequence_loss
 from ._eprop import eprop, online_eprop
 from ._eprop_m import eprop_m, online_eprop_m
 from ._rtrl import online_rtrl, rtrl
@@ -72,12 +72,13 @@ def device_name() -> str:
 
 
 def device_info() -> dict:
-    """Device, JAX version, host and its load: attached to every figure written."""
+    """Device, JAX version, host and its load, and the rules' default ``unroll`` per platform: attached to
+    every figure written."""
     d = jax.devices()[0]
     return dict(device=device_name(), platform=d.platform, device_kind=str(d.device_kind),
                 jax=jax.__version__, jaxlib=getattr(jax.lib, "__version__", None) or _jaxlib_version(),
                 cpu=_cpu_model(), cpu_count=os.cpu_count(), python=platform.python_version(),
-                load_average=_load_average(), eproptax=_source_version())
+                load_average=_load_average(), eproptax=_source_version(), default_unroll=dict(DEFAULT_UNROLL))
 
 
 def _source_version():
