@@ -286,7 +286,8 @@ def time_major(tree: Any) -> Any:
 # Time steps per iteration of the scan for ``unroll=None``, per platform (``lax.platform_dependent``'s names),
 # 1 on the others. Measured in interleaved rounds (docs/design.md): on the CPU every value above 1 loses
 # somewhere (``benchmarks/unroll.py``, up to 2.7x slower); on an H200 4 made every measured rule 1.2x to
-# 2.0x faster (``benchmarks/variants.py``). TPU and ROCm are unmeasured.
+# 2.0x faster (``benchmarks/variants.py``). TPU and ROCm are unmeasured. Read when a rule is traced: setting
+# an entry (``ep.DEFAULT_UNROLL["tpu"] = 8``) changes the default of the functions traced afterwards.
 DEFAULT_UNROLL = {"cpu": 1, "cuda": 4}
 
 
