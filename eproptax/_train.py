@@ -12,7 +12,7 @@ import numpy as np
 import optax
 
 from ._cell import Cell
-from ._engine import OnlineRule, time_major
+from ._engine import OnlineRule, scan, time_major
 from ._typing import GradFn, Params, PRNGKey
 from .tasks._common import Task, forward
 
@@ -138,7 +138,7 @@ def _online_step(rule: OnlineRule, sample, optimizer, metric, every: int):
 
         def window(carry, chunk):  # ``every`` time steps, then one update
             params, opt_state, state, total = carry
-            state, outputs = jax.lax.scan(lambda s, xt: rule.step(params, s, xt[0], xt[1]), state, chunk)
+            state, outputs = scan(lambda s, xt: rule.step(params, s, xt[0], xt[1]), state, chunk)  # platform unroll
             loss, grads = rule.result(params, state)
             updates, opt_state = optimizer.update(grads, opt_state, params)
             params = optax.apply_updates(params, updates)
