@@ -74,7 +74,8 @@ def formed_once(tree):
     It does not do so with a producer it counts as expensive, a floating-point division, so each leaf
     ``a`` is divided by a one that XLA cannot fold, ``1 + 0 * a`` (``a`` with its non-finite values
     zeroed): exact for every value, and the passes then read the blocks (GRU(128) batch 1: 9 operations
-    per element).
+    per element). It is applied on every platform: on an H200 it made level-0 e-prop 1.09x to 1.29x faster
+    at hidden 256 (``benchmarks/variants.py``).
     """
     def once(a):
         return a / (1 + 0 * jnp.where(jnp.isfinite(a), a, jnp.zeros_like(a)))
