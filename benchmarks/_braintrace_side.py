@@ -1,13 +1,22 @@
-"""Runs inside the braintrace virtual environment (benchmarks/.envs/braintrace): online gradients of a GRU.
+"""Runs inside the braintrace virtual environment (benchmarks/.envs/braintrace): online gradients of a GRU
+or a LIF network.
 
     python _braintrace_side.py in.npz out.npz
 
-``in.npz`` holds ``x`` (T, n_in), ``y`` (T, n_out), the weights of eproptax's reset-after GRU in flax's
-layout (``ir_kernel`` (n_in, n), ``ir_bias``, ``iz_kernel``, ``iz_bias``, ``in_kernel``, ``in_bias``,
-``hr_kernel`` (n, n), ``hz_kernel``, ``hn_kernel``, ``hn_bias``) and of a linear readout (``w_out``
-(n_out, n), ``b_out``), and ``repeats``. The same cell is written here with ``braintrace.nn.Linear`` layers
-(braintrace's own ``GRUCell`` is the reset-before variant, a different network), so both libraries run the
-same network on the same weights. Each algorithm (D-RTRL, and EProp, which is D-RTRL plus an optional
+``in.npz`` holds ``cell`` (``"gru"`` or ``"lif"``), ``x`` (T, n_in), ``y`` (T, n_out), the cell's weights
+and those of a linear readout (``w_out`` (n_out, n), ``b_out``), and ``repeats``.
+
+* GRU: eproptax's reset-after GRU in flax's layout (``ir_kernel`` (n_in, n), ``ir_bias``, ``iz_kernel``,
+  ``iz_bias``, ``in_kernel``, ``in_bias``, ``hr_kernel`` (n, n), ``hz_kernel``, ``hn_kernel``,
+  ``hn_bias``), written here with ``braintrace.nn.Linear`` layers (braintrace's own ``GRUCell`` is the
+  reset-before variant, a different network).
+* LIF: eproptax's (NEST's) LIF, ``w_in`` (n, n_in) and ``w_rec`` (n, n) post x pre, with ``alpha``,
+  ``zeta``, ``threshold`` and ``height``: ``v = alpha v + zeta (w_in x + w_rec z_prev) - threshold
+  z_prev`` with the reset detached, ``z = H(v - threshold)`` with the pseudo-derivative ``height
+  max(0, 1 - |v - threshold| / threshold)``, no autapses (a masked diagonal), written here as a braintrace
+  module (braintrace's spiking neurons are other models), the spike with the same ``jax.custom_jvp``.
+
+So both libraries run the same network on the same weights. Each algorithm (D-RTRL, and EProp, which is D-RTRL plus an optional
 low-pass filter of the trace) accumulates the gradient of ``sum_t 0.5 |y_t - y*_t|^2`` over the sequence
 with ``etrace_grad``. ``out.npz`` gets each algorithm's gradients (``<algo>/<param>``) and its wall time
 per sequence (``<algo>/seconds``: minimum over ``repeats`` calls of the jitted sequence function, after
@@ -56,11 +65,56 @@ class GRU(brainstate.nn.Module):
         return self.out(h)
 
 
-NAMES = {"ir": "ir", "iz": "iz", "in_": "in", "hr": "hr", "hz": "hz", "hn": "hn"}
+@jax.custom_jvp
+def spike(x, height, width):
+    """eproptax's spike: ``x >= 0`` forward, ``height * max(0, 1 - |x / width|)`` as its derivative."""
+    del height, width
+    return (x >= 0).astype(x.dtype)
 
 
-def run(algorithm, w, xs, ys, repeats, **options):
-    model = GRU(w)
+@spike.defjvp
+def _spike_jvp(primals, tangents):
+    x, height, width = primals
+    return spike(x, height, width), height * jnp.maximum(0.0, 1.0 - jnp.abs(x / width)) * tangents[0]
+
+
+class LIF(brainstate.nn.Module):
+    """eproptax's LIF (NEST's ``eprop_iaf_bsshslm_2020``) with a linear readout of its spikes."""
+
+    def __init__(self, w, alpha, zeta, threshold, height):
+        super().__init__()
+        L = braintrace.nn.Linear
+        n, n_in = w["w_in"].shape
+        self.n, self.alpha, self.zeta, self.threshold, self.height = n, alpha, zeta, threshold, height
+        self.inp = L(n_in, n, w_init=w["w_in"].T, b_init=None)
+        self.rec = L(n, n, w_init=w["w_rec"].T, b_init=None, w_mask=1 - jnp.eye(n, dtype=jnp.float32))
+        self.out = L(n, w["w_out"].shape[0], w_init=w["w_out"].T, b_init=w["b_out"])
+
+    def init_state(self, batch_size=None, **kwargs):
+        self.v = brainstate.HiddenState(jnp.zeros((self.n,), jnp.float32))
+
+    def reset_state(self, batch_size=None, **kwargs):
+        self.v.value = jnp.zeros((self.n,), jnp.float32)
+
+    def update(self, x):
+        v = self.v.value
+        z_prev = spike(v - self.threshold, self.height, self.threshold)
+        v = (self.alpha * v + self.zeta * (self.inp(x) + self.rec(z_prev))
+             - self.threshold * jax.lax.stop_gradient(z_prev))
+        self.v.value = v
+        return self.out(spike(v - self.threshold, self.height, self.threshold))
+
+
+# braintrace's layer names -> the payload's names of their kernels (and biases)
+NAMES = {"ir": "ir", "iz": "iz", "in_": "in", "hr": "hr", "hz": "hz", "hn": "hn", "inp": "w_in", "rec": "w_rec"}
+
+
+def build(cell, w, hyper):
+    return GRU(w) if cell == "gru" else LIF(w, **hyper)
+
+
+def run(algorithm, cell, w, hyper, xs, ys, repeats, **options):
+    model = build(cell, w, hyper)
     learner = braintrace.compile(model, algorithm, xs[0], **options)
 
     def step_loss(x, y):
@@ -83,6 +137,8 @@ def run(algorithm, w, xs, ys, repeats, **options):
     for (layer, _), g in grads.items():
         if layer == "out":
             out["w_out"], out["b_out"] = np.asarray(g["weight"]).T, np.asarray(g["bias"])
+        elif cell == "lif":  # braintrace's (in, out) kernels, back to eproptax's post x pre
+            out[NAMES[layer]] = np.asarray(g["weight"]).T
         else:
             out[NAMES[layer] + "_kernel"] = np.asarray(g["weight"])
             if "bias" in g:
@@ -94,10 +150,12 @@ def main(src, dst):
     data = dict(np.load(src))
     xs, ys = jnp.asarray(data.pop("x"), jnp.float32), jnp.asarray(data.pop("y"), jnp.float32)
     repeats = int(data.pop("repeats", 3))
+    cell = str(data.pop("cell", "gru"))
+    hyper = {k: float(data.pop(k)) for k in ("alpha", "zeta", "threshold", "height") if k in data}
     w = {k: jnp.asarray(v, jnp.float32) for k, v in data.items()}
     result = {"braintrace_version": str(getattr(braintrace, "__version__", "")), "jax_version": jax.__version__}
     for name, algorithm, options in (("D_RTRL", braintrace.D_RTRL, {}), ("EProp", braintrace.EProp, {})):
-        grads, seconds, compile_s = run(algorithm, w, xs, ys, repeats, **options)
+        grads, seconds, compile_s = run(algorithm, cell, w, hyper, xs, ys, repeats, **options)
         result.update({f"{name}/{k}": v for k, v in grads.items()})
         result[f"{name}/seconds"], result[f"{name}/compile_s"] = seconds, compile_s
     np.savez(dst, **result)

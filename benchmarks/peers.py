@@ -16,6 +16,9 @@ Each peer runs in its own virtual environment, created by this script under ``be
 Writes ``peers.json`` (and ``peers.png``) to ``benchmarks/results/<device>/``.
 
     python benchmarks/peers.py [--quick] [--skip nest|braintrace]
+
+``--skip`` keeps the skipped peer's rows from the last ``peers.json``, each with the ``info`` of the run
+that measured it (``measured_with``).
 """
 
 from __future__ import annotations
@@ -246,6 +249,12 @@ def main(argv=None):
     if "braintrace" not in args.skip:
         _log("[braintrace]")
         rows += braintrace_peer(args.quick)
+    previous = os.path.join(results_dir(args.out), "peers.json")
+    if args.skip and os.path.exists(previous):  # keep the skipped peers' last rows, with the run they came from
+        with open(previous) as f:
+            last = json.load(f)
+        rows += [dict(r, measured_with=r.get("measured_with", last.get("info", {}))) for r in last.get("peers", [])
+                 if r["name"].split()[0].lower() in args.skip]
     path = save("peers", dict(peers=rows, seconds=time.perf_counter() - start), args.out)
     plot(rows, os.path.join(results_dir(args.out), "peers.png"))
     _log(f"wrote {path} ({time.perf_counter() - start:.0f} s)")
