@@ -21,8 +21,9 @@ def bptt(model: Cell, loss: LossFn, *, reg: Optional[FiringRateReg] = None,
       model: a :class:`~eproptax.Cell`.
       loss: ``loss(outputs_t, targets_t) -> scalar`` for one example and one step.
       reg: optional :class:`~eproptax.FiringRateReg`.
-      unroll: time steps per iteration of the scan (``lax.scan``'s ``unroll``): speed only. ``None``, the
-        default: the platform's (:data:`eproptax.DEFAULT_UNROLL`), chosen when the function is lowered.
+      unroll: time steps per iteration of the scan (``lax.scan``'s ``unroll``): the speed and the
+        compile time, not the result. ``None``, the default: the platform's (:data:`eproptax.DEFAULT_UNROLL`),
+        chosen when the function is lowered.
 
     Returns:
       ``grad_fn(params, inputs, targets) -> (loss, grads)``, the same as

@@ -168,9 +168,9 @@ def sequence_loss(model: Cell, loss: LossFn, *, reg: Optional[FiringRateReg] = N
       model: a :class:`Cell` (typically a :func:`~eproptax.cells.stack`).
       loss: ``loss(outputs_t, targets_t) -> scalar`` for one example and one step.
       reg: optional :class:`FiringRateReg`.
-      unroll: time steps per iteration of the ``lax.scan`` (its ``unroll``): speed only. ``None``, the
-        default: the platform's (:data:`DEFAULT_UNROLL`: 1 on CPU, 4 on CUDA GPUs), chosen when the function
-        is lowered.
+      unroll: time steps per iteration of the ``lax.scan`` (its ``unroll``): the speed, the compile time
+        and the peak memory, not the result. ``None``, the default: the platform's (:data:`DEFAULT_UNROLL`:
+        1 on CPU, 4 on CUDA GPUs), chosen when the function is lowered.
 
     Returns:
       ``objective(params, inputs, targets) -> scalar`` with ``inputs`` of shape ``(B, T, n_in)`` and
@@ -286,8 +286,10 @@ def time_major(tree: Any) -> Any:
 # Time steps per iteration of the scan for ``unroll=None``, per platform (``lax.platform_dependent``'s names),
 # 1 on the others. Measured in interleaved rounds (docs/design.md): on the CPU every value above 1 loses
 # somewhere (``benchmarks/unroll.py``, up to 2.7x slower); on an H200 4 made every measured rule 1.2x to
-# 2.0x faster (``benchmarks/variants.py``). TPU and ROCm are unmeasured. Read when a rule is traced: setting
-# an entry (``ep.DEFAULT_UNROLL["tpu"] = 8``) changes the default of the functions traced afterwards.
+# 2.0x faster (``benchmarks/variants.py``), for about 3x the compile time and up to 2.8x the online rules'
+# peak memory (pass ``unroll=1`` where those bind). TPU and ROCm are unmeasured. Read when a rule is
+# traced: setting an entry (``ep.DEFAULT_UNROLL["tpu"] = 8``) changes the default of the functions traced
+# afterwards.
 DEFAULT_UNROLL = {"cpu": 1, "cuda": 4}
 
 

@@ -63,8 +63,9 @@ def eprop(model: Cell, loss: LossFn, *, feedback="symmetric", reg: Optional[Firi
       reg: optional :class:`~eproptax.FiringRateReg`; its e-prop gradient is
         ``c_reg (r_j - f_target) / T sum_t e_ji^t``.
       unroll: time steps per iteration of the whole-sequence scan (``lax.scan``'s ``unroll``): it changes
-        the speed, not the result (up to rounding). ``None``, the default: the platform's
-        (:data:`eproptax.DEFAULT_UNROLL`: 1 on CPU, 4 on CUDA GPUs), chosen when the function is lowered.
+        the speed, the compile time and the peak memory, not the result (up to rounding). ``None``, the
+        default: the platform's (:data:`eproptax.DEFAULT_UNROLL`: 1 on CPU, 4 on CUDA GPUs), chosen when
+        the function is lowered; pass 1 where GPU memory binds.
 
     Returns:
       ``grad_fn(params, inputs, targets) -> (loss, grads)``.

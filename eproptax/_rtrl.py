@@ -184,8 +184,9 @@ def rtrl(model: Cell, loss: LossFn, *, reg: Optional[FiringRateReg] = None,
       loss: ``loss(outputs_t, targets_t) -> scalar``.
       reg: optional :class:`~eproptax.FiringRateReg`.
       unroll: time steps per iteration of the whole-sequence scan (``lax.scan``'s ``unroll``): it changes
-        the speed, not the result (up to rounding). ``None``, the default: the platform's
-        (:data:`eproptax.DEFAULT_UNROLL`: 1 on CPU, 4 on CUDA GPUs), chosen when the function is lowered.
+        the speed, the compile time and the peak memory, not the result (up to rounding). ``None``, the
+        default: the platform's (:data:`eproptax.DEFAULT_UNROLL`: 1 on CPU, 4 on CUDA GPUs), chosen when
+        the function is lowered; pass 1 where GPU memory binds.
 
     Returns:
       ``grad_fn(params, inputs, targets) -> (loss, grads)``.
