@@ -461,12 +461,15 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
         dims, _ = all_dims(params)
         carry, fwd, top_fwd, values, y, sig = jax.vmap(forward, in_axes=(None, 0, 0, 0))(params, state.carry, x, target)
         old = state.traces.influence
-        # The compact passes broadcast the blocks over the synapses: formed once (with dense levels it was
-        # mixed, eprop_m(1) 0.76x on a GRU, 1.3x on ALIF, so those keep XLA's choice).
+        # The compact passes broadcast the blocks over the synapses and the presynaptic vectors ``v`` over the
+        # neurons: both formed once (with dense levels it was mixed, eprop_m(1) 0.76x on a GRU, 1.3x on
+        # ALIF, so those keep XLA's choice). Unformed, XLA evaluated ``v``'s concatenation and the slice of
+        # step t's input again for every trace element (GRU(32) b8: the trace update 8x slower).
         if neuron_major:
-            blks, top_blk = formed_once(([f["blk"] for f in fwd], top_fwd.get("blk")))
-            fwd = [dict(f, blk=blk) for f, blk in zip(fwd, blks)]
-            top_fwd = dict(top_fwd, blk=top_blk) if is_neuron(top) else top_fwd
+            blks, top_blk, vs, top_v = formed_once(([f["blk"] for f in fwd], top_fwd.get("blk"),
+                                                    [f["v"] for f in fwd], top_fwd.get("v")))
+            fwd = [dict(f, blk=blk, v=v) for f, blk, v in zip(fwd, blks, vs)]
+            top_fwd = dict(top_fwd, blk=top_blk, v=top_v) if is_neuron(top) else top_fwd
 
         # the z-space views of the own level-0 traces, from the previous traces (XLA drops those nobody reads)
         own_new, own_old = {}, {}
