@@ -1,0 +1,86 @@
+"""A/B: the working tree's eproptax against a git revision's, interleaved in one process.
+
+Question: is a change to the library faster or slower, per network, and does it change the gradients?
+The revision's ``eproptax/`` (``git archive``) is imported beside the working tree's as ``eproptax_<rev>``
+(the package imports itself relatively, so both load in one process), each network's rule is built and
+compiled by each package's own ``_bench`` at two sequence lengths, and the four programs are timed in
+interleaved rounds: the per-step slope ``(t(T2) - t(T1)) / (T2 - T1)`` of each side, their ratio (above 1:
+the working tree is faster) and the largest difference of the gradients relative to the revision's. On
+this project's VM only ratios from one process count (benchmarks/README.md, "The machine").
+
+    python benchmarks/ab.py --rev HEAD --net gru:"eprop (stateless readout)":32:8 --net alif:"eprop (leaky readout)":256:32
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import subprocess
+import sys
+import tempfile
+
+import jax
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import HERE  # noqa: E402
+
+import eproptax._bench  # noqa: E402
+
+DEFAULT_NETS = ("gru:eprop (stateless readout):32:8", "lstm:eprop (leaky readout):64:8",
+                "alif:eprop (leaky readout):256:32")
+
+
+def import_revision(rev: str, into: str):
+    """``eproptax`` at ``rev``, imported as ``eproptax_<rev>`` from a ``git archive`` under ``into``."""
+    name = "eproptax_" + "".join(c if c.isalnum() else "_" for c in rev)
+    archive = subprocess.run(["git", "-C", os.path.dirname(HERE), "archive", rev, "eproptax"], check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", into], input=archive, check=True)
+    os.rename(os.path.join(into, "eproptax"), os.path.join(into, name))
+    sys.path.insert(0, into)
+    return importlib.import_module(name + "._bench")
+
+
+def compiled_pair(bench, cell, rule, hidden, batch, lengths):
+    spec = {s.name: s for s in bench.RULES}[rule]
+    out = []
+    for T in lengths:
+        prob = bench.problem(cell, readout=spec.readout, layers=spec.layers, hidden=hidden, batch=batch, time_steps=T)
+        fn, _ = bench.build(spec, prob)
+        args = (prob.params, prob.inputs, prob.targets)
+        compiled = jax.jit(fn).lower(*args).compile()
+        out.append((compiled, args, jax.block_until_ready(compiled(*args))[1]))
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--rev", default="HEAD", help="the git revision to compare against")
+    p.add_argument("--net", action="append", help="cell:rule:hidden:batch (repeatable)")
+    p.add_argument("--lengths", type=int, nargs=2, default=(20, 60))
+    p.add_argument("--rounds", type=int, default=5)
+    args = p.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        sides = {args.rev: import_revision(args.rev, tmp), "tree": eproptax._bench}
+        for net in args.net or DEFAULT_NETS:
+            cell, rule, hidden, batch = net.split(":")
+            progs = {side: compiled_pair(bench, cell, rule, int(hidden), int(batch), args.lengths)
+                     for side, bench in sides.items()}
+            base, new = (jax.tree_util.tree_leaves(progs[side][-1][2]) for side in sides)
+            diff = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))) / (np.max(np.abs(np.asarray(a))) + 1e-30))
+                       for a, b in zip(base, new))
+            best = {(side, i): float("inf") for side in progs for i in range(2)}
+            for _ in range(args.rounds):
+                for side, pair in progs.items():
+                    for i, (fn, call, _) in enumerate(pair):
+                        best[side, i] = min(best[side, i], eproptax._bench._best_times(fn, *call, repeats=3)[0])
+            slope = {side: (best[side, 1] - best[side, 0]) / (args.lengths[1] - args.lengths[0]) for side in progs}
+            print(f"{cell}({hidden}) b{batch} {rule}: {args.rev} {1e6 * slope[args.rev]:.2f} us/step, tree "
+                  f"{1e6 * slope['tree']:.2f}: x{slope[args.rev] / slope['tree']:.2f} (whole call at T={args.lengths[1]}: "
+                  f"x{best[args.rev, 1] / best['tree', 1]:.2f}); gradients differ by {diff:.1e} (relative)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
