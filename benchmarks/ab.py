@@ -51,7 +51,9 @@ def compiled_pair(bench, cell, rule, hidden, batch, lengths):
         fn, _ = bench.build(spec, prob)
         args = (prob.params, prob.inputs, prob.targets)
         compiled = jax.jit(fn).lower(*args).compile()
-        out.append((compiled, args, jax.block_until_ready(compiled(*args))[1]))
+        result = jax.block_until_ready(compiled(*args))
+        out.append((compiled, args, result[1] if isinstance(result, tuple) else result))  # the gradients (a loss
+        # for the forward pass alone)
     return out
 
 
