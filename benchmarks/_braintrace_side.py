@@ -14,15 +14,17 @@ and those of a linear readout (``w_out`` (n_out, n), ``b_out``), and ``repeats``
   ``zeta``, ``threshold`` and ``height``: ``v = alpha v + zeta (w_in x + w_rec z_prev) - threshold
   z_prev`` with the reset detached, ``z = H(v - threshold)`` with the pseudo-derivative ``height
   max(0, 1 - |v - threshold| / threshold)``, no autapses (a masked diagonal), written here as a braintrace
-  module (braintrace's spiking neurons are other models), the spike with the same ``jax.custom_jvp``.
+  module (braintrace's spiking neurons are other models), the spike eproptax's own ``jax.custom_jvp``.
 
-So both libraries run the same network on the same weights. Each algorithm (D-RTRL, and EProp, which is D-RTRL plus an optional
-low-pass filter of the trace) accumulates the gradient of ``sum_t 0.5 |y_t - y*_t|^2`` over the sequence
-with ``etrace_grad``. ``out.npz`` gets each algorithm's gradients (``<algo>/<param>``) and its wall time
-per sequence (``<algo>/seconds``: minimum over ``repeats`` calls of the jitted sequence function, after
-one call that compiles it), plus ``<algo>/compile_s``.
+So both libraries run the same network on the same weights. Each algorithm (D-RTRL, and EProp, which is
+D-RTRL plus an optional low-pass filter of the trace) accumulates the gradient of ``sum_t 0.5 |y_t -
+y*_t|^2`` over the sequence with ``etrace_grad``. ``out.npz`` gets each algorithm's gradients
+(``<algo>/<param>``) and its wall time per sequence (``<algo>/seconds``: minimum over ``repeats`` calls of
+the jitted sequence function, after one call that compiles it), plus ``<algo>/compile_s``.
 """
 
+import importlib.util
+import os
 import sys
 import time
 
@@ -65,17 +67,18 @@ class GRU(brainstate.nn.Module):
         return self.out(h)
 
 
-@jax.custom_jvp
-def spike(x, height, width):
-    """eproptax's spike: ``x >= 0`` forward, ``height * max(0, 1 - |x / width|)`` as its derivative."""
-    del height, width
-    return (x >= 0).astype(x.dtype)
+def _eproptax_spike():
+    """eproptax's own spike (``x >= 0`` forward, ``height * max(0, 1 - |x / width|)`` as its derivative, a
+    ``jax.custom_jvp``), loaded from ``eproptax/cells/_surrogate.py``, which needs only jax: eproptax itself
+    is not installed in this venv."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "eproptax", "cells", "_surrogate.py")
+    spec = importlib.util.spec_from_file_location("eproptax_surrogate", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.spike_fn("piecewise_linear")
 
 
-@spike.defjvp
-def _spike_jvp(primals, tangents):
-    x, height, width = primals
-    return spike(x, height, width), height * jnp.maximum(0.0, 1.0 - jnp.abs(x / width)) * tangents[0]
+spike = _eproptax_spike()
 
 
 class LIF(brainstate.nn.Module):
