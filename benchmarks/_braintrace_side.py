@@ -35,7 +35,17 @@ import jax.numpy as jnp
 import numpy as np
 
 
-class GRU(brainstate.nn.Module):
+class _OneState(brainstate.nn.Module):
+    """A network whose state is one hidden vector ``h`` of ``self.n`` values (a GRU's output, a LIF's membrane)."""
+
+    def init_state(self, batch_size=None, **kwargs):
+        self.h = brainstate.HiddenState(jnp.zeros((self.n,), jnp.float32))
+
+    def reset_state(self, batch_size=None, **kwargs):
+        self.h.value = jnp.zeros((self.n,), jnp.float32)
+
+
+class GRU(_OneState):
     """eproptax's (and flax's) reset-after GRU with a linear readout, every product an ETP ``Linear``."""
 
     def __init__(self, w):
@@ -50,12 +60,6 @@ class GRU(brainstate.nn.Module):
         self.hz = L(n, n, w_init=w["hz_kernel"], b_init=None)
         self.hn = L(n, n, w_init=w["hn_kernel"], b_init=w["hn_bias"])
         self.out = L(n, w["w_out"].shape[0], w_init=w["w_out"].T, b_init=w["b_out"])
-
-    def init_state(self, batch_size=None, **kwargs):
-        self.h = brainstate.HiddenState(jnp.zeros((self.n,), jnp.float32))
-
-    def reset_state(self, batch_size=None, **kwargs):
-        self.h.value = jnp.zeros((self.n,), jnp.float32)
 
     def update(self, x):
         h = self.h.value
@@ -81,8 +85,9 @@ def _eproptax_spike():
 spike = _eproptax_spike()
 
 
-class LIF(brainstate.nn.Module):
-    """eproptax's LIF (NEST's ``eprop_iaf_bsshslm_2020``) with a linear readout of its spikes."""
+class LIF(_OneState):
+    """eproptax's LIF (NEST's ``eprop_iaf_bsshslm_2020``) with a linear readout of its spikes; ``h`` is the
+    membrane."""
 
     def __init__(self, w, alpha, zeta, threshold, height):
         super().__init__()
@@ -93,18 +98,12 @@ class LIF(brainstate.nn.Module):
         self.rec = L(n, n, w_init=w["w_rec"].T, b_init=None, w_mask=1 - jnp.eye(n, dtype=jnp.float32))
         self.out = L(n, w["w_out"].shape[0], w_init=w["w_out"].T, b_init=w["b_out"])
 
-    def init_state(self, batch_size=None, **kwargs):
-        self.v = brainstate.HiddenState(jnp.zeros((self.n,), jnp.float32))
-
-    def reset_state(self, batch_size=None, **kwargs):
-        self.v.value = jnp.zeros((self.n,), jnp.float32)
-
     def update(self, x):
-        v = self.v.value
+        v = self.h.value
         z_prev = spike(v - self.threshold, self.height, self.threshold)
         v = (self.alpha * v + self.zeta * (self.inp(x) + self.rec(z_prev))
              - self.threshold * jax.lax.stop_gradient(z_prev))
-        self.v.value = v
+        self.h.value = v
         return self.out(spike(v - self.threshold, self.height, self.threshold))
 
 
