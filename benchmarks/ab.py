@@ -24,7 +24,7 @@ import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import HERE  # noqa: E402
+from _common import HERE, interleaved_slopes  # noqa: E402
 
 import eproptax._bench  # noqa: E402
 
@@ -44,16 +44,16 @@ def import_revision(rev: str, into: str):
 
 
 def compiled_pair(bench, cell, rule, hidden, batch, lengths):
+    """``{T: (compiled, call, gradients)}`` of one package's rule at each length."""
     spec = {s.name: s for s in bench.RULES}[rule]
-    out = []
+    out = {}
     for T in lengths:
         prob = bench.problem(cell, readout=spec.readout, layers=spec.layers, hidden=hidden, batch=batch, time_steps=T)
         fn, _ = bench.build(spec, prob)
         args = (prob.params, prob.inputs, prob.targets)
         compiled = jax.jit(fn).lower(*args).compile()
         result = jax.block_until_ready(compiled(*args))
-        out.append((compiled, args, result[1] if isinstance(result, tuple) else result))  # the gradients (a loss
-        # for the forward pass alone)
+        out[T] = (compiled, args, result[1] if isinstance(result, tuple) else result)  # a loss for the forward pass
     return out
 
 
@@ -70,18 +70,15 @@ def main(argv=None):
             cell, rule, hidden, batch = net.split(":")
             progs = {side: compiled_pair(bench, cell, rule, int(hidden), int(batch), args.lengths)
                      for side, bench in sides.items()}
-            base, new = (jax.tree_util.tree_leaves(progs[side][-1][2]) for side in sides)
+            base, new = (jax.tree_util.tree_leaves(progs[side][args.lengths[1]][2]) for side in sides)
             diff = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))) / (np.max(np.abs(np.asarray(a))) + 1e-30))
                        for a, b in zip(base, new))
-            best = {(side, i): float("inf") for side in progs for i in range(2)}
-            for _ in range(args.rounds):
-                for side, pair in progs.items():
-                    for i, (fn, call, _) in enumerate(pair):
-                        best[side, i] = min(best[side, i], eproptax._bench._best_times(fn, *call, repeats=3)[0])
-            slope = {side: (best[side, 1] - best[side, 0]) / (args.lengths[1] - args.lengths[0]) for side in progs}
+            timed = {(side, T): (fn, call) for side, pair in progs.items() for T, (fn, call, _) in pair.items()}
+            slope, best = interleaved_slopes(timed, args.lengths, args.rounds, repeats=3)
+            t2 = args.lengths[1]
             print(f"{cell}({hidden}) b{batch} {rule}: {args.rev} {1e6 * slope[args.rev]:.2f} us/step, tree "
-                  f"{1e6 * slope['tree']:.2f}: x{slope[args.rev] / slope['tree']:.2f} (whole call at T={args.lengths[1]}: "
-                  f"x{best[args.rev, 1] / best['tree', 1]:.2f}); gradients differ by {diff:.1e} (relative)", flush=True)
+                  f"{1e6 * slope['tree']:.2f}: x{slope[args.rev] / slope['tree']:.2f} (whole call at T={t2}: "
+                  f"x{best[args.rev, t2] / best['tree', t2]:.2f}); gradients differ by {diff:.1e} (relative)", flush=True)
 
 
 if __name__ == "__main__":

@@ -24,10 +24,10 @@ import time
 import jax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import parser, results_dir, save  # noqa: E402
+from _common import interleaved_slopes, parser, results_dir, save  # noqa: E402
 
 import eproptax._traces as _traces  # noqa: E402
-from eproptax._bench import RULES, _best_times, build, problem  # noqa: E402
+from eproptax._bench import RULES, build, problem  # noqa: E402
 
 SPECS = {spec.name: spec for spec in RULES}
 LENGTHS = (10, 40)
@@ -90,16 +90,9 @@ def main(argv=None):
         with open(os.path.join(results_dir(args.out), "hlo_alif_eprop.txt"), "w") as f:
             f.write(text)
     for cell, name, sizes in cases(args.quick):
-        programs = compile_all(cell, name, sizes)
-        best = {key: float("inf") for key in programs}
-        for _ in range(args.rounds):
-            for key, (compiled, call) in programs.items():
-                best[key] = min(best[key], _best_times(compiled, *call, repeats=2)[0])
-        labels = dict.fromkeys(label for label, _ in programs)
-        slope = {label: (best[(label, LENGTHS[1])] - best[(label, LENGTHS[0])]) / (LENGTHS[1] - LENGTHS[0])
-                 for label in labels}
+        slope, best = interleaved_slopes(compile_all(cell, name, sizes), LENGTHS, args.rounds)
         rows.append(dict(cell=cell, rule=name, **sizes, lengths=LENGTHS, per_step_s=slope,
-                         whole_call_per_step_s={label: best[(label, LENGTHS[1])] / LENGTHS[1] for label in labels}))
+                         whole_call_per_step_s={label: best[(label, LENGTHS[1])] / LENGTHS[1] for label in slope}))
         text = "  ".join(f"{label} {1e6 * s:7.1f}" for label, s in slope.items())
         print(f"{cell:5s} {name:28s} h{sizes['hidden']:<4d} b{sizes['batch']:<3d} us/step: {text}", flush=True)
         save("variants", dict(rows=rows, seconds=time.perf_counter() - start), args.out)  # kept if cut short

@@ -312,7 +312,8 @@ def scan_rule(where: str, model: Cell, loss: LossFn, online: OnlineRule, unroll:
 
     ``unroll`` time steps run per iteration of the scan (``lax.scan``'s ``unroll``): XLA may then fuse work
     across steps and the loop's per-iteration cost is paid once per ``unroll`` steps. It changes the
-    speed, not the result (up to rounding); ``None`` takes the platform's :data:`DEFAULT_UNROLL`.
+    speed, the compile time and the peak memory, not the result (up to rounding); ``None`` takes the
+    platform's :data:`DEFAULT_UNROLL`.
     """
     check_unroll(where, unroll)
 

@@ -120,7 +120,8 @@ def gru(n_in: int, n_rec: int, *, dtype=jnp.float32) -> Cell:
     """
 
     def synapse(params, x, z_prev):
-        (xr, xz, xn), (hr, hz, hn) = _dense_group(params, ("ir", "iz", "in"), x), _dense_group(params, ("hr", "hz", "hn"), z_prev)
+        xr, xz, xn = _dense_group(params, ("ir", "iz", "in"), x)
+        hr, hz, hn = _dense_group(params, ("hr", "hz", "hn"), z_prev)
         return jnp.stack([xr + hr, xz + hz, xn, hn], -1)
 
     def dynamics(h, a):
