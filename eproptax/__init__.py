@@ -7,6 +7,7 @@ from ._bptt import bptt as bptt
 from ._cell import Cell as Cell
 from ._checks import check_finite as check_finite
 from ._deep_eprop import deep_eprop as deep_eprop
+from ._engine import DEFAULT_CHUNK as DEFAULT_CHUNK
 from ._engine import DEFAULT_UNROLL as DEFAULT_UNROLL
 from ._engine import FiringRateReg as FiringRateReg
 from ._engine import OnlineRule as OnlineRule

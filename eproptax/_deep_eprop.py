@@ -19,7 +19,8 @@ def online_deep_eprop(model: Cell, loss: LossFn, *, depth: str = "full", order: 
 
 
 def deep_eprop(model: Cell, loss: LossFn, *, depth: str = "full", order: int = 0, feedback="symmetric",
-               reg: Optional[FiringRateReg] = None, unroll: Optional[int] = None) -> GradFn:
+               reg: Optional[FiringRateReg] = None, unroll: Optional[int] = None,
+               chunk: Optional[int] = None) -> GradFn:
     """deep e-prop: online credit assignment across depth and time.
 
     Layers ``l = 1..L`` with ``a^l_t = W^l z^{l-1}_t + R^l z^l_{t-1} (+ b)``, ``h^l_t = f_l(h^l_{t-1}, a^l_t)``,
@@ -68,6 +69,8 @@ def deep_eprop(model: Cell, loss: LossFn, *, depth: str = "full", order: int = 0
         the speed, the compile time and the peak memory, not the result (up to rounding). ``None``, the
         default: the platform's (:data:`eproptax.DEFAULT_UNROLL`: 1 on CPU, 4 on CUDA GPUs), chosen when
         the function is lowered; pass 1 where GPU memory binds.
+      chunk: as for :func:`eprop`; only with ``order=0`` and ``depth`` ``"spatial"`` or ``"collapsed"``:
+        other rules have no chunked form, and ``chunk > 1`` raises there.
 
     Returns:
       ``grad_fn(params, inputs, targets) -> (loss, grads)``.
@@ -79,4 +82,5 @@ def deep_eprop(model: Cell, loss: LossFn, *, depth: str = "full", order: int = 0
       Millidge. "Generalising E-prop to Deep Networks", arXiv:2512.24506 (2025).
     """
     return scan_rule("deep_eprop", model, loss,
-                     online_deep_eprop(model, loss, depth=depth, order=order, feedback=feedback, reg=reg), unroll)
+                     online_deep_eprop(model, loss, depth=depth, order=order, feedback=feedback, reg=reg), unroll,
+                     chunk)

@@ -20,7 +20,7 @@ def online_eprop(model: Cell, loss: LossFn, *, feedback="symmetric",
 
 
 def eprop(model: Cell, loss: LossFn, *, feedback="symmetric", reg: Optional[FiringRateReg] = None,
-          unroll: Optional[int] = None) -> GradFn:
+          unroll: Optional[int] = None, chunk: Optional[int] = None) -> GradFn:
     """e-prop: online eligibility propagation (Bellec et al. 2020).
 
     Factorises the gradient as ``dE/dW_ji ~ sum_t L_j^t e_ji^t``. The eligibility trace comes from neuron
@@ -66,6 +66,13 @@ def eprop(model: Cell, loss: LossFn, *, feedback="symmetric", reg: Optional[Firi
         the speed, the compile time and the peak memory, not the result (up to rounding). ``None``, the
         default: the platform's (:data:`eproptax.DEFAULT_UNROLL`: 1 on CPU, 4 on CUDA GPUs), chosen when
         the function is lowered; pass 1 where GPU memory binds.
+      chunk: time steps advanced at once by the whole-sequence view: the forward pass runs ``chunk`` steps
+        and keeps their per-neuron coefficients, then every trace moves over them in one pass and two matrix
+        products (docs/design.md, "The chunked view"); the last ``T mod chunk`` steps run one at a time.
+        Changes the speed and the memory (``chunk`` steps of per-neuron coefficients), not the result (up
+        to rounding). ``None``, the default: the platform's :data:`eproptax.DEFAULT_CHUNK` (none set: 1).
+        On the CPU 64 was 1.2x to 1.5x faster at GRU(128) batch 1 and LSTM(64) batch 8 and slower at
+        hidden 32 (``benchmarks/chunking.py``).
 
     Returns:
       ``grad_fn(params, inputs, targets) -> (loss, grads)``.
@@ -79,7 +86,7 @@ def eprop(model: Cell, loss: LossFn, *, feedback="symmetric", reg: Optional[Firi
       Bellec, Scherr, Subramoney, Hajek, Salaj, Legenstein, Maass. "A solution to the learning dilemma for
       recurrent networks of spiking neurons", Nature Communications 11, 3625 (2020).
     """
-    return scan_rule("eprop", model, loss, online_eprop(model, loss, feedback=feedback, reg=reg), unroll)
+    return scan_rule("eprop", model, loss, online_eprop(model, loss, feedback=feedback, reg=reg), unroll, chunk)
 
 
 def random_feedback(key, n_rec: int, n_out: int, dtype=jnp.float32) -> jax.Array:

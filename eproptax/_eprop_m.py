@@ -17,7 +17,7 @@ def online_eprop_m(model: Cell, loss: LossFn, order: int, *, feedback="symmetric
 
 
 def eprop_m(model: Cell, loss: LossFn, order: int = 1, *, feedback="symmetric",
-            reg: Optional[FiringRateReg] = None, unroll: Optional[int] = None) -> GradFn:
+            reg: Optional[FiringRateReg] = None, unroll: Optional[int] = None, chunk: Optional[int] = None) -> GradFn:
     """m-order e-prop: keep the influence paths with at most ``order`` explicit recurrent edges.
 
     The exact influence ``M_l^t = dh_l^t / dtheta`` splits by the number ``n`` of explicit edges (through
@@ -47,6 +47,8 @@ def eprop_m(model: Cell, loss: LossFn, order: int = 1, *, feedback="symmetric",
         the speed, the compile time and the peak memory, not the result (up to rounding). ``None``, the
         default: the platform's (:data:`eproptax.DEFAULT_UNROLL`: 1 on CPU, 4 on CUDA GPUs), chosen when
         the function is lowered; pass 1 where GPU memory binds.
+      chunk: as for :func:`eprop`; only with ``order=0``: other rules have no chunked form, and
+        ``chunk > 1`` raises there.
 
     Returns:
       ``grad_fn(params, inputs, targets) -> (loss, grads)``.
@@ -59,4 +61,4 @@ def eprop_m(model: Cell, loss: LossFn, order: int = 1, *, feedback="symmetric",
       Martín-Sánchez, Bohté, Otte. "A Taxonomy of Recurrent Learning Rules", ICANN 2022, arXiv:2207.11439.
     """
     return scan_rule("eprop_m", model, loss, online_eprop_m(model, loss, order, feedback=feedback, reg=reg),
-                     unroll)
+                     unroll, chunk)

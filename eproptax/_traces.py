@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._cell import Cell, is_neuron, layers_of, scalar_leak, variable_leaks
+from ._chunks import advance
 from ._engine import (FiringRateReg, OnlineRule, accum_dtype, check_step, leading_batch_axes, new_state,
                       recurrent_outputs, reg_value, reg_weights, reset)
 from ._jacobians import blocks, formed_once, mix, output_jacobian, pull_back, read_states, synapse_struct, weigh
@@ -536,6 +537,105 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
             state = state._replace(spikes=state.spikes + sig["z"], reg_traces=reg_traces)
         return state, y
 
+    # ---- K steps at once (level 0 only): the chunked whole-sequence view (_chunks.py) ----------------------
+    def system(blk, d, stages, with_reg, signal, dtype):
+        """One layer's level-0 system at each step, ``(K, B, n, ...)``: ``(A, F, c, d)`` of
+        :func:`~eproptax._chunks.advance`. Its slots are the stored own traces, one per filter stage and the
+        regulariser's sum; ``signal`` ``(K, B, n)`` weighs what the gradient reads, the last filter stage or
+        else the new trace in z-space (``sum_c delta_c e_c = L sum_c (dz/dh)_c e_c``)."""
+        kept = [c for c in range(d.s) if stored(d)[c]]
+        size = len(kept) + len(stages) + with_reg
+        shape = blk.dgdh.shape[:-1]
+        row = lambda entries: jnp.stack([jnp.broadcast_to(jnp.asarray(x, dtype), shape) for x in entries]
+                                        or [jnp.zeros(shape, dtype)], -1)[..., :size]
+        unit = lambda i: row([1.0 if e == i else 0.0 for e in range(size)])
+
+        def variable(c):  # the new value of variable c: its row of A (..., S) and of F (..., k)
+            if d.leaks[c] is not None:
+                decay, gain = d.leaks[c]
+                return decay * unit(kept.index(c)), jnp.broadcast_to(jnp.asarray(gain, dtype), shape + (d.k,))
+            return (row([blk.D[..., c, e] for e in kept] + [0.0] * (size - len(kept))),
+                    blk.dfda[..., c, :].astype(dtype))
+
+        rows = [variable(c) for c in kept]
+        mixed = [variable(c) for c in range(d.s)]
+        z = tuple(sum(blk.dgdh[..., c, None].astype(dtype) * part[i] for c, part in enumerate(mixed)) for i in (0, 1))
+        seen = z
+        for i, (decay, gain) in enumerate(stages):
+            seen = (gain * seen[0] + decay * unit(len(kept) + i), gain * seen[1])
+            rows.append(seen)
+        if with_reg:
+            rows.append((z[0] + unit(size - 1), z[1]))
+        A, F = (jnp.stack([r[i] for r in rows] or [jnp.zeros(shape + (0, d.k), dtype)], -2)[..., :size, :] for i in (0, 1))
+        return A, F, signal[..., None].astype(dtype) * seen[0], signal[..., None].astype(dtype) * seen[1]
+
+    def structure(d, n_stages, with_reg):
+        """Which slots each slot's row of :func:`system`'s ``A`` reads (static)."""
+        kept = [c for c in range(d.s) if stored(d)[c]]
+        size = len(kept) + n_stages + with_reg
+        reads = np.zeros((size, size), bool)
+        for i, c in enumerate(kept):
+            reads[i, :len(kept)] = d.leaks[c] is None
+            reads[i, i] = True
+        for i in range(len(kept), size):
+            reads[i, :len(kept)] = True
+            reads[i, (len(kept) if i < len(kept) + n_stages else i):i + 1] = True
+        return reads
+
+    def chunk(params, state, inputs, targets):
+        """``K = inputs.shape[1]`` steps at once (``inputs`` ``(B, K, n_in)``, every target leaf ``(B, K, ...)``):
+        the state of ``K`` calls of :func:`step`, up to rounding. An inner scan runs the forward pass and keeps
+        each step's Jacobian blocks, presynaptic vectors and learning signals (:func:`forward`); every level-0
+        system then advances over the chunk at once (:func:`~eproptax._chunks.advance`). Recomputing the
+        forward pass vectorised over the chunk instead, from the stored carries, measured no faster (GRU(32)
+        batch 8: 0.83x against 1.04x of stepping). Only for level-0 rules (``order=0``, not ``depth="full"``)."""
+        check_step(where, model, loss, params, state, inputs[:, 0], jax.tree_util.tree_map(lambda a: a[:, 0], targets))
+        dims, _ = all_dims(params)
+        dtype = accum_dtype(params)
+        batch, K = np.shape(inputs)[:2]
+        stage_leaks = {p: [scalar_leak(layers[l]) for l in filters(p)] for p in range(R)}
+        inputs, targets = jnp.swapaxes(inputs, 0, 1), jax.tree_util.tree_map(lambda a: jnp.swapaxes(a, 0, 1), targets)
+
+        def body(carry, xt):
+            carry, *seen = jax.vmap(forward, in_axes=(None, 0, 0, 0))(params, carry, *xt)
+            return carry, seen
+
+        carry, (fwd, top_fwd, values, _, sig) = jax.lax.scan(body, state.carry, (inputs, targets))
+        seen = [(fwd[p]["blk"], fwd[p]["v"], sig["L"][p]) for p in range(R)]
+        seen += [(top_fwd["blk"], top_fwd["v"], sig["err"])] if is_neuron(top) else []
+        coeffs = [system(blk, dims[p], stage_leaks[p] if p < R else (), reg is not None and p < R, signal, dtype)
+                  + (v.astype(dtype),) for p, (blk, v, signal) in enumerate(seen)]
+
+        grads, influence, filtered = list(state.grads), dict(state.traces.influence), dict(state.traces.filtered)
+        reg_traces, readout = state.reg_traces, state.traces.readout
+        for p, (A, F, c_row, d_row, v) in enumerate(coeffs):
+            d, own_layer = dims[p], p < R
+            parts = state.traces.influence[(p, p)][0] if own_layer else state.traces.readout
+            shared = [d.leaks[e] is not None for e in range(d.s) if stored(d)[e]]
+            stages = filtered.get(p, ()) if own_layer else ()
+            regs = (reg_traces[(p, p)],) if reg is not None and own_layer else ()
+            slots = [part if is_shared else part.reshape(d.n, batch, d.k, d.m)
+                     for part, is_shared in zip(parts, shared)]
+            new, g = advance(slots + list(stages) + list(regs), shared + [False] * (len(stages) + len(regs)),
+                             structure(d, len(stages), bool(regs)), A, F, v, c_row, d_row)
+            own = tuple(x.reshape(part.shape) for x, part in zip(new, parts))
+            if own_layer:
+                influence[(p, p)] = (own,)
+                if stages:
+                    filtered[p] = tuple(new[len(parts):len(parts) + len(stages)])
+                if regs:
+                    reg_traces = {**reg_traces, (p, p): new[-1]}
+            else:
+                readout = own
+            grads[p] = grads[p] + g / batch
+        if not is_neuron(top):
+            grads[R] = jax.tree_util.tree_map(lambda a, g: a + jnp.sum(g, (0, 1)) / batch, grads[R], sig["g_top"])
+        state = state._replace(carry=carry, traces=EpropTraces(influence, filtered, readout), grads=tuple(grads),
+                               loss=state.loss + jnp.sum(jnp.mean(values, 1)), steps=state.steps + K)
+        if reg is not None:
+            state = state._replace(spikes=state.spikes + jnp.sum(sig["z"], 0), reg_traces=reg_traces)
+        return state
+
     def result(params, state):
         dims, dtype = all_dims(params)
         grads, value = list(state.grads), state.loss
@@ -554,4 +654,4 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
                 out.append(jax.tree_util.tree_map(lambda g, w: g.astype(w.dtype), grads[i], params[i]))
         return value, tuple(out)
 
-    return OnlineRule(init, step, result, reset, batch_axes)
+    return OnlineRule(init, step, result, reset, batch_axes, chunk if neuron_major else None)
