@@ -105,12 +105,19 @@ def compare_braintrace(exe, run_side, *, quick, log) -> list[dict]:
         model, params, inputs, targets = PROBLEMS[cell](n_in, n, n_out, T)
         # The two sides take turns (the peer's process, then ours, ROUNDS times) and each keeps its minimum:
         # timed once each, minutes apart, the ratio drifted by up to 2x on the shared machine.
-        # eproptax is timed as a user calls it (the platform's default unroll, 1 on the CPU) and with four
-        # steps per scan iteration (unroll=4, the fastest of 1, 2, 4 here in benchmarks/unroll.py); the
-        # speed-up reported is the default's.
-        fns = {u: jax.jit(ep.eprop(model, mse, unroll=u)) for u in (None, 4)}
+        # eproptax is timed as a user calls it (the platform's defaults: unroll 1 and no chunks on the CPU),
+        # with four steps per scan iteration (unroll=4, the fastest of 1, 2, 4 here in benchmarks/unroll.py)
+        # and with the chunked view (chunk=T/2: two chunks; chunk=T: the whole sequence as one chunk, whose
+        # coefficient buffers then grow with T); the speed-up reported is the default's, each variant's
+        # beside it. Every variant's gradient is checked against the default's.
+        options = {None: {}, 4: {"unroll": 4}, "chunk=T/2": {"chunk": T // 2}, "chunk=T": {"chunk": T}}
+        fns = {u: jax.jit(ep.eprop(model, mse, **kw)) for u, kw in options.items()}
         _, g_ep = jax.block_until_ready(fns[None](params, inputs, targets))
-        jax.block_until_ready(fns[4](params, inputs, targets))
+        for u, fn in fns.items():
+            _, g = jax.block_until_ready(fn(params, inputs, targets))
+            diff = float(np.linalg.norm(flat(named(g)) - flat(named(g_ep))) / np.linalg.norm(flat(named(g_ep))))
+            if diff > 1e-5:
+                raise SystemExit(f"eproptax {options[u]} changed the gradient by {diff:.1e} (relative)")
         out, t_eps = None, {u: float("inf") for u in fns}
         for _ in range(1 if quick else ROUNDS):
             side = run_side(exe, "_braintrace_side.py", payload_of(cell, params, inputs, targets, repeats=5 if quick else 30))
@@ -136,11 +143,14 @@ def compare_braintrace(exe, run_side, *, quick, log) -> list[dict]:
                        peer_jax=str(out["jax_version"]), peer_seconds=t_peer, peer_compile_s=float(out[f"{algo}/compile_s"]),
                        eproptax_rule="eprop", eproptax_seconds=t_ep, speedup=t_peer / t_ep, required_speedup=1.0,
                        eproptax_seconds_unroll4=t_eps[4], speedup_unroll4=t_peer / t_eps[4],
+                       eproptax_seconds_chunk_half=t_eps["chunk=T/2"], speedup_chunk_half=t_peer / t_eps["chunk=T/2"],
+                       eproptax_seconds_chunk_whole=t_eps["chunk=T"], speedup_chunk_whole=t_peer / t_eps["chunk=T"],
                        relative_error_vs_eproptax=err,
                        peer_relative_error_vs_bptt=float(np.linalg.norm(g - exact) / np.linalg.norm(exact)),
                        eproptax_relative_error_vs_bptt=float(np.linalg.norm(ref - exact) / np.linalg.norm(exact)))
             rows.append(row)
             log(f"  {row['name']} {row['braintrace_version']} on {cell.upper()}({n}), T={T}: {1e3 * t_peer:.2f} ms vs eproptax eprop "
                 f"{1e3 * t_ep:.2f} ms per sequence: x{t_peer / t_ep:.2f} (unroll=4: {1e3 * t_eps[4]:.2f} ms, "
-                f"x{t_peer / t_eps[4]:.2f}); gradient relative error {err:.1e}")
+                f"x{t_peer / t_eps[4]:.2f}; chunk=T/2: x{t_peer / t_eps['chunk=T/2']:.2f}; chunk=T: "
+                f"x{t_peer / t_eps['chunk=T']:.2f}); gradient relative error {err:.1e}")
     return rows

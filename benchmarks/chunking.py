@@ -1,24 +1,15 @@
-"""Would e-prop's per-synapse traces run faster K steps at a time? The trace kernel alone, per step and chunked.
+"""Does the chunked whole-sequence view (``chunk=K``) pay, on which networks, and from which K?
 
-Question: the per-synapse trace update and the gradient's ``g += L e`` are two passes over the trace every
-step, bound by memory bandwidth (``targets.py``, target 3). The same arithmetic can be regrouped, exactly,
-into one pass every K steps plus two matrix products; does that pay on this machine, and from which K?
+Question: a level-0 rule can advance its traces K steps at once (``ep.eprop(..., chunk=K)``, docs/design.md,
+"The chunked view"): the forward pass runs the chunk's K steps and keeps their per-neuron coefficients, then
+every trace moves over them in one pass and two matrix products instead of two or more passes per step.
+Per network this times the library's rule, as a user calls it, at ``chunk = 1`` (stepping) and each K: the
+per-step slope ``(t(T2) - t(T1)) / (T2 - T1)`` in interleaved rounds (every program once per round, the
+minimum kept), its ratio to stepping (above 1: the chunks are faster), the temporaries of the compiled
+program at T2 (XLA's memory analysis) and the largest difference of the gradient to stepping's. The
+lengths are multiples of every K, so the slope is the chunks' own. Writes ``chunking.json``.
 
-For one state variable per neuron (a GRU's or a tanh RNN's ``h``), with ``D_t`` the implicit recurrence,
-``f_t`` the gate coefficients ``dh/da``, ``v_t`` the presynaptic vector and ``L_t`` the learning signal::
-
-    per step:  e_t = D_t e_{t-1} + f_t v_t ;   g += L_t e_t
-    chunked:   e_K = P_0 e_0 + sum_t (P_t f_t) v_t ;   g += Lam_0 e_0 + sum_t (lam_t f_t) v_t
-
-with ``P_t = D_K ... D_{t+1}`` and ``lam_t = L_t + D_{t+1} lam_{t+1}`` (``lam_K = L_K``), found by a backward
-recursion over the chunk's K steps at neuron size, ``P_0 = P_1 D_1`` and ``Lam_0 = lam_1 D_1``. The two sums
-over ``t`` are matrix products with a ``B K``-deep contraction. Both kernels run in a ``lax.scan`` on
-random coefficients, laid out as the library lays out a GRU's level-0 trace with a stateless readout
-(``(n, B, k, m)``, ``k = 4``, ``m = n_in + n + 1``); the chunked one is first checked against the per-step
-one in float64. This measures the kernel only, not a rule: the library steps one time step at a time
-(benchmarks/README.md, "What binds now (tenth session)"). Writes ``chunking.json``.
-
-    python benchmarks/chunking.py
+    python benchmarks/chunking.py [--quick]
 """
 
 from __future__ import annotations
@@ -27,88 +18,56 @@ import os
 import sys
 
 import jax
-import jax.numpy as jnp
-from jax import lax
+import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import parser, save  # noqa: E402
+from _common import interleaved_slopes, parser, save  # noqa: E402
 
-from eproptax._bench import _best_times  # noqa: E402
+from eproptax._bench import RULES, _memory, build, problem  # noqa: E402
 
-
-def coefficients(n, batch, m, T, dtype, seed=0):
-    """Random ``(D, f, v, L)`` for ``T`` steps: ``D`` in (0, 1), as for a GRU."""
-    k_d, k_f, k_v, k_l = jax.random.split(jax.random.key(seed), 4)
-    return (jax.random.uniform(k_d, (T, batch, n), dtype), jax.random.normal(k_f, (T, batch, n, 4), dtype),
-            jax.random.normal(k_v, (T, batch, m), dtype), jax.random.normal(k_l, (T, batch, n), dtype))
-
-
-def per_step(e, g, D, f, v, L):
-    e = D.T[:, :, None, None] * e + jnp.swapaxes(f, 0, 1)[..., None] * v[None, :, None, :]
-    return e, g + jnp.einsum("bj,jbgi->jgi", L, e)
-
-
-def chunk(e, g, D, f, v, L):
-    """K steps at once: ``D, L`` ``(K, B, n)``, ``f`` ``(K, B, n, 4)``, ``v`` ``(K, B, m)``."""
-    d_next = jnp.concatenate([D[1:], jnp.ones_like(D[:1])])  # D_{t+1}, 1 past the chunk's end
-
-    def back(carry, x):
-        P, lam = carry
-        dn, l_t = x
-        P, lam = P * dn, l_t + dn * lam
-        return (P, lam), (P, lam)
-
-    _, (P, lam) = lax.scan(back, (jnp.ones_like(D[0]), jnp.zeros_like(D[0])), (d_next, L), reverse=True)
-    g = g + jnp.einsum("bj,jbgi->jgi", lam[0] * D[0], e) + jnp.einsum("tbjg,tbi->jgi", lam[..., None] * f, v)
-    e = (P[0] * D[0]).T[:, :, None, None] * e + jnp.einsum("tbjg,tbi->jbgi", P[..., None] * f, v)
-    return e, g
-
-
-def kernel(n, batch, m, K, dtype):
-    """The whole-sequence kernel: ``xs -> g``, per step (``K = 1``) or chunked."""
-    def run(xs):
-        zeros = (jnp.zeros((n, batch, 4, m), dtype), jnp.zeros((n, 4, m), dtype))
-        if K == 1:
-            body, xs_ = (lambda c, x: (per_step(*c, *x), None)), xs
-        else:
-            body = lambda c, x: (chunk(*c, *x), None)
-            xs_ = jax.tree_util.tree_map(lambda a: a.reshape((a.shape[0] // K, K) + a.shape[1:]), xs)
-        return lax.scan(body, zeros, xs_)[0][1]
-    return jax.jit(run)
+SPECS = {spec.name: spec for spec in RULES}
+NETWORKS = (("gru", "eprop (stateless readout)", 32, 1), ("gru", "eprop (stateless readout)", 128, 1),
+            ("gru", "eprop (stateless readout)", 32, 8), ("lif", "eprop (leaky readout)", 32, 8),
+            ("alif", "eprop (leaky readout)", 32, 8), ("lstm", "eprop (leaky readout)", 16, 8),
+            ("lstm", "eprop (leaky readout)", 64, 8), ("lif", "eprop (stateless readout)", 256, 32),
+            ("alif", "eprop (leaky readout)", 256, 32))
 
 
 def main(argv=None):
     p = parser(__doc__)
-    p.add_argument("--chunks", type=int, nargs="+", default=[8, 16, 32, 64])
+    p.add_argument("--chunks", type=int, nargs="+", default=[16, 32, 64, 128])
     p.add_argument("--rounds", type=int, default=5)
     args = p.parse_args(argv)
-    with jax.enable_x64(True):  # exactness first, in float64, on a small problem
-        xs = coefficients(6, 3, 11, 64, jnp.float64)
-        ref = kernel(6, 3, 11, 1, jnp.float64)(xs)
-        errors = {K: float(jnp.max(jnp.abs(kernel(6, 3, 11, K, jnp.float64)(xs) - ref)) / jnp.max(jnp.abs(ref)))
-                  for K in args.chunks}
-    print("float64, largest difference to the per-step kernel, relative: "
-          + ", ".join(f"K={K} {err:.1e}" for K, err in errors.items()))
-    if max(errors.values()) > 1e-12:
-        raise SystemExit("the chunked kernel does not reproduce the per-step one: nothing to time")
-    sizes = ((32, 1), (128, 1), (32, 8), (128, 8)) if args.quick else ((32, 1), (128, 1), (32, 8), (128, 8), (256, 32))
+    networks = NETWORKS[:4] if args.quick else NETWORKS
+    ks = [1] + args.chunks
     rows = []
-    for n, batch in sizes:
-        T = 2 * max(args.chunks) if n * batch > 2048 else 8 * max(args.chunks)
-        xs = coefficients(n, batch, 16 + n + 1, T, jnp.float32)
-        fns = {K: kernel(n, batch, 16 + n + 1, K, jnp.float32) for K in [1] + args.chunks}
-        for fn in fns.values():
-            jax.block_until_ready(fn(xs))
-        best = {K: float("inf") for K in fns}
-        for _ in range(args.rounds):  # interleaved rounds, each keeping its minimum
-            for K, fn in fns.items():
-                best[K] = min(best[K], _best_times(fn, xs, repeats=3)[0])
-        row = dict(hidden=n, batch=batch, k=4, m=16 + n + 1, T=T, per_step_s={K: best[K] / T for K in best},
-                   speedup={K: best[1] / best[K] for K in args.chunks})
+    for cell, rule, hidden, batch in networks:
+        spec = SPECS[rule]
+        lengths = (max(ks), 3 * max(ks)) if hidden * batch <= 2048 else (max(ks), 2 * max(ks))
+        programs, grads, memory = {}, {}, {}
+        for K in ks:
+            for T in lengths:
+                prob = problem(cell, readout=spec.readout, hidden=hidden, batch=batch, time_steps=T)
+                fn, _ = build(spec, prob, chunk=K)
+                call = (prob.params, prob.inputs, prob.targets)
+                compiled = jax.jit(fn).lower(*call).compile()
+                out = jax.block_until_ready(compiled(*call))
+                programs[(K, T)] = (compiled, call)
+                if T == lengths[1]:
+                    grads[K], memory[K] = out[1], (_memory(compiled) or {}).get("temp")
+        slope, _ = interleaved_slopes(programs, lengths, args.rounds, repeats=3)
+        diff = {K: max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))) / (np.max(np.abs(np.asarray(b))) + 1e-30))
+                       for a, b in zip(jax.tree_util.tree_leaves(grads[K]), jax.tree_util.tree_leaves(grads[1])))
+                for K in args.chunks}
+        row = dict(cell=cell, rule=rule, hidden=hidden, batch=batch, lengths=list(lengths),
+                   per_step_s={K: slope[K] for K in ks}, speedup={K: slope[1] / slope[K] for K in args.chunks},
+                   temp_bytes=memory, max_rel_grad_diff=diff)
         rows.append(row)
-        print(f"n={n:4d} B={batch:3d}: per step {1e6 * best[1] / T:8.2f} us/step; chunked "
-              + ", ".join(f"K={K} x{row['speedup'][K]:.2f}" for K in args.chunks))
-    print("wrote", save("chunking", dict(rows=rows, float64_relative_error=errors), args.out))
+        print(f"{cell}({hidden}) b{batch} {rule}: stepping {1e6 * slope[1]:.2f} us/step; "
+              + ", ".join(f"K={K} x{row['speedup'][K]:.2f}" for K in args.chunks)
+              + f"; temp {(memory[1] or 0) / 2**20:.2f} MiB at K=1, {(memory[max(ks)] or 0) / 2**20:.2f} MiB at K={max(ks)}"
+              + f"; gradient differs by {max(diff.values()):.1e} at most", flush=True)
+    print("wrote", save("chunking", dict(rows=rows), args.out))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ per ``K`` steps (``benchmarks/chunking.py``, docs/design.md).
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -44,7 +44,8 @@ def _product(P, Q):
     return sum(P[..., :, e, None] * Q[..., e, None, :] for e in range(P.shape[-1]))
 
 
-def advance(slots: Sequence[jax.Array], shared: Sequence[bool], structure: np.ndarray, A, F, v, c, d):
+def advance(slots: Sequence[jax.Array], shared: Sequence[bool], structure: np.ndarray, coefficients: Callable,
+            steps, v):
     """The system over one chunk (see the module docstring).
 
     Args:
@@ -53,24 +54,31 @@ def advance(slots: Sequence[jax.Array], shared: Sequence[bool], structure: np.nd
         itself.
       shared: per slot, whether it is shared.
       structure: static ``(S, S)`` booleans, ``False`` where ``A[s, e]`` is zero at every step.
-      A: ``(K, B, n, S, S)``; F: ``(K, B, n, S, k)``; v: ``(K, B, m)``; c: ``(K, B, n, S)``; d: ``(K, B, n, k)``.
+      coefficients: ``coefficients(x_t) -> (A_t, F_t, c_t, d_t)``, shaped ``(B, n, S, S)``, ``(B, n, S, k)``,
+        ``(B, n, S)`` and ``(B, n, k)``, from one step's slice ``x_t`` of ``steps``. They are formed inside
+        the backward recursion, step by step, and never stored for the whole chunk: stored, they were
+        larger than the traces themselves at ``S = 3`` and ``K = 64`` (``K S^2`` numbers against ``k m``
+        per neuron and example).
+      steps: a pytree with a leading axis of the chunk's ``K`` steps.
+      v: ``(K, B, m)``, the presynaptic vectors.
 
     Returns:
       ``(slots at the chunk's end, the gradient's increment (n, k, m))``.
     """
     S = len(slots)
     if not S:  # nothing carried (a readout whose state dynamics never read): the gradient's direct term
-        return [], jnp.einsum("tbjg,tbi->jgi", d, v)
+        return [], jnp.einsum("tbjg,tbi->jgi", jax.vmap(coefficients)(steps)[3], v)
 
-    def back(carry, coeff):  # (P_t, mu_t) -> (P_{t-1}, mu_{t-1}), from the chunk's last step down
+    def back(carry, x):  # (P_t, mu_t) -> (P_{t-1}, mu_{t-1}), from the chunk's last step down
         P, mu = carry
-        a, c_t = coeff
-        return (_product(P, a), c_t + _product(mu[..., None, :], a)[..., 0, :]), (P, mu)
+        a, f, c_t, d_t = coefficients(x)
+        row = lambda m: _product(m[..., None, :], f)[..., 0, :]
+        out = (_product(P, f), row(mu) + d_t)  # P_t F_t and mu_t F_t + d_t, what the products read
+        return (_product(P, a), c_t + _product(mu[..., None, :], a)[..., 0, :]), out
 
-    eye = jnp.broadcast_to(jnp.eye(S, dtype=A.dtype), A.shape[1:])
-    (P0, mu0), (P, mu) = jax.lax.scan(back, (eye, jnp.zeros_like(c[0])), (A, c), reverse=True)
-    PF = _product(P, F)
-    w = _product(mu[..., None, :], F)[..., 0, :] + d
+    shapes = jax.eval_shape(coefficients, jax.tree_util.tree_map(lambda a: a[0], steps))
+    eye = jnp.broadcast_to(jnp.eye(S, dtype=shapes[0].dtype), shapes[0].shape)
+    (P0, mu0), (PF, w) = jax.lax.scan(back, (eye, jnp.zeros(shapes[2].shape, shapes[2].dtype)), steps, reverse=True)
     neuron_major = lambda a: jnp.swapaxes(a, 0, 1)[:, :, None, None]  # (B, n) -> (n, B, 1, 1)
     compact = lambda x, is_shared: x[None, :, None, :] if is_shared else x
     reads = closure(structure)

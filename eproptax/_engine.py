@@ -313,9 +313,9 @@ def scan(f: Callable, init, xs, length: Optional[int] = None, unroll: Optional[i
 
 
 # Time steps per chunk for ``chunk=None`` (:func:`scan_rule`), per platform as :data:`DEFAULT_UNROLL`, 1 (no
-# chunks) on the others. Empty: on the CPU the chunked view wins only at larger networks (1.2x to 1.5x at
-# GRU(128) batch 1 and LSTM(64) batch 8 with 64 steps, 0.4x to 1.0x at hidden 32; benchmarks/chunking.py),
-# and no accelerator has measured it. Read when a rule is traced, as DEFAULT_UNROLL.
+# chunks) on the others. Empty: on the CPU 64 steps made GRU and LSTM networks 1.05x to 1.7x faster but LIF
+# and ALIF networks of 32 0.85x as fast (benchmarks/chunking.py), and no accelerator has measured it. Read
+# when a rule is traced, as DEFAULT_UNROLL.
 DEFAULT_CHUNK = {}
 
 

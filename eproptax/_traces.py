@@ -36,6 +36,7 @@ other is *compact*, ``(n, k, m)``, stored ``(n, m)`` when ``k = 1`` (each synaps
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple, Optional
 
 import jax
@@ -538,16 +539,16 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
         return state, y
 
     # ---- K steps at once (level 0 only): the chunked whole-sequence view (_chunks.py) ----------------------
-    def system(blk, d, stages, with_reg, signal, dtype):
-        """One layer's level-0 system at each step, ``(K, B, n, ...)``: ``(A, F, c, d)`` of
+    def system(blk, signal, d, stages, with_reg, dtype):
+        """One layer's level-0 system at one step, ``(B, n, ...)``: ``(A, F, c, d)`` of
         :func:`~eproptax._chunks.advance`. Its slots are the stored own traces, one per filter stage and the
-        regulariser's sum; ``signal`` ``(K, B, n)`` weighs what the gradient reads, the last filter stage or
+        regulariser's sum; ``signal`` ``(B, n)`` weighs what the gradient reads, the last filter stage or
         else the new trace in z-space (``sum_c delta_c e_c = L sum_c (dz/dh)_c e_c``)."""
         kept = [c for c in range(d.s) if stored(d)[c]]
         size = len(kept) + len(stages) + with_reg
         shape = blk.dgdh.shape[:-1]
-        row = lambda entries: jnp.stack([jnp.broadcast_to(jnp.asarray(x, dtype), shape) for x in entries]
-                                        or [jnp.zeros(shape, dtype)], -1)[..., :size]
+        stack = lambda xs, axis, empty: jnp.stack(xs, axis) if xs else jnp.zeros(shape + empty, dtype)
+        row = lambda entries: stack([jnp.broadcast_to(jnp.asarray(x, dtype), shape) for x in entries], -1, (0,))
         unit = lambda i: row([1.0 if e == i else 0.0 for e in range(size)])
 
         def variable(c):  # the new value of variable c: its row of A (..., S) and of F (..., k)
@@ -566,7 +567,7 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
             rows.append(seen)
         if with_reg:
             rows.append((z[0] + unit(size - 1), z[1]))
-        A, F = (jnp.stack([r[i] for r in rows] or [jnp.zeros(shape + (0, d.k), dtype)], -2)[..., :size, :] for i in (0, 1))
+        A, F = stack([r[0] for r in rows], -2, (0, 0)), stack([r[1] for r in rows], -2, (0, d.k))
         return A, F, signal[..., None].astype(dtype) * seen[0], signal[..., None].astype(dtype) * seen[1]
 
     def structure(d, n_stages, with_reg):
@@ -603,12 +604,10 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
         carry, (fwd, top_fwd, values, _, sig) = jax.lax.scan(body, state.carry, (inputs, targets))
         seen = [(fwd[p]["blk"], fwd[p]["v"], sig["L"][p]) for p in range(R)]
         seen += [(top_fwd["blk"], top_fwd["v"], sig["err"])] if is_neuron(top) else []
-        coeffs = [system(blk, dims[p], stage_leaks[p] if p < R else (), reg is not None and p < R, signal, dtype)
-                  + (v.astype(dtype),) for p, (blk, v, signal) in enumerate(seen)]
 
         grads, influence, filtered = list(state.grads), dict(state.traces.influence), dict(state.traces.filtered)
         reg_traces, readout = state.reg_traces, state.traces.readout
-        for p, (A, F, c_row, d_row, v) in enumerate(coeffs):
+        for p, (blk, v, signal) in enumerate(seen):
             d, own_layer = dims[p], p < R
             parts = state.traces.influence[(p, p)][0] if own_layer else state.traces.readout
             shared = [d.leaks[e] is not None for e in range(d.s) if stored(d)[e]]
@@ -616,8 +615,11 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
             regs = (reg_traces[(p, p)],) if reg is not None and own_layer else ()
             slots = [part if is_shared else part.reshape(d.n, batch, d.k, d.m)
                      for part, is_shared in zip(parts, shared)]
+            leaks = stage_leaks[p] if own_layer else ()
+            coefficients = functools.partial(system, d=d, stages=leaks, with_reg=bool(regs), dtype=dtype)
             new, g = advance(slots + list(stages) + list(regs), shared + [False] * (len(stages) + len(regs)),
-                             structure(d, len(stages), bool(regs)), A, F, v, c_row, d_row)
+                             structure(d, len(stages), bool(regs)), lambda x: coefficients(*x), (blk, signal),
+                             v.astype(dtype))
             own = tuple(x.reshape(part.shape) for x, part in zip(new, parts))
             if own_layer:
                 influence[(p, p)] = (own,)

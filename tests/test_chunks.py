@@ -48,7 +48,8 @@ def test_advance_equals_stepping(K):
     with jax.enable_x64(True):
         args = [jnp.asarray(a) for a in (A, F, v, c, d)]
         slots = [jnp.asarray(x) for x in slots]
-        new, grad = advance(slots, shared, structure, *args)
+        A_, F_, v_, c_, d_ = args
+        new, grad = advance(slots, shared, structure, lambda x: x, (A_, F_, c_, d_), v_)
         X, G = _stepped(slots, shared, *args)
     np.testing.assert_allclose(new[0], X[0, 0, :, 0, :], rtol=1e-12, atol=1e-12)
     for s in (1, 2):
