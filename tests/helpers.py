@@ -8,8 +8,10 @@ per configuration for the whole session, whatever the parameter values.
 
 from __future__ import annotations
 
+import collections
 import functools
 import json
+import re
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -375,3 +377,8 @@ def vmap_matches_loop(grads_for, values, params, inputs, targets):
         np.testing.assert_allclose(losses[i], loss_i, rtol=1e-12)
         assert_close(jax.tree_util.tree_map(lambda g: g[i], grads), grads_i, 1e-12, f"vmap slice {value}")
     return batched, losses, grads, grads_i
+
+
+def opcodes(compiled) -> collections.Counter:
+    """A compiled program's instructions, counted by opcode (names and metadata differ between compiles)."""
+    return collections.Counter(re.findall(r"^\s*(?:ROOT )?%\S+ = \S+ ([\w-]+)\(", compiled.as_text(), re.M))

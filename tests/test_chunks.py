@@ -1,8 +1,5 @@
 """The chunked whole-sequence view (``chunk=K``) gives the per-step view's loss and gradients, in float64."""
 
-import collections
-import re
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,7 +7,7 @@ import pytest
 
 import eproptax as ep
 from eproptax._chunks import advance
-from helpers import Config, assert_close, model_of, mse, problem, run
+from helpers import Config, assert_close, model_of, mse, opcodes, problem, run
 
 # ----------------------------------------------------------------------------------------------------------
 # The algebra alone, against stepping the recursion of _chunks' docstring
@@ -113,10 +110,6 @@ def test_chunked_view_is_the_plain_rule_exactly_where_exact():
     assert_close(grads, exact, 1e-10, "chunked e-prop without recurrence vs BPTT")
 
 
-def _opcodes(compiled) -> collections.Counter:
-    return collections.Counter(re.findall(r"^\s*(?:ROOT )?%\S+ = \S+ ([\w-]+)\(", compiled.as_text(), re.M))
-
-
 def test_default_chunk_is_the_platforms(monkeypatch):
     """``chunk=None`` compiles the lowering platform's ``DEFAULT_CHUNK`` (set to 3 for the CPU here)."""
     cfg = Config(cells=("lif",), readout="leaky")
@@ -129,7 +122,7 @@ def test_default_chunk_is_the_platforms(monkeypatch):
     assert "cpu" not in ep.DEFAULT_CHUNK
     monkeypatch.setitem(ep.DEFAULT_CHUNK, "cpu", 3)
     chosen = program(None)
-    assert _opcodes(chosen) == _opcodes(program(3)) != _opcodes(program(1))
+    assert opcodes(chosen) == opcodes(program(3)) != opcodes(program(1))
     assert_close(chosen(*args), run("eprop", cfg), 1e-12, "chunk 3 by default")
 
 

@@ -1,7 +1,5 @@
 """Every rule composes with JAX: grads mirror params, jit, vmap over hyperparameters and seeds, optax."""
 
-import collections
-import re
 import traceback
 
 import chex
@@ -12,7 +10,7 @@ import optax
 import pytest
 
 import eproptax as ep
-from helpers import FEEDBACK_RULES, RULES, Config, assert_close, mse, problem, rel_err, run
+from helpers import FEEDBACK_RULES, RULES, Config, assert_close, mse, opcodes, problem, rel_err, run
 
 F64 = jnp.float64
 LIF = Config(cells=("lif",), readout="leaky")
@@ -161,11 +159,6 @@ def test_unroll_changes_speed_only(rule):
     assert_close(grads3, grads, 1e-12, "grads")
 
 
-def _opcodes(compiled) -> collections.Counter:
-    """The compiled program's instructions, counted by opcode (names and metadata differ between compiles)."""
-    return collections.Counter(re.findall(r"^\s*(?:ROOT )?%\S+ = \S+ ([\w-]+)\(", compiled.as_text(), re.M))
-
-
 @pytest.mark.parametrize("rule", ["bptt", "eprop"])
 def test_default_unroll_is_the_platforms(rule, monkeypatch):
     """``unroll=None`` compiles the program of the lowering platform's ``DEFAULT_UNROLL`` (set to 3 for the CPU
@@ -178,8 +171,8 @@ def test_default_unroll_is_the_platforms(rule, monkeypatch):
         return jax.jit(RULES[rule](prob.model, mse, unroll=unroll)).lower(*args).compile()
 
     assert ep.DEFAULT_UNROLL["cpu"] == 1
-    assert _opcodes(program(None)) == _opcodes(program(1))
+    assert opcodes(program(None)) == opcodes(program(1))
     monkeypatch.setitem(ep.DEFAULT_UNROLL, "cpu", 3)
     chosen = program(None)
-    assert _opcodes(chosen) == _opcodes(program(3)) != _opcodes(program(1))
+    assert opcodes(chosen) == opcodes(program(3)) != opcodes(program(1))
     assert_close(chosen(*args), run(rule, cfg), 1e-12, "unroll 3 by default")
