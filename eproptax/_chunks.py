@@ -69,12 +69,13 @@ def advance(slots: Sequence[jax.Array], shared: Sequence[bool], structure: np.nd
     if not S:  # nothing carried (a readout whose state dynamics never read): the gradient's direct term
         return [], jnp.einsum("tbjg,tbi->jgi", jax.vmap(coefficients)(steps)[3], v)
 
+    row = lambda vec, M: _product(vec[..., None, :], M)[..., 0, :]  # vec @ M over the slot axes
+
     def back(carry, x):  # (P_t, mu_t) -> (P_{t-1}, mu_{t-1}), from the chunk's last step down
         P, mu = carry
         a, f, c_t, d_t = coefficients(x)
-        row = lambda m: _product(m[..., None, :], f)[..., 0, :]
-        out = (_product(P, f), row(mu) + d_t)  # P_t F_t and mu_t F_t + d_t, what the products read
-        return (_product(P, a), c_t + _product(mu[..., None, :], a)[..., 0, :]), out
+        out = (_product(P, f), row(mu, f) + d_t)  # P_t F_t and mu_t F_t + d_t, what the products read
+        return (_product(P, a), c_t + row(mu, a)), out
 
     shapes = jax.eval_shape(coefficients, jax.tree_util.tree_map(lambda a: a[0], steps))
     eye = jnp.broadcast_to(jnp.eye(S, dtype=shapes[0].dtype), shapes[0].shape)

@@ -6,7 +6,7 @@ from typing import Optional
 
 from ._cell import Cell
 from ._engine import FiringRateReg, OnlineRule, scan_rule
-from ._traces import online_traces
+from ._traces import gated, online_traces
 from ._typing import GradFn, LossFn
 
 DEPTHS = ("full", "collapsed", "spatial")
@@ -83,4 +83,4 @@ def deep_eprop(model: Cell, loss: LossFn, *, depth: str = "full", order: int = 0
     """
     return scan_rule("deep_eprop", model, loss,
                      online_deep_eprop(model, loss, depth=depth, order=order, feedback=feedback, reg=reg), unroll,
-                     chunk)
+                     chunk, gated(model))

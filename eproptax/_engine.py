@@ -313,10 +313,11 @@ def scan(f: Callable, init, xs, length: Optional[int] = None, unroll: Optional[i
 
 
 # Time steps per chunk for ``chunk=None`` (:func:`scan_rule`), per platform as :data:`DEFAULT_UNROLL`, 1 (no
-# chunks) on the others. Empty: on the CPU 64 steps made GRU and LSTM networks 1.05x to 1.7x faster but LIF
-# and ALIF networks of 32 0.85x as fast (benchmarks/chunking.py), and no accelerator has measured it. Read
-# when a rule is traced, as DEFAULT_UNROLL.
-DEFAULT_CHUNK = {}
+# chunks) on the others, for the networks with a gated recurrent layer (GRU, LSTM; ``_traces.gated``) only.
+# On the CPU 64 steps made every gated network measured 1.05x to 2.1x faster (hidden 16 to 256, batch 1 to
+# 32) but LIF and ALIF networks of 32 0.85x as fast (benchmarks/chunking.py, benchmarks/README.md). No
+# accelerator has measured it. Read when a rule is traced, as DEFAULT_UNROLL.
+DEFAULT_CHUNK = {"cpu": 64}
 
 
 def check_chunk(where: str, chunk, online: OnlineRule) -> None:
@@ -329,7 +330,7 @@ def check_chunk(where: str, chunk, online: OnlineRule) -> None:
 
 
 def scan_rule(where: str, model: Cell, loss: LossFn, online: OnlineRule, unroll: Optional[int] = None,
-              chunk: Optional[int] = None):
+              chunk: Optional[int] = None, default_chunks: bool = False):
     """The whole-sequence view of an online rule: ``init``, a ``lax.scan`` over the steps, ``result``.
 
     ``unroll`` time steps run per iteration of the scan (``lax.scan``'s ``unroll``): XLA may then fuse work
@@ -340,7 +341,7 @@ def scan_rule(where: str, model: Cell, loss: LossFn, online: OnlineRule, unroll:
     ``chunk``: with ``chunk = K > 1`` (a rule whose :class:`OnlineRule` has a ``chunk`` form) the scan runs
     over chunks of ``K`` steps, each advanced at once, and the last ``T mod K`` steps one at a time. Also
     the speed and the memory (``K`` steps of per-neuron coefficients), not the result; ``None`` takes the
-    platform's :data:`DEFAULT_CHUNK` where the rule has the form, else 1.
+    platform's :data:`DEFAULT_CHUNK` where the rule has the form and ``default_chunks`` is set, else 1.
     """
     check_unroll(where, unroll)
     check_chunk(where, chunk, online)
@@ -371,10 +372,11 @@ def scan_rule(where: str, model: Cell, loss: LossFn, online: OnlineRule, unroll:
                 return state
             return whole
 
-        if chunk is not None or online.chunk is None:
+        if chunk is not None or online.chunk is None or not default_chunks:
             state = run(chunk or 1)(state)
         else:
-            branches = {platform: run(K) for platform, K in DEFAULT_CHUNK.items() if K != 1}
+            # a chunk longer than the sequence steps it: no branch to stage
+            branches = {platform: run(K) for platform, K in DEFAULT_CHUNK.items() if 1 < K <= time}
             state = jax.lax.platform_dependent(state, default=run(1), **branches) if branches else run(1)(state)
         return online.result(params, state)
 

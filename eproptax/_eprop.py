@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from ._cell import Cell
 from ._engine import FiringRateReg, OnlineRule, scan_rule
-from ._traces import online_traces
+from ._traces import gated, online_traces
 from ._typing import GradFn, LossFn
 
 
@@ -70,9 +70,11 @@ def eprop(model: Cell, loss: LossFn, *, feedback="symmetric", reg: Optional[Firi
         and keeps their per-neuron coefficients, then every trace moves over them in one pass and two matrix
         products (docs/design.md, "The chunked view"); the last ``T mod chunk`` steps run one at a time.
         Changes the speed and the memory (``chunk`` steps of per-neuron coefficients), not the result (up
-        to rounding). ``None``, the default: the platform's :data:`eproptax.DEFAULT_CHUNK` (none set: 1).
-        On the CPU ``chunk=64`` made GRU and LSTM networks 1.05x to 1.7x faster, ALIF(256) batch 32 1.7x,
-        and LIF and ALIF networks of 32 0.85x as fast (``benchmarks/chunking.py``).
+        to rounding). ``None``, the default: for a network with a gated recurrent layer (GRU, LSTM: several
+        synaptic entries per neuron) the platform's :data:`eproptax.DEFAULT_CHUNK` (64 on the CPU, unset
+        elsewhere: 1), else 1. On the CPU ``chunk=64`` made every gated network measured 1.05x to 2.1x
+        faster, ALIF(256) batch 32 1.7x, and LIF and ALIF networks of 32 0.85x as fast
+        (``benchmarks/chunking.py``): pass ``chunk=64`` for large spiking networks, ``chunk=1`` to step.
 
     Returns:
       ``grad_fn(params, inputs, targets) -> (loss, grads)``.
@@ -86,7 +88,8 @@ def eprop(model: Cell, loss: LossFn, *, feedback="symmetric", reg: Optional[Firi
       Bellec, Scherr, Subramoney, Hajek, Salaj, Legenstein, Maass. "A solution to the learning dilemma for
       recurrent networks of spiking neurons", Nature Communications 11, 3625 (2020).
     """
-    return scan_rule("eprop", model, loss, online_eprop(model, loss, feedback=feedback, reg=reg), unroll, chunk)
+    return scan_rule("eprop", model, loss, online_eprop(model, loss, feedback=feedback, reg=reg), unroll, chunk,
+                     gated(model))
 
 
 def random_feedback(key, n_rec: int, n_out: int, dtype=jnp.float32) -> jax.Array:

@@ -6,7 +6,7 @@ from typing import Optional
 
 from ._cell import Cell
 from ._engine import FiringRateReg, OnlineRule, scan_rule
-from ._traces import online_traces
+from ._traces import gated, online_traces
 from ._typing import GradFn, LossFn
 
 
@@ -61,4 +61,4 @@ def eprop_m(model: Cell, loss: LossFn, order: int = 1, *, feedback="symmetric",
       Martín-Sánchez, Bohté, Otte. "A Taxonomy of Recurrent Learning Rules", ICANN 2022, arXiv:2207.11439.
     """
     return scan_rule("eprop_m", model, loss, online_eprop_m(model, loss, order, feedback=feedback, reg=reg),
-                     unroll, chunk)
+                     unroll, chunk, gated(model))

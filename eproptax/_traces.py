@@ -93,6 +93,17 @@ def _dims(layer: Cell, params, dtype) -> Optional[_Dims]:
     return _Dims(layer.n_out, s, a.shape[1], layer.n_in + layer.n_out + 1, read, leaks)
 
 
+def gated(model: Cell) -> bool:
+    """Whether some recurrent layer has several synaptic entries per neuron (``k > 1``: a GRU's or an LSTM's
+    gates). These networks run the chunked view by default (:data:`~eproptax.DEFAULT_CHUNK`; docs/design.md,
+    "The chunked view"): on the CPU it made every gated network measured faster, and most networks of
+    single-entry neurons (LIF, ALIF) slower."""
+    def entries(layer):
+        return synapse_struct(layer, jax.eval_shape(layer.init, jax.random.key(0)), jnp.float32).shape[1]
+
+    return any(is_neuron(layer) and entries(layer) > 1 for layer in layers_of(model)[:-1])
+
+
 def check_model(where: str, model: Cell, feedback) -> None:
     """Static checks shared by the e-prop family, run when the rule is built."""
     layers = layers_of(model)

@@ -7,7 +7,7 @@ import pytest
 
 import eproptax as ep
 from eproptax._chunks import advance
-from helpers import Config, assert_close, model_of, mse, opcodes, problem, run
+from helpers import Config, assert_close, model_of, mse, opcodes, problem
 
 # ----------------------------------------------------------------------------------------------------------
 # The algebra alone, against stepping the recursion of _chunks' docstring
@@ -110,20 +110,25 @@ def test_chunked_view_is_the_plain_rule_exactly_where_exact():
     assert_close(grads, exact, 1e-10, "chunked e-prop without recurrence vs BPTT")
 
 
-def test_default_chunk_is_the_platforms(monkeypatch):
-    """``chunk=None`` compiles the lowering platform's ``DEFAULT_CHUNK`` (set to 3 for the CPU here)."""
-    cfg = Config(cells=("lif",), readout="leaky")
+@pytest.mark.parametrize("cell", ["gru", "lif"])
+def test_default_chunk_is_the_platforms_for_gated_networks(cell, monkeypatch):
+    """``chunk=None`` compiles the lowering platform's ``DEFAULT_CHUNK`` (set to 3 for the CPU here) for a
+    network with a gated layer (a GRU: k = 4 entries per neuron), and steps a LIF network (k = 1)."""
+    cfg = Config(cells=(cell,), readout="leaky")
     prob = problem(cfg)
     args = (prob.params, prob.inputs, prob.targets)
 
     def program(chunk):
         return jax.jit(ep.eprop(prob.model, mse, chunk=chunk)).lower(*args).compile()
 
-    assert "cpu" not in ep.DEFAULT_CHUNK
+    assert ep.DEFAULT_CHUNK["cpu"] == 64
+    stepping = program(1)
+    assert opcodes(program(None)) == opcodes(stepping)  # T = 8: a chunk of 64 steps would step it
     monkeypatch.setitem(ep.DEFAULT_CHUNK, "cpu", 3)
     chosen = program(None)
-    assert opcodes(chosen) == opcodes(program(3)) != opcodes(program(1))
-    assert_close(chosen(*args), run("eprop", cfg), 1e-12, "chunk 3 by default")
+    expected = 3 if cell == "gru" else 1
+    assert opcodes(chosen) == opcodes(program(expected)) != opcodes(program(4 - expected))
+    assert_close(chosen(*args), stepping(*args), 1e-12, "the default chunk")
 
 
 def test_only_level_zero_rules_have_a_chunked_form():
