@@ -99,7 +99,8 @@ def gated(model: Cell) -> bool:
     "The chunked view"): on the CPU it made every gated network measured faster, and most networks of
     single-entry neurons (LIF, ALIF) slower."""
     def entries(layer):
-        return synapse_struct(layer, jax.eval_shape(layer.init, jax.random.key(0)), jnp.float32).shape[1]
+        params = jax.eval_shape(layer.init, jax.random.key(0))
+        return synapse_struct(layer, params, jax.tree_util.tree_leaves(params)[0].dtype).shape[1]
 
     return any(is_neuron(layer) and entries(layer) > 1 for layer in layers_of(model)[:-1])
 
