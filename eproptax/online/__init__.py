@@ -1,4 +1,4 @@
-"""Per-time-step forms of the forward-mode rules: ``OnlineRule(init, step, result, reset, batch_axes)``."""
+"""Per-time-step forms of the forward-mode rules: ``OnlineRule(init, step, result, reset, batch_axes, chunk)``."""
 
 from .._engine import batch_sharding as batch_sharding
 from .._deep_eprop import online_deep_eprop as deep_eprop
