@@ -570,9 +570,9 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
             return (row([blk.D[..., c, e] for e in kept] + [0.0] * (size - len(kept))),
                     blk.dfda[..., c, :].astype(dtype))
 
-        rows = [variable(c) for c in kept]
-        mixed = [variable(c) for c in range(d.s)]
-        z = tuple(sum(blk.dgdh[..., c, None].astype(dtype) * part[i] for c, part in enumerate(mixed)) for i in (0, 1))
+        every = [variable(c) for c in range(d.s)]
+        rows = [every[c] for c in kept]
+        z = tuple(sum(blk.dgdh[..., c, None].astype(dtype) * part[i] for c, part in enumerate(every)) for i in (0, 1))
         seen = z
         for i, (decay, gain) in enumerate(stages):
             seen = (gain * seen[0] + decay * unit(len(kept) + i), gain * seen[1])

@@ -97,7 +97,7 @@ def test_chunked_view_equals_stepping(case):
     assert float(np.abs(np.asarray(jax.tree_util.tree_leaves(grads)[0])).max()) > 0  # a gradient, not zeros
 
 
-def test_chunked_view_is_the_plain_rule_exactly_where_exact():
+def test_chunked_eprop_without_recurrence_is_bptt():
     """With no recurrent weights e-prop is exact: the chunked view then equals BPTT."""
     cfg = Config(cells=("gru",), readout="leaky")
     prob = problem(cfg)
