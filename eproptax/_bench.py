@@ -23,6 +23,7 @@ are shared with the scripts in ``benchmarks/``.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import time
@@ -281,10 +282,11 @@ def _tree_bytes(tree) -> int:
 
 def influence_shape(state) -> tuple[int, int, int]:
     """RTRL's influence as ``(batch, C, P)``: ``M^T`` per example, stored as one block of columns per layer
-    (effective weights for a neuron layer), ``P`` the columns of all blocks together. The useful work
-    counts ``|theta|`` instead, which the structural zeros of the effective weights make smaller."""
-    batch, n_carry, _ = state.traces[0].shape
-    return batch, n_carry, sum(block.shape[2] for block in state.traces)
+    (a neuron layer's shaped as its effective weights, ``(n, k, m)``), ``P`` the columns of all blocks
+    together. The useful work counts ``|theta|`` instead, which the structural zeros of the effective
+    weights make smaller."""
+    batch, n_carry = state.traces[0].shape[:2]
+    return batch, n_carry, sum(math.prod(block.shape[2:]) for block in state.traces)
 
 
 def useful_work(online, prob: Problem, kind: str) -> dict:

@@ -131,9 +131,9 @@ def effective_weights(layer: Cell, params, n_in: int, dtype) -> jax.Array:
     return jnp.concatenate([w_x, w_z, bias[..., None]], axis=-1)
 
 
-def effective_size(layer: Cell, params, dtype) -> int:
-    """The number of effective weights ``n k (n_in + n + 1)`` (:func:`effective_weights`; nothing is run)."""
-    return jax.eval_shape(lambda p: effective_weights(layer, p, layer.n_in, dtype), params).size
+def effective_shape(layer: Cell, params, dtype) -> tuple[int, int, int]:
+    """The shape ``(n, k, n_in + n + 1)`` of the effective weights (:func:`effective_weights`; nothing is run)."""
+    return jax.eval_shape(lambda p: effective_weights(layer, p, layer.n_in, dtype), params).shape
 
 
 def pull_back(layer: Cell, params, grads, dtype):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import jax
@@ -11,7 +12,7 @@ from jax.flatten_util import ravel_pytree
 from ._cell import Cell, is_neuron, layers_of
 from ._engine import (FiringRateReg, OnlineRule, accum_dtype, check_step, new_state, recurrent_outputs, reg_value,
                       reg_weights, reset, scan_rule)
-from ._jacobians import effective_size, pull_back, synapse_struct
+from ._jacobians import effective_shape, pull_back, synapse_struct
 from ._typing import GradFn, LossFn
 
 
@@ -35,26 +36,28 @@ def online_rtrl(model: Cell, loss: LossFn, *, reg: Optional[FiringRateReg] = Non
     from_layers = (lambda seq: tuple(seq)) if model.layers else (lambda seq: seq[0])
 
     def columns(params):
-        """The influence's columns per layer: ``n k m`` effective weights (neuron layer), or ``|theta^l|``."""
+        """The influence's columns per layer: the effective weights' shape ``(n, k, m)`` (neuron layer), or
+        ``(|theta^l|,)``."""
         dtype = jax.tree_util.tree_leaves(params)[0].dtype
         out = []
         for layer, p in zip(layers, as_layers(params)):
             if is_neuron(layer):
-                out.append(effective_size(layer, p, dtype))
+                out.append(effective_shape(layer, p, dtype))
             else:
-                out.append(ravel_pytree(p)[0].size)
+                out.append((ravel_pytree(p)[0].size,))
         return out
 
     def init(params, batch_size):
         c_vec, _ = _ravel_float(model.init_carry(params))
         dtype = accum_dtype(params)
         cols = columns(params)
-        influence = tuple(jnp.zeros((batch_size, c_vec.size, P), dtype) for P in cols)  # M^T per layer
+        influence = tuple(jnp.zeros((batch_size, c_vec.size) + P, dtype) for P in cols)  # M^T per layer
+        sizes = [math.prod(P) for P in cols]
         reg_traces = None
         if reg is not None:
             n = jax.eval_shape(lambda p: recurrent_outputs(model, model.init_carry(p)), params).shape[0]
-            reg_traces = tuple(jnp.zeros((batch_size, n, P), dtype) for P in cols)
-        return new_state(model, params, batch_size, influence, tuple(jnp.zeros((P,), dtype) for P in cols), reg,
+            reg_traces = tuple(jnp.zeros((batch_size, n, P), dtype) for P in sizes)
+        return new_state(model, params, batch_size, influence, tuple(jnp.zeros((P,), dtype) for P in sizes), reg,
                          reg_traces)
 
     def example(params, carry, influence, x, target):
@@ -103,11 +106,11 @@ def online_rtrl(model: Cell, loss: LossFn, *, reg: Optional[FiringRateReg] = Non
         neuron, other = iter(zip(jac_eps, g_eps, vs)), iter(zip(jac_th, g_th))
         new_influence, grads = [], []
         for layer, M in zip(layers, influence):
-            rows = lhs.astype(dtype) @ M
-            if is_neuron(layer):  # rows as (C + 1, n, k, m), plus the outer product of [J; g] with v
+            rows = jnp.tensordot(lhs.astype(dtype), M, 1)
+            if is_neuron(layer):  # rows (C + 1, n, k, m), plus the outer product of [J; g] with v
                 J, g, v = (a.astype(dtype) for a in next(neuron))
-                new_M = (rows[:-1].reshape(J.shape + v.shape) + J[..., None] * v[None, None, None]).reshape(M.shape)
-                grad = (rows[-1].reshape(g.shape + v.shape) + g[..., None] * v[None, None]).reshape(-1)
+                new_M = rows[:-1] + J[..., None] * v[None, None, None]
+                grad = (rows[-1] + g[..., None] * v[None, None]).reshape(-1)
             else:
                 J, g = next(other)
                 new_M, grad = rows[:-1] + J.astype(dtype), rows[-1] + g.astype(dtype)
@@ -120,7 +123,7 @@ def online_rtrl(model: Cell, loss: LossFn, *, reg: Optional[FiringRateReg] = Non
             z_of = lambda c: recurrent_outputs(model, unravel_new(c))
             new_vec = new_c(c_vec, eps, ths)
             dz_dc = jax.jacfwd(z_of)(new_vec).astype(dtype)
-            extras = (z_of(new_vec).astype(dtype), tuple(dz_dc @ M for M in new_influence))
+            extras = (z_of(new_vec).astype(dtype), tuple(dz_dc @ M.reshape(M.shape[0], -1) for M in new_influence))
         return new_carry, tuple(new_influence), value, out, tuple(grads), extras
 
     def step(params, state, x, target):

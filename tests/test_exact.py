@@ -99,4 +99,4 @@ def test_rtrl_equals_bptt_on_a_single_cell():
         np.testing.assert_allclose(value, vb, rtol=1e-12)
         assert_close(g, gb, 1e-9, f"rtrl vs bptt, single {what}")
     state = jax.eval_shape(lambda p: ep.online.rtrl(lif, loss).init(p, 2), params)
-    assert [block.shape for block in state.traces] == [(2, 4, 4 * (3 + 4 + 1))]  # one block of W_eff columns
+    assert [block.shape for block in state.traces] == [(2, 4, 4, 1, 3 + 4 + 1)]  # one block, shaped as W_eff
