@@ -30,7 +30,7 @@ z-space, where they are formed from the stored ones, so an LSTM carries ``c``'s 
 A variable the layer declares leaky (``leak``) has the same trace for every neuron, the presynaptic trace
 ``zbar`` of shape ``(m,)`` (e-prop's factorised ``e_ji = psi_j zbar_i``; an ALIF neuron's membrane); any
 other is *compact*, ``(n, k, m)``, stored ``(n, m)`` when ``k = 1`` (each synapse only moves its own neuron). Every other influence is
-*dense* ``(n_l, s_l, n_p k_p m_p)``. Over a batch, compact arrays keep the batch as their second axis,
+*dense* ``(n_l, s_l, n_p, k_p, m_p)``, its columns shaped as layer ``p``'s effective weights. Over a batch, compact arrays keep the batch as their second axis,
 ``(n, B, k, m)``, when no dense level reads them; all others put it first.
 """
 
@@ -75,8 +75,10 @@ class _Dims(NamedTuple):
     leaks: tuple  # per state variable: ``(decay, gain)`` if declared leaky, else ``None``
 
     @property
-    def size(self):
-        return self.n * self.k * self.m
+    def shape(self):
+        """The effective weights' shape ``(n, k, m)``: a dense level keeps its columns in it (as RTRL's
+        influence does), so that XLA's per-synapse loops index them without a division per element."""
+        return (self.n, self.k, self.m)
 
 
 def _dims(layer: Cell, params, dtype) -> Optional[_Dims]:
@@ -180,11 +182,11 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
         if own(l, p, n):
             return tuple(zeros((dp.m,), 0) if leak is not None else zeros(compact_shape(dp), batch_axis(True))
                          for leak, kept in zip(dp.leaks, stored(dp)) if kept)
-        return zeros((dl.n, dl.s, dp.size), 0)
+        return zeros((dl.n, dl.s) + dp.shape, 0)
 
     def zsum_shape(dims, l, p):
         dp = dims[p]
-        return (dp.n, dp.k, dp.m) if compact_sum(l, p) else (dims[l].n, dp.size)
+        return dp.shape if compact_sum(l, p) else (dims[l].n,) + dp.shape
 
     # Compact arrays are updated at batch level; every other array is batch-major and updated per example
     # under ``jax.vmap``. When no dense level reads them (e-prop proper), compact arrays keep the batch as
@@ -408,17 +410,18 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
                 fn, at = (lambda uu: layer.synapse(p, uu, f["z_prev"])), f["u"]
             if compact:  # z_trace[j, g, i] moves neuron j only: broadcast against the synaptic matrix
                 w = jax.jacfwd(fn)(at)  # (n_l, k_l, n_src); depends on params only, so XLA hoists it
-                da = (w[:, :, :, None, None] * z_trace[None, None]).reshape(w.shape[:2] + (-1,))
-            else:
+                da = w[:, :, :, None, None] * z_trace[None, None]
+            else:  # z_trace (n_src, n, k, m): the synapse's jvp along each column
                 lin = lambda d: jax.jvp(fn, (at,), (d.astype(at.dtype),))[1]
-                da = jax.vmap(lin, in_axes=1, out_axes=-1)(z_trace)
+                for _ in range(z_trace.ndim - 1):
+                    lin = jax.vmap(lin, in_axes=-1, out_axes=-1)
+                da = lin(z_trace)
             return mix(f["blk"].dfda, da)
 
-        def expand(l, p, n, z_trace):  # a compact own z-space trace as a dense (n, P) one
+        def expand(l, p, n, z_trace):  # a compact own z-space trace (n, k, m) as a dense (n, n, k, m) one
             if not own(l, p, n):
                 return z_trace
-            count = z_trace.shape[0]
-            return (jnp.eye(count, dtype=z_trace.dtype)[:, :, None, None] * z_trace[None]).reshape(count, -1)
+            return jnp.eye(z_trace.shape[0], dtype=z_trace.dtype)[:, :, None, None] * z_trace[None]
 
         influence = {}
         for l, p in pairs:
@@ -447,7 +450,7 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
         """``sum_b sum_j sig[b, j] z_trace[b, j, ...]`` for a compact or a dense z-space trace."""
         if z_trace.ndim == 4:
             return jnp.einsum(compact_spec, sig, z_trace)
-        return jnp.einsum("bj,bjP->P", sig, z_trace).reshape(dp.n, dp.k, dp.m)
+        return jnp.einsum("bj,bjgki->gki", sig, z_trace)
 
     def outer(post, pre, l):
         """``sum_b post[b, j] pre[b, i]`` as ``(n, 1, m)``: a leaky variable's gradient (``k = 1``)."""
@@ -468,7 +471,7 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
         if own(l, p, n):  # every variable stored (else the gradient contracts in z-space)
             return sum(outer(delta[:, :, c], part, l) if dp.leaks[c] is not None
                        else contract_compact(delta[:, :, c], part, dp) for c, part in enumerate(trace))
-        return jnp.einsum("bjc,bjcP->P", delta, trace).reshape(dp.n, dp.k, dp.m)
+        return jnp.einsum("bjc,bjcgki->gki", delta, trace)
 
     def step(params, state, x, target):
         check_step(where, model, loss, params, state, x, target)
