@@ -408,14 +408,11 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
                 fn, at = (lambda zz: layer.synapse(p, f["u"], zz)), f["z_prev"]
             else:
                 fn, at = (lambda uu: layer.synapse(p, uu, f["z_prev"])), f["u"]
+            w = jax.jacfwd(fn)(at)  # (n_l, k_l, n_src); depends on params only, so XLA hoists it
             if compact:  # z_trace[j, g, i] moves neuron j only: broadcast against the synaptic matrix
-                w = jax.jacfwd(fn)(at)  # (n_l, k_l, n_src); depends on params only, so XLA hoists it
                 da = w[:, :, :, None, None] * z_trace[None, None]
-            else:  # z_trace (n_src, n, k, m): the synapse's jvp along each column
-                lin = lambda d: jax.jvp(fn, (at,), (d.astype(at.dtype),))[1]
-                for _ in range(z_trace.ndim - 1):
-                    lin = jax.vmap(lin, in_axes=-1, out_axes=-1)
-                da = lin(z_trace)
+            else:  # z_trace (n_src, n, k, m): one product, its result already in the trace's layout
+                da = jnp.tensordot(w, z_trace.astype(w.dtype), 1)
             return mix(f["blk"].dfda, da)
 
         def expand(l, p, n, z_trace):  # a compact own z-space trace (n, k, m) as a dense (n, n, k, m) one
