@@ -296,8 +296,9 @@ def useful_work(online, prob: Problem, kind: str) -> dict:
       ``2 * |state|``. That is the whole cost of a trace update (e-prop's traces are elementwise updates).
     * FLOPs: RTRL's influence update is the product of the dense ``C x C`` carry Jacobian with the
       ``C x |theta|`` influence matrix, ``2 B |theta| C^2``. A dense level of eprop_m (order >= 1) or
-      deep e-prop's cross-layer influence of shape ``(n, s, P)`` is pushed through a synapse of ``k``
-      gates from ``n`` neurons: ``2 B n k P n``, i.e. ``2 * entries * n k / s``.
+      deep e-prop's cross-layer influence, ``(n, s)`` rows of ``P`` columns (stored ``(n, s, n_p, k_p,
+      m_p)``), is pushed through a synapse of ``k`` gates from ``n`` neurons: ``2 B n k P n``, i.e.
+      ``2 * entries * n k / s``.
     """
     state = jax.eval_shape(lambda params: online.init(params, prob.inputs.shape[0]), prob.params)
     nbytes = 2 * _tree_bytes(state)
@@ -314,10 +315,9 @@ def useful_work(online, prob: Problem, kind: str) -> dict:
                                jax.ShapeDtypeStruct((n,), prob.inputs.dtype))
             k = a.shape[1]
             for level in levels:
-                if not isinstance(level, tuple) and level.ndim == 4:  # dense (B, n_l, s_l, P); own traces are
-                    # tuples of (n, B, k, m) (compact) or (B, m) (factorised)
-                    batch, rows, s, size = level.shape
-                    flops += 2.0 * batch * rows * size * n * k
+                if not isinstance(level, tuple):  # dense (B, n_l, s_l, n_p, k_p, m_p); own traces are tuples
+                    batch, rows = level.shape[:2]
+                    flops += 2.0 * batch * rows * math.prod(level.shape[3:]) * n * k
     return dict(state_bytes=nbytes // 2, bytes=nbytes, flops=flops)
 
 

@@ -1,0 +1,40 @@
+"""The benchmark's bookkeeping: the useful work that its roofline column divides by (nothing is compiled).
+
+A dense level of the e-prop family, pushed through a synapse of ``k`` gates from ``n`` neurons, costs
+``2 B n k P n`` FLOPs per step (``P = n k m`` columns); RTRL's influence update ``2 B |theta| C^2``. Both are
+written out here from the network's sizes, independently of the states' layout.
+"""
+
+from __future__ import annotations
+
+import pytest
+from jax.flatten_util import ravel_pytree
+
+from eproptax._bench import RULES, build, influence_shape, problem, useful_work
+
+SPECS = {spec.name: spec for spec in RULES}
+N_IN, HIDDEN, BATCH = 3, 4, 2
+GATES = {"lif": 1, "gru": 4, "lstm": 4}  # a reset-after GRU: its candidate's input and recurrent parts apart
+
+
+@pytest.mark.parametrize("cell", sorted(GATES))
+@pytest.mark.parametrize("name, levels", [("eprop (leaky readout)", 0), ("eprop_m(1)", 1), ("eprop_m(2)", 2)])
+def test_useful_work_counts_every_dense_level(cell, name, levels):
+    spec = SPECS[name]
+    prob = problem(cell, readout=spec.readout, n_in=N_IN, hidden=HIDDEN, batch=BATCH, time_steps=2)
+    _, online = build(spec, prob)
+    n, k = HIDDEN, GATES[cell]
+    columns = n * k * (N_IN + n + 1)
+    assert useful_work(online, prob, spec.kind)["flops"] == levels * 2.0 * BATCH * n * k * columns * n
+
+
+@pytest.mark.parametrize("cell", sorted(GATES))
+def test_useful_work_of_rtrl(cell):
+    spec = SPECS["rtrl"]
+    prob = problem(cell, readout=spec.readout, n_in=N_IN, hidden=HIDDEN, batch=BATCH, time_steps=2)
+    _, online = build(spec, prob)
+    batch, carry, _ = influence_shape(online.init(prob.params, BATCH))
+    states = {"lif": 1, "gru": 1, "lstm": 2}[cell]  # the leaky readout adds its 2 outputs to the carry
+    assert (batch, carry) == (BATCH, states * HIDDEN + 2)
+    flops = 2.0 * BATCH * ravel_pytree(prob.params)[0].size * carry ** 2
+    assert useful_work(online, prob, spec.kind)["flops"] == flops
