@@ -295,10 +295,12 @@ def useful_work(online, prob: Problem, kind: str) -> dict:
     * bytes: the online state (traces, gradient accumulators, carry) is read and written once per step,
       ``2 * |state|``. That is the whole cost of a trace update (e-prop's traces are elementwise updates).
     * FLOPs: RTRL's influence update is the product of the dense ``C x C`` carry Jacobian with the
-      ``C x |theta|`` influence matrix, ``2 B |theta| C^2``. A dense level of eprop_m (order >= 1) or
-      deep e-prop's cross-layer influence, ``(n, s)`` rows of ``P`` columns (stored ``(n, s, n_p, k_p,
-      m_p)``), is pushed through a synapse of ``k`` gates from ``n`` neurons: ``2 B n k P n``, i.e.
-      ``2 * entries * n k / s``.
+      ``C x |theta|`` influence matrix, ``2 B |theta| C^2``. A dense level of eprop_m (order >= 1) or deep
+      e-prop's cross-layer influence, ``n_l`` rows of ``P`` columns (stored ``(n_l, s_l, n_p, k_p, m_p)``),
+      receives each source level through a synapse of ``k_l`` gates: a product, ``2 B n_l k_l P n_src``,
+      when the source is itself dense; when it is a compact own level-0 trace (level 1 from level 0, or
+      layer ``p + 1``'s level 0 from layer ``p``'s), each synapse moves only its own neuron and the push is
+      an elementwise scaling, which the bytes already count.
     """
     state = jax.eval_shape(lambda params: online.init(params, prob.inputs.shape[0]), prob.params)
     nbytes = 2 * _tree_bytes(state)
@@ -314,10 +316,15 @@ def useful_work(online, prob: Problem, kind: str) -> dict:
                                jax.ShapeDtypeStruct((recurrent[l].n_in,), prob.inputs.dtype),
                                jax.ShapeDtypeStruct((n,), prob.inputs.dtype))
             k = a.shape[1]
-            for level in levels:
-                if not isinstance(level, tuple):  # dense (B, n_l, s_l, n_p, k_p, m_p); own traces are tuples
-                    batch, rows = level.shape[:2]
-                    flops += 2.0 * batch * rows * math.prod(level.shape[3:]) * n * k
+            for order, level in enumerate(levels):
+                if isinstance(level, tuple):  # an own level-0 trace (a tuple of compact or factorised arrays)
+                    continue
+                batch, rows, columns = level.shape[0], level.shape[1], math.prod(level.shape[3:])
+                # dense sources: level order - 1 of (l, p) (the explicit edge), level order of (l - 1, p) (below)
+                if order >= 1 and not (l == p and order == 1):
+                    flops += 2.0 * batch * rows * k * columns * n
+                if l > p and not (l - 1 == p and order == 0):
+                    flops += 2.0 * batch * rows * k * columns * recurrent[l - 1].n_out
     return dict(state_bytes=nbytes // 2, bytes=nbytes, flops=flops)
 
 

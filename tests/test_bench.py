@@ -1,8 +1,9 @@
 """The benchmark's bookkeeping: the useful work that its roofline column divides by (nothing is compiled).
 
-A dense level of the e-prop family, pushed through a synapse of ``k`` gates from ``n`` neurons, costs
-``2 B n k P n`` FLOPs per step (``P = n k m`` columns); RTRL's influence update ``2 B |theta| C^2``. Both are
-written out here from the network's sizes, independently of the states' layout.
+A dense level of the e-prop family, pushed from a dense level through a synapse of ``k`` gates from ``n``
+neurons, costs ``2 B n k P n`` FLOPs per step (``P = n k m`` columns); pushed from a compact own trace it
+is elementwise (no product); RTRL's influence update costs ``2 B |theta| C^2``. Both are written out here
+from the network's sizes, independently of the states' layout.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ def test_useful_work_counts_every_dense_level(cell, name, levels):
     _, online = build(spec, prob)
     n, k = HIDDEN, GATES[cell]
     columns = n * k * (N_IN + n + 1)
-    assert useful_work(online, prob, spec.kind)["flops"] == levels * 2.0 * BATCH * n * k * columns * n
+    dense_sources = max(levels - 1, 0)  # level 1 is pushed from the compact level 0: elementwise, no product
+    assert useful_work(online, prob, spec.kind)["flops"] == dense_sources * 2.0 * BATCH * n * k * columns * n
 
 
 @pytest.mark.parametrize("cell", sorted(GATES))
@@ -38,3 +40,13 @@ def test_useful_work_of_rtrl(cell):
     assert (batch, carry) == (BATCH, states * HIDDEN + 2)
     flops = 2.0 * BATCH * ravel_pytree(prob.params)[0].size * carry ** 2
     assert useful_work(online, prob, spec.kind)["flops"] == flops
+
+
+def test_useful_work_of_deep_full_counts_only_products_from_dense_levels():
+    """Three LIF layers: layer 2's influence of layer 0 is pushed from layer 1's, which is dense (one product);
+    every other cross-layer influence comes from a compact own trace."""
+    spec = SPECS["deep_eprop(full)"]
+    prob = problem("lif", readout=spec.readout, layers=3, n_in=N_IN, hidden=HIDDEN, batch=BATCH, time_steps=2)
+    _, online = build(spec, prob)
+    columns_0 = HIDDEN * 1 * (N_IN + HIDDEN + 1)  # layer 0's effective weights
+    assert useful_work(online, prob, spec.kind)["flops"] == 2.0 * BATCH * HIDDEN * 1 * columns_0 * HIDDEN
