@@ -29,9 +29,10 @@ Representations (static): a layer's own level-0 trace is a tuple with one array 
 z-space, where they are formed from the stored ones, so an LSTM carries ``c``'s trace and not ``h``'s).
 A variable the layer declares leaky (``leak``) has the same trace for every neuron, the presynaptic trace
 ``zbar`` of shape ``(m,)`` (e-prop's factorised ``e_ji = psi_j zbar_i``; an ALIF neuron's membrane); any
-other is *compact*, ``(n, k, m)``, stored ``(n, m)`` when ``k = 1`` (each synapse only moves its own neuron). Every other influence is
-*dense* ``(n_l, s_l, n_p, k_p, m_p)``, its columns shaped as layer ``p``'s effective weights. Over a batch, compact arrays keep the batch as their second axis,
-``(n, B, k, m)``, when no dense level reads them; all others put it first.
+other is *compact*, ``(n, k, m)``, stored ``(n, m)`` when ``k = 1`` (each synapse only moves its own
+neuron). Every other influence is *dense* ``(n_l, s_l, n_p, k_p, m_p)``, its columns shaped as layer
+``p``'s effective weights. Over a batch, compact arrays keep the batch as their second axis, ``(n, B, k,
+m)``, when no dense level reads them; all others put it first.
 """
 
 from __future__ import annotations
@@ -443,7 +444,7 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
     # ---- batch-level contractions (the batch is reduced every step) --------------------------------------
     # The batch is reduced with einsum (a dot): XLA's CPU backend runs a broadcast-multiply-and-sum over a
     # leading axis far below bandwidth (measured 9x to 37x slower; benchmarks/README.md).
-    def contract_z(sig, z_trace, dp):
+    def contract_z(sig, z_trace):
         """``sum_b sum_j sig[b, j] z_trace[b, j, ...]`` for a compact or a dense z-space trace."""
         if z_trace.ndim == 4:
             return jnp.einsum(compact_spec, sig, z_trace)
@@ -515,7 +516,7 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
         for p in range(R):
             o = obs(p)
             if p in filtered:
-                grads[p] = grads[p] + contract_z(sig["L"][o], filtered[p][-1], dims[p]) / batch
+                grads[p] = grads[p] + contract_z(sig["L"][o], filtered[p][-1]) / batch
             elif compact_sum(o, p) and not all(stored(dims[p])):
                 mixed.append(contract_mixed(sig["L"][o], compact_layout(fwd[p]["blk"]), old[(p, p)][0], fwd[p]["v"],
                                             p, dims[p]))
@@ -658,7 +659,7 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
             offsets = np.cumsum([0] + [dims[l].n for l in range(R)])
             for l, p in pairs:
                 w = weights[:, offsets[l]:offsets[l + 1]]
-                grads[p] = grads[p] + contract_z(w, state.reg_traces[(l, p)], dims[p])
+                grads[p] = grads[p] + contract_z(w, state.reg_traces[(l, p)])
             value = value + reg_value(reg, state.spikes, state.steps)
         out = []
         for i, layer in enumerate(layers):
