@@ -310,20 +310,22 @@ def useful_work(online, prob: Problem, kind: str) -> dict:
         flops = 2.0 * batch * ravel_pytree(prob.params)[0].size * n_carry ** 2
     elif kind == "traces":
         recurrent = layers_of(prob.model)[:-1]
-        for (l, p), levels in state.traces.influence.items():
+        influence = state.traces.influence
+        is_dense = lambda level: not isinstance(level, tuple)  # own level-0 traces are tuples of arrays
+        for (l, p), levels in influence.items():
             n = recurrent[l].n_out
             a = jax.eval_shape(recurrent[l].synapse, prob.params[l],
                                jax.ShapeDtypeStruct((recurrent[l].n_in,), prob.inputs.dtype),
                                jax.ShapeDtypeStruct((n,), prob.inputs.dtype))
             k = a.shape[1]
             for order, level in enumerate(levels):
-                if isinstance(level, tuple):  # an own level-0 trace (a tuple of compact or factorised arrays)
+                if not is_dense(level):
                     continue
                 batch, rows, columns = level.shape[0], level.shape[1], math.prod(level.shape[3:])
-                # dense sources: level order - 1 of (l, p) (the explicit edge), level order of (l - 1, p) (below)
-                if order >= 1 and not (l == p and order == 1):
+                # its sources: level order - 1 of (l, p) (the explicit edge), level order of (l - 1, p) (below)
+                if order >= 1 and is_dense(levels[order - 1]):
                     flops += 2.0 * batch * rows * k * columns * n
-                if l > p and not (l - 1 == p and order == 0):
+                if l > p and is_dense(influence[(l - 1, p)][order]):
                     flops += 2.0 * batch * rows * k * columns * recurrent[l - 1].n_out
     return dict(state_bytes=nbytes // 2, bytes=nbytes, flops=flops)
 
