@@ -6,7 +6,8 @@ float32. The GRU's recurrent kernels get a zero diagonal: braintrace's D-RTRL ke
 hidden-to-hidden Jacobian, which includes a neuron's own recurrent weight, while e-prop drops every
 explicit recurrent path, its own included; without self-connections the two are the same rule, so their
 gradients must agree to float32 rounding. The LIF has none by construction (its ``w_rec`` diagonal is
-masked on both sides), and with the reset detached its Jacobian diagonal is ``alpha``, e-prop's. Reported: the gradients' relative error
+masked on both sides), and with the reset detached its Jacobian diagonal is ``alpha``, e-prop's. Reported: the
+gradients' relative error
 against eproptax's ``eprop`` (and each one's against BPTT), and the time per sequence of the jitted
 functions after compilation (the minimum over ``ROUNDS`` turns of each side, interleaved).
 """
@@ -21,7 +22,6 @@ import eproptax as ep
 from eproptax._bench import _best_times
 from eproptax._compare import mse
 
-
 ROUNDS = 7
 
 
@@ -32,8 +32,10 @@ def _checked(model, params, inputs, targets):
 
 
 def _targets(T, n_out):
-    return {"y": jnp.sin(jnp.linspace(0, 6, T, dtype=jnp.float32))[None, :, None] * jnp.ones((1, 1, n_out), jnp.float32),
-            "mask": jnp.ones((1, T), jnp.float32)}
+    return {
+        "y": jnp.sin(jnp.linspace(0, 6, T, dtype=jnp.float32))[None, :, None] * jnp.ones((1, 1, n_out), jnp.float32),
+        "mask": jnp.ones((1, T), jnp.float32),
+    }
 
 
 def lif_problem(n_in, n, n_out, T, seed=0):
@@ -90,8 +92,9 @@ def named(tree) -> dict:
 
 def payload_of(cell, params, inputs, targets, repeats):
     extra = lif_hyper() if cell == "lif" else {}
-    return dict(named(params), cell=cell, x=np.asarray(inputs[0]), y=np.asarray(targets["y"][0]), repeats=repeats,
-                **extra)
+    return dict(
+        named(params), cell=cell, x=np.asarray(inputs[0]), y=np.asarray(targets["y"][0]), repeats=repeats, **extra
+    )
 
 
 def flat(grads: dict) -> np.ndarray:
@@ -120,7 +123,9 @@ def compare_braintrace(exe, run_side, *, quick, log) -> list[dict]:
                 raise SystemExit(f"eproptax {options[u]} changed the gradient by {diff:.1e} (relative)")
         out, t_eps = None, {u: float("inf") for u in fns}
         for _ in range(1 if quick else ROUNDS):
-            side = run_side(exe, "_braintrace_side.py", payload_of(cell, params, inputs, targets, repeats=5 if quick else 30))
+            side = run_side(
+                exe, "_braintrace_side.py", payload_of(cell, params, inputs, targets, repeats=5 if quick else 30)
+            )
             if out is not None:
                 for key in side:
                     if key.endswith("/seconds"):
@@ -136,21 +141,43 @@ def compare_braintrace(exe, run_side, *, quick, log) -> list[dict]:
             g = flat({name: out[f"{algo}/{name}"] for name in ours})
             err = float(np.linalg.norm(g - ref) / np.linalg.norm(ref))
             t_peer = float(out[f"{algo}/seconds"])
-            network = (f"GRU({n}) + linear readout, zero-diagonal recurrent kernels" if cell == "gru"
-                       else f"LIF({n}) + linear readout, reset detached, no autapses")
-            row = dict(name=f"braintrace {algo}", network=network, cell=cell,
-                       hidden=n, T=T, batch=1, dtype="float32", braintrace_version=str(out["braintrace_version"]),
-                       peer_jax=str(out["jax_version"]), peer_seconds=t_peer, peer_compile_s=float(out[f"{algo}/compile_s"]),
-                       eproptax_rule="eprop", eproptax_seconds=t_ep, speedup=t_peer / t_ep, required_speedup=1.0,
-                       eproptax_seconds_unroll4=t_eps[4], speedup_unroll4=t_peer / t_eps[4],
-                       eproptax_seconds_chunk_half=t_eps["chunk=T/2"], speedup_chunk_half=t_peer / t_eps["chunk=T/2"],
-                       eproptax_seconds_chunk_whole=t_eps["chunk=T"], speedup_chunk_whole=t_peer / t_eps["chunk=T"],
-                       relative_error_vs_eproptax=err,
-                       peer_relative_error_vs_bptt=float(np.linalg.norm(g - exact) / np.linalg.norm(exact)),
-                       eproptax_relative_error_vs_bptt=float(np.linalg.norm(ref - exact) / np.linalg.norm(exact)))
+            network = (
+                f"GRU({n}) + linear readout, zero-diagonal recurrent kernels"
+                if cell == "gru"
+                else f"LIF({n}) + linear readout, reset detached, no autapses"
+            )
+            row = dict(
+                name=f"braintrace {algo}",
+                network=network,
+                cell=cell,
+                hidden=n,
+                T=T,
+                batch=1,
+                dtype="float32",
+                braintrace_version=str(out["braintrace_version"]),
+                peer_jax=str(out["jax_version"]),
+                peer_seconds=t_peer,
+                peer_compile_s=float(out[f"{algo}/compile_s"]),
+                eproptax_rule="eprop",
+                eproptax_seconds=t_ep,
+                speedup=t_peer / t_ep,
+                required_speedup=1.0,
+                eproptax_seconds_unroll4=t_eps[4],
+                speedup_unroll4=t_peer / t_eps[4],
+                eproptax_seconds_chunk_half=t_eps["chunk=T/2"],
+                speedup_chunk_half=t_peer / t_eps["chunk=T/2"],
+                eproptax_seconds_chunk_whole=t_eps["chunk=T"],
+                speedup_chunk_whole=t_peer / t_eps["chunk=T"],
+                relative_error_vs_eproptax=err,
+                peer_relative_error_vs_bptt=float(np.linalg.norm(g - exact) / np.linalg.norm(exact)),
+                eproptax_relative_error_vs_bptt=float(np.linalg.norm(ref - exact) / np.linalg.norm(exact)),
+            )
             rows.append(row)
-            log(f"  {row['name']} {row['braintrace_version']} on {cell.upper()}({n}), T={T}: {1e3 * t_peer:.2f} ms vs eproptax eprop "
+            log(
+                f"  {row['name']} {row['braintrace_version']} on {cell.upper()}({n}), T={T}: {1e3 * t_peer:.2f} ms "
+                f"vs eproptax eprop "
                 f"{1e3 * t_ep:.2f} ms per sequence: x{t_peer / t_ep:.2f} (unroll=4: {1e3 * t_eps[4]:.2f} ms, "
                 f"x{t_peer / t_eps[4]:.2f}; chunk=T/2: x{t_peer / t_eps['chunk=T/2']:.2f}; chunk=T: "
-                f"x{t_peer / t_eps['chunk=T']:.2f}); gradient relative error {err:.1e}")
+                f"x{t_peer / t_eps['chunk=T']:.2f}); gradient relative error {err:.1e}"
+            )
     return rows

@@ -101,8 +101,11 @@ class LIF(_OneState):
     def update(self, x):
         v = self.h.value
         z_prev = spike(v - self.threshold, self.height, self.threshold)
-        v = (self.alpha * v + self.zeta * (self.inp(x) + self.rec(z_prev))
-             - self.threshold * jax.lax.stop_gradient(z_prev))
+        v = (
+            self.alpha * v
+            + self.zeta * (self.inp(x) + self.rec(z_prev))
+            - self.threshold * jax.lax.stop_gradient(z_prev)
+        )
         self.h.value = v
         return self.out(spike(v - self.threshold, self.height, self.threshold))
 

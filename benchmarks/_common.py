@@ -52,8 +52,10 @@ def save(name: str, payload: dict, out=None) -> str:
 
 def pyplot():
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     return plt
 
 
@@ -74,4 +76,5 @@ def log_axes(ax, base: int = 10) -> None:
 
 def title(text: str) -> str:
     info = device_info()
-    return f"{text}\n{info['device']} ({info['cpu'] if info['platform'] == 'cpu' else info['device_kind']}), jax {info['jax']}, float32"
+    where = info["cpu"] if info["platform"] == "cpu" else info["device_kind"]
+    return f"{text}\n{info['device']} ({where}), jax {info['jax']}, float32"

@@ -31,43 +31,83 @@ def run(data):
     delays = delay_in_rec + delay_rec_out + delay_out_norm
     total_offset = offset_gen + delays
     nest.ResetKernel()
-    nest.set(eprop_learning_window=float(T), eprop_reset_neurons_on_update=True, eprop_update_interval=float(T),
-             print_time=False, resolution=1.0, total_num_virtual_procs=1)
-    rec_params = {"C_m": 1.0, "c_reg": 0.0, "E_L": 0.0, "f_target": 10.0, "I_e": 0.0, "regular_spike_arrival": False,
-                  "surrogate_gradient_function": "piecewise_linear", "surrogate_gradient_height": float(data["height"]),
-                  "surrogate_gradient_width": float(data["width"]), "t_ref": 0.0, "tau_m": float(data["tau_m"]),
-                  "V_m": 0.0, "V_th": float(data["V_th"]), "flush_event_send_interval": float(T)}
-    out_params = {"C_m": 1.0, "E_L": 0.0, "I_e": 0.0, "loss": "mean_squared_error", "regular_spike_arrival": False,
-                  "tau_m": float(data["tau_out"]), "V_m": 0.0}
+    nest.set(
+        eprop_learning_window=float(T),
+        eprop_reset_neurons_on_update=True,
+        eprop_update_interval=float(T),
+        print_time=False,
+        resolution=1.0,
+        total_num_virtual_procs=1,
+    )
+    rec_params = {
+        "C_m": 1.0,
+        "c_reg": 0.0,
+        "E_L": 0.0,
+        "f_target": 10.0,
+        "I_e": 0.0,
+        "regular_spike_arrival": False,
+        "surrogate_gradient_function": "piecewise_linear",
+        "surrogate_gradient_height": float(data["height"]),
+        "surrogate_gradient_width": float(data["width"]),
+        "t_ref": 0.0,
+        "tau_m": float(data["tau_m"]),
+        "V_m": 0.0,
+        "V_th": float(data["V_th"]),
+        "flush_event_send_interval": float(T),
+    }
+    out_params = {
+        "C_m": 1.0,
+        "E_L": 0.0,
+        "I_e": 0.0,
+        "loss": "mean_squared_error",
+        "regular_spike_arrival": False,
+        "tau_m": float(data["tau_out"]),
+        "V_m": 0.0,
+    }
     gen_in = nest.Create("spike_generator", n_in)
     parrots = nest.Create("parrot_neuron", n_in)
     rec = nest.Create("eprop_iaf_bsshslm_2020", n_rec, rec_params)
     out = nest.Create("eprop_readout_bsshslm_2020", n_out, out_params)
     gen_target = nest.Create("step_rate_generator", n_out)
-    nest.SetDefaults("eprop_synapse_bsshslm_2020", {
-        "optimizer": {"type": "gradient_descent", "batch_size": 1, "eta": 1.0, "Wmin": -1e6, "Wmax": 1e6},
-        "average_gradient": False})
+    nest.SetDefaults(
+        "eprop_synapse_bsshslm_2020",
+        {
+            "optimizer": {"type": "gradient_descent", "batch_size": 1, "eta": 1.0, "Wmin": -1e6, "Wmax": 1e6},
+            "average_gradient": False,
+        },
+    )
     base = {"synapse_model": "eprop_synapse_bsshslm_2020", "delay": 1.0, "tau_m_readout": float(data["tau_out"])}
     all_to_all = {"rule": "all_to_all", "allow_autapses": False}
     nest.Connect(gen_in, parrots, {"rule": "one_to_one"}, {"synapse_model": "static_synapse", "delay": 1.0})
     nest.Connect(parrots, rec, all_to_all, {**base, "weight": data["w_in"]})
     nest.Connect(rec, rec, all_to_all, {**base, "weight": data["w_rec"]})
     nest.Connect(rec, out, all_to_all, {**base, "weight": data["w_out"]})
-    nest.Connect(out, rec, all_to_all, {"synapse_model": "eprop_learning_signal_connection_bsshslm_2020",
-                                        "delay": 1.0, "weight": data["w_out"].T})
-    nest.Connect(gen_target, out, {"rule": "one_to_one"},
-                 {"synapse_model": "rate_connection_delayed", "delay": 1.0, "receptor_type": 2})
+    nest.Connect(
+        out,
+        rec,
+        all_to_all,
+        {"synapse_model": "eprop_learning_signal_connection_bsshslm_2020", "delay": 1.0, "weight": data["w_out"].T},
+    )
+    nest.Connect(
+        gen_target,
+        out,
+        {"rule": "one_to_one"},
+        {"synapse_model": "rate_connection_delayed", "delay": 1.0, "receptor_type": 2},
+    )
     steps = np.arange(T, dtype=float)
     gen_in.set([{"spike_times": (steps[x[:, i] > 0] + offset_gen).astype(float)} for i in range(n_in)])
-    gen_target.set([{"amplitude_times": steps + total_offset, "amplitude_values": y[:, m].astype(float)}
-                    for m in range(n_out)])
+    gen_target.set(
+        [{"amplitude_times": steps + total_offset, "amplitude_values": y[:, m].astype(float)} for m in range(n_out)]
+    )
     final = nest.Create("spike_generator", 1, {"spike_times": [float(T + delays)]})
     nest.Connect(final, parrots + rec, "all_to_all", {"weight": 1000.0})
 
     def weights(pre, post):
         conns = nest.GetConnections(pre, post).get(["source", "target", "weight"])
         w = np.zeros((len(post), len(pre)))
-        w[np.array(conns["target"]) - min(post.tolist()), np.array(conns["source"]) - min(pre.tolist())] = conns["weight"]
+        w[np.array(conns["target"]) - min(post.tolist()), np.array(conns["source"]) - min(pre.tolist())] = conns[
+            "weight"
+        ]
         return w
 
     before = {k: weights(*pop) for k, pop in (("w_in", (parrots, rec)), ("w_rec", (rec, rec)), ("w_out", (rec, out)))}

@@ -8,7 +8,8 @@ interleaved rounds: the per-step slope ``(t(T2) - t(T1)) / (T2 - T1)`` of each s
 the working tree is faster) and the largest difference of the gradients relative to the revision's. On
 this project's VM only ratios from one process count (benchmarks/README.md, "The machine").
 
-    python benchmarks/ab.py --rev HEAD --net gru:"eprop (stateless readout)":32:8 --net alif:"eprop (leaky readout)":256:32
+    python benchmarks/ab.py --rev HEAD --net gru:"eprop (stateless readout)":32:8 \
+        --net alif:"eprop (leaky readout)":256:32
 """
 
 from __future__ import annotations
@@ -28,15 +29,19 @@ from _common import HERE, interleaved_slopes  # noqa: E402
 
 import eproptax._bench  # noqa: E402
 
-DEFAULT_NETS = ("gru:eprop (stateless readout):32:8", "lstm:eprop (leaky readout):64:8",
-                "alif:eprop (leaky readout):256:32")
+DEFAULT_NETS = (
+    "gru:eprop (stateless readout):32:8",
+    "lstm:eprop (leaky readout):64:8",
+    "alif:eprop (leaky readout):256:32",
+)
 
 
 def import_revision(rev: str, into: str):
     """``eproptax`` at ``rev``, imported as ``eproptax_<rev>`` from a ``git archive`` under ``into``."""
     name = "eproptax_" + "".join(c if c.isalnum() else "_" for c in rev)
-    archive = subprocess.run(["git", "-C", os.path.dirname(HERE), "archive", rev, "eproptax"], check=True,
-                             capture_output=True).stdout
+    archive = subprocess.run(
+        ["git", "-C", os.path.dirname(HERE), "archive", rev, "eproptax"], check=True, capture_output=True
+    ).stdout
     subprocess.run(["tar", "-x", "-C", into], input=archive, check=True)
     os.rename(os.path.join(into, "eproptax"), os.path.join(into, name))
     sys.path.insert(0, into)
@@ -68,17 +73,24 @@ def main(argv=None):
         sides = {args.rev: import_revision(args.rev, tmp), "tree": eproptax._bench}
         for net in args.net or DEFAULT_NETS:
             cell, rule, hidden, batch = net.split(":")
-            progs = {side: compiled_pair(bench, cell, rule, int(hidden), int(batch), args.lengths)
-                     for side, bench in sides.items()}
+            progs = {
+                side: compiled_pair(bench, cell, rule, int(hidden), int(batch), args.lengths)
+                for side, bench in sides.items()
+            }
             base, new = (jax.tree_util.tree_leaves(progs[side][args.lengths[1]][2]) for side in sides)
-            diff = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))) / (np.max(np.abs(np.asarray(a))) + 1e-30))
-                       for a, b in zip(base, new))
+            diff = max(
+                float(np.max(np.abs(np.asarray(a) - np.asarray(b))) / (np.max(np.abs(np.asarray(a))) + 1e-30))
+                for a, b in zip(base, new)
+            )
             timed = {(side, T): (fn, call) for side, pair in progs.items() for T, (fn, call, _) in pair.items()}
             slope, best = interleaved_slopes(timed, args.lengths, args.rounds, repeats=3)
             t2 = args.lengths[1]
-            print(f"{cell}({hidden}) b{batch} {rule}: {args.rev} {1e6 * slope[args.rev]:.2f} us/step, tree "
-                  f"{1e6 * slope['tree']:.2f}: x{slope[args.rev] / slope['tree']:.2f} (whole call at T={t2}: "
-                  f"x{best[args.rev, t2] / best['tree', t2]:.2f}); gradients differ by {diff:.1e} (relative)", flush=True)
+            print(
+                f"{cell}({hidden}) b{batch} {rule}: {args.rev} {1e6 * slope[args.rev]:.2f} us/step, tree "
+                f"{1e6 * slope['tree']:.2f}: x{slope[args.rev] / slope['tree']:.2f} (whole call at T={t2}: "
+                f"x{best[args.rev, t2] / best['tree', t2]:.2f}); gradients differ by {diff:.1e} (relative)",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

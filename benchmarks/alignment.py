@@ -56,8 +56,15 @@ def mse(out, target):
 def make_model(cell: str, sizes: tuple, dtype):
     layers, n_in = [], N_IN
     for n in sizes:
-        layers.append({"lif": ep.cells.lif, "gru": ep.cells.gru, "rnn": ep.cells.rnn, "lstm": ep.cells.lstm,
-                       "alif": ep.cells.alif}[cell](n_in, n, dtype=dtype))
+        layers.append(
+            {
+                "lif": ep.cells.lif,
+                "gru": ep.cells.gru,
+                "rnn": ep.cells.rnn,
+                "lstm": ep.cells.lstm,
+                "alif": ep.cells.alif,
+            }[cell](n_in, n, dtype=dtype)
+        )
         n_in = n
     return ep.cells.stack(*layers, ep.cells.leaky_readout(n_in, N_OUT, dtype=dtype))
 
@@ -109,8 +116,9 @@ def cosine(a, b) -> float:
 def compile_rules(model, rules: dict):
     """One jitted function running BPTT and every rule (one compilation for the whole set)."""
     all_rules = {"bptt": ep.bptt(model, mse), **rules}
-    return jax.jit(lambda p, x, y: ({name: rule(p, x, y)[1] for name, rule in all_rules.items()},
-                                    activity(model, p, x)))
+    return jax.jit(
+        lambda p, x, y: ({name: rule(p, x, y)[1] for name, rule in all_rules.items()}, activity(model, p, x))
+    )
 
 
 def measure(fn, model, cell, names, seeds, time_steps, gain, delay, dtype):
@@ -141,14 +149,34 @@ def order_sweep(args, dtype):
             for T in args.lengths:
                 model = make_model(cell, (n,), dtype)
                 rules = {f"order {m}": ep.eprop_m(model, mse, m) for m in range(args.max_order + 1)}
-                res, rates, seconds = measure(compile_rules(model, rules), model, cell, rules, args.seed_list, T,
-                                              args.gains[cell], args.delay, dtype)
+                res, rates, seconds = measure(
+                    compile_rules(model, rules),
+                    model,
+                    cell,
+                    rules,
+                    args.seed_list,
+                    T,
+                    args.gains[cell],
+                    args.delay,
+                    dtype,
+                )
                 for m in range(args.max_order + 1):
-                    records.append(dict(cell=cell, n=n, T=T, order=m, rate=rates[0],
-                                        **{k: summary(v) for k, v in res[f"order {m}"].items()}))
+                    records.append(
+                        dict(
+                            cell=cell,
+                            n=n,
+                            T=T,
+                            order=m,
+                            rate=rates[0],
+                            **{k: summary(v) for k, v in res[f"order {m}"].items()},
+                        )
+                    )
                 line = " ".join(f"{np.mean(res[name]['hidden']):.3f}" for name in rules)
-                print(f"order  {cell:4s} n={n:3d} T={T:4d}: hidden-layer cosine, orders 0..{args.max_order}: {line}"
-                      f"   (mean output {rates[0]:.3f}, {seconds:.1f} s)", flush=True)
+                print(
+                    f"order  {cell:4s} n={n:3d} T={T:4d}: hidden-layer cosine, orders 0..{args.max_order}: {line}"
+                    f"   (mean output {rates[0]:.3f}, {seconds:.1f} s)",
+                    flush=True,
+                )
     return records
 
 
@@ -160,15 +188,29 @@ def depth_sweep(args, dtype):
             rules = {d: ep.deep_eprop(model, mse, depth=d) for d in DEPTHS}
             fn = compile_rules(model, rules)
             for recurrence, gain in (("strong", args.gains[cell]), ("none", 0.0)):
-                res, rates, seconds = measure(fn, model, cell, rules, args.seed_list, args.depth_T, gain, args.delay,
-                                              dtype)
+                res, rates, seconds = measure(
+                    fn, model, cell, rules, args.seed_list, args.depth_T, gain, args.delay, dtype
+                )
                 for d in rules:
-                    records.append(dict(cell=cell, layers=depth, n=args.depth_n, T=args.depth_T, depth=d,
-                                        recurrence=recurrence, gain=gain, rates=rates,
-                                        **{k: summary(v) for k, v in res[d].items()}))
+                    records.append(
+                        dict(
+                            cell=cell,
+                            layers=depth,
+                            n=args.depth_n,
+                            T=args.depth_T,
+                            depth=d,
+                            recurrence=recurrence,
+                            gain=gain,
+                            rates=rates,
+                            **{k: summary(v) for k, v in res[d].items()},
+                        )
+                    )
                 line = "  ".join(f"{d} {np.mean(res[d]['hidden']):.3f}/{np.mean(res[d]['first']):.3f}" for d in rules)
-                print(f"depth  {cell:4s} L={depth} R={gain:g}: hidden/first-layer cosine: {line}   (mean outputs "
-                      f"{', '.join(f'{r:.3f}' for r in rates)}, {seconds:.1f} s)", flush=True)
+                print(
+                    f"depth  {cell:4s} L={depth} R={gain:g}: hidden/first-layer cosine: {line}   (mean outputs "
+                    f"{', '.join(f'{r:.3f}' for r in rates)}, {seconds:.1f} s)",
+                    flush=True,
+                )
     return records
 
 
@@ -201,16 +243,34 @@ def cost_sweep(args, dtype):
             if layers == 1:
                 rules["rtrl"] = (ep.online.rtrl(model, mse), ep.rtrl(model, mse))
             if layers == 1:
-                rules.update({f"eprop_m({m})": (ep.online.eprop_m(model, mse, m), ep.eprop_m(model, mse, m))
-                              for m in range(args.max_order + 1)})
+                rules.update(
+                    {
+                        f"eprop_m({m})": (ep.online.eprop_m(model, mse, m), ep.eprop_m(model, mse, m))
+                        for m in range(args.max_order + 1)
+                    }
+                )
             else:
-                rules.update({f"deep_eprop({d})": (ep.online.deep_eprop(model, mse, depth=d),
-                                                   ep.deep_eprop(model, mse, depth=d)) for d in DEPTHS})
+                rules.update(
+                    {
+                        f"deep_eprop({d})": (
+                            ep.online.deep_eprop(model, mse, depth=d),
+                            ep.deep_eprop(model, mse, depth=d),
+                        )
+                        for d in DEPTHS
+                    }
+                )
             n_params = sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(params[:-1]))
             data = draw(model, cell, 0, T, args.gains[cell], args.delay, dtype)
             for name, (online, whole) in rules.items():
-                row = dict(cell=cell, layers=layers, n=n, rule=name, recurrent_params=n_params, batch=BATCH,
-                           trace_floats=_trace_floats(online, params) if online is not None else None)
+                row = dict(
+                    cell=cell,
+                    layers=layers,
+                    n=n,
+                    rule=name,
+                    recurrent_params=n_params,
+                    batch=BATCH,
+                    trace_floats=_trace_floats(online, params) if online is not None else None,
+                )
                 if whole is not None and layers in (1, 3) and not args.no_timing:
                     row["wall_s_per_step"], row["cpu_s_per_step"] = _seconds_per_step(jax.jit(whole), data, T)
                 records.append(row)
@@ -224,16 +284,24 @@ def plot_order(records, args, path):
     plt = pyplot()
 
     cells, lengths = args.cells, args.lengths
-    fig, axes = plt.subplots(len(cells), len(lengths), figsize=(3.6 * len(lengths), 2.9 * len(cells)),
-                             sharey="row", squeeze=False)
+    fig, axes = plt.subplots(
+        len(cells), len(lengths), figsize=(3.6 * len(lengths), 2.9 * len(cells)), sharey="row", squeeze=False
+    )
     for i, cell in enumerate(cells):
         for j, T in enumerate(lengths):
             ax = axes[i][j]
             for n in args.sizes:
-                rows = sorted((r for r in records if r["cell"] == cell and r["T"] == T and r["n"] == n),
-                              key=lambda r: r["order"])
-                ax.errorbar([r["order"] for r in rows], [r["hidden"]["mean"] for r in rows],
-                            yerr=[r["hidden"]["std"] for r in rows], marker="o", capsize=3, label=f"n = {n}")
+                rows = sorted(
+                    (r for r in records if r["cell"] == cell and r["T"] == T and r["n"] == n), key=lambda r: r["order"]
+                )
+                ax.errorbar(
+                    [r["order"] for r in rows],
+                    [r["hidden"]["mean"] for r in rows],
+                    yerr=[r["hidden"]["std"] for r in rows],
+                    marker="o",
+                    capsize=3,
+                    label=f"n = {n}",
+                )
             ax.set_title(f"{cell.upper()}, T = {T}")
             ax.set_xticks(range(args.max_order + 1))
             ax.grid(alpha=0.3)
@@ -242,8 +310,13 @@ def plot_order(records, args, path):
             if j == 0:
                 ax.set_ylabel("cosine with BPTT\n(recurrent layer)")
     axes[0][-1].legend(loc="lower right")
-    save_figure(fig, path, f"m-order e-prop: alignment with BPTT (mean ± std over {len(args.seed_list)} networks)",
-                fontsize=12, dpi=120)
+    save_figure(
+        fig,
+        path,
+        f"m-order e-prop: alignment with BPTT (mean ± std over {len(args.seed_list)} networks)",
+        fontsize=12,
+        dpi=120,
+    )
 
 
 def plot_depth(records, args, path):
@@ -255,10 +328,18 @@ def plot_depth(records, args, path):
         for j, (cell, key) in enumerate(columns):
             ax = axes[i][j]
             for d, style in zip(DEPTHS, ("s--", "^:", "o-")):
-                rows = sorted((r for r in records if r["cell"] == cell and r["depth"] == d
-                               and r["recurrence"] == recurrence), key=lambda r: r["layers"])
-                ax.errorbar([r["layers"] for r in rows], [r[key]["mean"] for r in rows],
-                            yerr=[r[key]["std"] for r in rows], fmt=style, capsize=3, label=d)
+                rows = sorted(
+                    (r for r in records if r["cell"] == cell and r["depth"] == d and r["recurrence"] == recurrence),
+                    key=lambda r: r["layers"],
+                )
+                ax.errorbar(
+                    [r["layers"] for r in rows],
+                    [r[key]["mean"] for r in rows],
+                    yerr=[r[key]["std"] for r in rows],
+                    fmt=style,
+                    capsize=3,
+                    label=d,
+                )
             what = "all recurrent layers" if key == "hidden" else "first layer"
             within = f"R = {args.gains[cell]:g} x default" if recurrence == "strong" else "R = 0"
             ax.set_title(f"{cell.upper()}, {within}:\n{what}", fontsize=10)
@@ -269,21 +350,35 @@ def plot_depth(records, args, path):
             if j == 0:
                 ax.set_ylabel("cosine with BPTT")
     axes[0][0].legend(loc="lower left")
-    save_figure(fig, path, f"deep e-prop: alignment with BPTT against depth ({args.depth_n} neurons per layer, "
-                f"T = {args.depth_T}, mean ± std over {len(args.seed_list)} networks); top: with within-layer "
-                "recurrent weights R, bottom: without", dpi=120)
+    save_figure(
+        fig,
+        path,
+        f"deep e-prop: alignment with BPTT against depth ({args.depth_n} neurons per layer, "
+        f"T = {args.depth_T}, mean ± std over {len(args.seed_list)} networks); top: with within-layer "
+        "recurrent weights R, bottom: without",
+        dpi=120,
+    )
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="n in {8, 16}, T in {20, 50}, up to 3 layers, 3 seeds, no timing")
+    parser.add_argument(
+        "--quick", action="store_true", help="n in {8, 16}, T in {20, 50}, up to 3 layers, 3 seeds, no timing"
+    )
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "docs", "figures"))
     parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--gain-lif", type=float, default=0.5,
-                        help="scale of the LIF recurrent weights (of the default N(0, 1/n)), default 0.5")
-    parser.add_argument("--gain-gru", type=float, default=2.0,
-                        help="scale of the GRU recurrent kernels (of the default N(0, 1/n)), default 2")
+    parser.add_argument(
+        "--gain-lif",
+        type=float,
+        default=0.5,
+        help="scale of the LIF recurrent weights (of the default N(0, 1/n)), default 0.5",
+    )
+    parser.add_argument(
+        "--gain-gru",
+        type=float,
+        default=2.0,
+        help="scale of the GRU recurrent kernels (of the default N(0, 1/n)), default 2",
+    )
     parser.add_argument("--delay", type=int, default=5, help="delay of the copy task, in steps")
     parser.add_argument("--float32", action="store_true", help="float32 instead of float64")
     parser.add_argument("--skip-depth", action="store_true")
@@ -306,12 +401,33 @@ def main(argv=None):
     order = [] if args.skip_order else order_sweep(args, dtype)
     depth = [] if args.skip_depth else depth_sweep(args, dtype)
     costs = cost_sweep(args, dtype)
-    settings = dict(cells=args.cells, sizes=args.sizes, lengths=args.lengths, max_order=args.max_order,
-                    max_depth=args.max_depth, depth_n=args.depth_n, depth_T=args.depth_T, seeds=args.seed_list,
-                    gains=args.gains, lif_drive=LIF_DRIVE, delay=args.delay, n_in=N_IN, n_out=N_OUT, batch=BATCH,
-                    dtype=np.dtype(dtype).name, quick=args.quick)
-    result = dict(settings=settings, jax=jax.__version__, platform=jax.devices()[0].platform,
-                  seconds=time.perf_counter() - start, order=order, depth=depth, costs=costs)
+    settings = dict(
+        cells=args.cells,
+        sizes=args.sizes,
+        lengths=args.lengths,
+        max_order=args.max_order,
+        max_depth=args.max_depth,
+        depth_n=args.depth_n,
+        depth_T=args.depth_T,
+        seeds=args.seed_list,
+        gains=args.gains,
+        lif_drive=LIF_DRIVE,
+        delay=args.delay,
+        n_in=N_IN,
+        n_out=N_OUT,
+        batch=BATCH,
+        dtype=np.dtype(dtype).name,
+        quick=args.quick,
+    )
+    result = dict(
+        settings=settings,
+        jax=jax.__version__,
+        platform=jax.devices()[0].platform,
+        seconds=time.perf_counter() - start,
+        order=order,
+        depth=depth,
+        costs=costs,
+    )
     with open(os.path.join(args.out, "alignment.json"), "w") as f:
         json.dump(result, f, indent=1)
     if order:

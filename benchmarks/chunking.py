@@ -26,11 +26,17 @@ from _common import interleaved_slopes, parser, save  # noqa: E402
 from eproptax._bench import RULES, _memory, build, problem  # noqa: E402
 
 SPECS = {spec.name: spec for spec in RULES}
-NETWORKS = (("gru", "eprop (stateless readout)", 32, 1), ("gru", "eprop (stateless readout)", 128, 1),
-            ("gru", "eprop (stateless readout)", 32, 8), ("lif", "eprop (leaky readout)", 32, 8),
-            ("alif", "eprop (leaky readout)", 32, 8), ("lstm", "eprop (leaky readout)", 16, 8),
-            ("lstm", "eprop (leaky readout)", 64, 8), ("lif", "eprop (stateless readout)", 256, 32),
-            ("alif", "eprop (leaky readout)", 256, 32))
+NETWORKS = (
+    ("gru", "eprop (stateless readout)", 32, 1),
+    ("gru", "eprop (stateless readout)", 128, 1),
+    ("gru", "eprop (stateless readout)", 32, 8),
+    ("lif", "eprop (leaky readout)", 32, 8),
+    ("alif", "eprop (leaky readout)", 32, 8),
+    ("lstm", "eprop (leaky readout)", 16, 8),
+    ("lstm", "eprop (leaky readout)", 64, 8),
+    ("lif", "eprop (stateless readout)", 256, 32),
+    ("alif", "eprop (leaky readout)", 256, 32),
+)
 
 
 def main(argv=None):
@@ -56,17 +62,33 @@ def main(argv=None):
                 if T == lengths[1]:
                     grads[K], memory[K] = out[1], (_memory(compiled) or {}).get("temp")
         slope, _ = interleaved_slopes(programs, lengths, args.rounds, repeats=3)
-        diff = {K: max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))) / (np.max(np.abs(np.asarray(b))) + 1e-30))
-                       for a, b in zip(jax.tree_util.tree_leaves(grads[K]), jax.tree_util.tree_leaves(grads[1])))
-                for K in args.chunks}
-        row = dict(cell=cell, rule=rule, hidden=hidden, batch=batch, lengths=list(lengths),
-                   per_step_s={K: slope[K] for K in ks}, speedup={K: slope[1] / slope[K] for K in args.chunks},
-                   temp_bytes=memory, max_rel_grad_diff=diff)
+        diff = {
+            K: max(
+                float(np.max(np.abs(np.asarray(a) - np.asarray(b))) / (np.max(np.abs(np.asarray(b))) + 1e-30))
+                for a, b in zip(jax.tree_util.tree_leaves(grads[K]), jax.tree_util.tree_leaves(grads[1]))
+            )
+            for K in args.chunks
+        }
+        row = dict(
+            cell=cell,
+            rule=rule,
+            hidden=hidden,
+            batch=batch,
+            lengths=list(lengths),
+            per_step_s={K: slope[K] for K in ks},
+            speedup={K: slope[1] / slope[K] for K in args.chunks},
+            temp_bytes=memory,
+            max_rel_grad_diff=diff,
+        )
         rows.append(row)
-        print(f"{cell}({hidden}) b{batch} {rule}: stepping {1e6 * slope[1]:.2f} us/step; "
-              + ", ".join(f"K={K} x{row['speedup'][K]:.2f}" for K in args.chunks)
-              + f"; temp {(memory[1] or 0) / 2**20:.2f} MiB at K=1, {(memory[max(ks)] or 0) / 2**20:.2f} MiB at K={max(ks)}"
-              + f"; gradient differs by {max(diff.values()):.1e} at most", flush=True)
+        print(
+            f"{cell}({hidden}) b{batch} {rule}: stepping {1e6 * slope[1]:.2f} us/step; "
+            + ", ".join(f"K={K} x{row['speedup'][K]:.2f}" for K in args.chunks)
+            + f"; temp {(memory[1] or 0) / 2**20:.2f} MiB at K=1, "
+            + f"{(memory[max(ks)] or 0) / 2**20:.2f} MiB at K={max(ks)}"
+            + f"; gradient differs by {max(diff.values()):.1e} at most",
+            flush=True,
+        )
     print("wrote", save("chunking", dict(rows=rows), args.out))
 
 

@@ -46,8 +46,10 @@ from eproptax._bench import _best_times  # noqa: E402
 from eproptax._compare import mse  # noqa: E402
 
 ENVS = os.path.join(HERE, ".envs")
-FIXTURES = [os.path.join(os.path.dirname(HERE), *parts, "nest_eprop_bsshslm_2020.json")
-            for parts in (("tests", "data"), ("tests", "fixtures"), ("..", "shared", "oracles", "nest_eprop"))]
+FIXTURES = [
+    os.path.join(os.path.dirname(HERE), *parts, "nest_eprop_bsshslm_2020.json")
+    for parts in (("tests", "data"), ("tests", "fixtures"), ("..", "shared", "oracles", "nest_eprop"))
+]
 
 
 def _log(msg):
@@ -78,8 +80,9 @@ def run_side(exe: str, script: str, payload: dict, timeout: int = 1800) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = os.path.join(tmp, "in.npz"), os.path.join(tmp, "out.npz")
         np.savez(src, **payload)
-        proc = subprocess.run([exe, os.path.join(HERE, script), src, dst], capture_output=True, text=True,
-                              timeout=timeout)
+        proc = subprocess.run(
+            [exe, os.path.join(HERE, script), src, dst], capture_output=True, text=True, timeout=timeout
+        )
         if proc.returncode != 0:
             raise RuntimeError(f"{script} failed:\n" + "\n".join((proc.stdout + proc.stderr).splitlines()[-15:]))
         with np.load(dst) as out:
@@ -99,27 +102,42 @@ def relative_error(a, b):
 def lif_network(n_in, n_rec, n_out, *, tau_m, tau_out, V_th, height, width, dtype):
     """The NEST-compatible configuration of eproptax's cells (zeta = 1 - alpha, no autapses, reset detached)."""
     return ep.cells.stack(
-        ep.cells.lif(n_in, n_rec, tau_mem=tau_m, threshold=V_th, surrogate_height=height, surrogate_width=width,
-                     dtype=dtype),
-        ep.cells.leaky_readout(n_rec, n_out, tau_out=tau_out, dtype=dtype))
+        ep.cells.lif(
+            n_in, n_rec, tau_mem=tau_m, threshold=V_th, surrogate_height=height, surrogate_width=width, dtype=dtype
+        ),
+        ep.cells.leaky_readout(n_rec, n_out, tau_out=tau_out, dtype=dtype),
+    )
 
 
 def eprop_gradient(payload, dtype, repeats=5):
     """eproptax's e-prop gradient of the NEST network and its time per call (jitted, after compilation)."""
     x, y = payload["x"], payload["y"]
     n_out, n_rec = payload["w_out"].shape
-    model = lif_network(x.shape[1], n_rec, n_out, tau_m=float(payload["tau_m"]), tau_out=float(payload["tau_out"]),
-                        V_th=float(payload["V_th"]), height=float(payload["height"]), width=float(payload["width"]),
-                        dtype=dtype)
-    params = ({"w_in": jnp.asarray(payload["w_in"], dtype), "w_rec": jnp.asarray(payload["w_rec"], dtype)},
-              {"w_out": jnp.asarray(payload["w_out"], dtype)})
+    model = lif_network(
+        x.shape[1],
+        n_rec,
+        n_out,
+        tau_m=float(payload["tau_m"]),
+        tau_out=float(payload["tau_out"]),
+        V_th=float(payload["V_th"]),
+        height=float(payload["height"]),
+        width=float(payload["width"]),
+        dtype=dtype,
+    )
+    params = (
+        {"w_in": jnp.asarray(payload["w_in"], dtype), "w_rec": jnp.asarray(payload["w_rec"], dtype)},
+        {"w_out": jnp.asarray(payload["w_out"], dtype)},
+    )
     inputs = jnp.asarray(x, dtype)[None]
     targets = {"y": jnp.asarray(y, dtype)[None], "mask": jnp.ones((1, x.shape[0]), dtype)}
     fn = jax.jit(ep.eprop(model, mse))
     _, grads = jax.block_until_ready(fn(params, inputs, targets))
     seconds, _ = _best_times(fn, params, inputs, targets, repeats=repeats)
-    return {"w_in": np.asarray(grads[0]["w_in"]), "w_rec": np.asarray(grads[0]["w_rec"]),
-            "w_out": np.asarray(grads[1]["w_out"])}, seconds
+    return {
+        "w_in": np.asarray(grads[0]["w_in"]),
+        "w_rec": np.asarray(grads[0]["w_rec"]),
+        "w_out": np.asarray(grads[1]["w_out"]),
+    }, seconds
 
 
 def nest_fixture_check(exe) -> dict:
@@ -131,11 +149,17 @@ def nest_fixture_check(exe) -> dict:
     with open(path) as f:
         case = json.load(f)["cases"]["lif"]
     cfg = case["config"]
-    payload = dict(x=np.array(case["inputs"]["x"], float), y=np.array(case["inputs"]["y_target"], float),
-                   **{k: np.array(case["weights_before"][k], float) for k in ("w_in", "w_rec", "w_out")},
-                   tau_m=cfg["rec"]["tau_m"], tau_out=cfg["out"]["tau_m"], V_th=cfg["rec"]["V_th"],
-                   height=cfg["rec"]["surrogate_gradient_height"], width=cfg["rec"]["surrogate_gradient_width"],
-                   repeats=1)
+    payload = dict(
+        x=np.array(case["inputs"]["x"], float),
+        y=np.array(case["inputs"]["y_target"], float),
+        **{k: np.array(case["weights_before"][k], float) for k in ("w_in", "w_rec", "w_out")},
+        tau_m=cfg["rec"]["tau_m"],
+        tau_out=cfg["out"]["tau_m"],
+        V_th=cfg["rec"]["V_th"],
+        height=cfg["rec"]["surrogate_gradient_height"],
+        width=cfg["rec"]["surrogate_gradient_width"],
+        repeats=1,
+    )
     out = run_side(exe, "_nest_side.py", payload)
     errors = {k: relative_error(out[k], np.array(case["gradients"][k])) for k in ("w_in", "w_rec", "w_out")}
     _log(f"  NEST side vs the shared fixture (case lif): relative errors {errors}")
@@ -149,14 +173,25 @@ def nest_problem(n_in=100, n_rec=100, n_out=1, T=1000, seed=0):
     x = (rng.random((T, n_in)) < 0.05).astype(float)
     x[0] = 0.0
     t = np.arange(T)
-    y = sum(a * np.sin(2 * np.pi * t / p + ph) for a, p, ph in
-            zip(rng.uniform(0.5, 2.0, 4), (1000, 500, 333, 200), rng.uniform(0, 2 * np.pi, 4)))
+    y = sum(
+        a * np.sin(2 * np.pi * t / p + ph)
+        for a, p, ph in zip(rng.uniform(0.5, 2.0, 4), (1000, 500, 333, 200), rng.uniform(0, 2 * np.pi, 4))
+    )
     y = (y - y[0]) / np.abs(y - y[0]).max()
     w_rec = rng.standard_normal((n_rec, n_rec)) / np.sqrt(n_rec)
     np.fill_diagonal(w_rec, 0.0)
-    return dict(x=x, y=np.repeat(y[:, None], n_out, 1), w_in=rng.standard_normal((n_rec, n_in)) / np.sqrt(n_in),
-                w_rec=w_rec, w_out=rng.standard_normal((n_out, n_rec)) / np.sqrt(n_rec),
-                tau_m=20.0, tau_out=30.0, V_th=0.03, height=10.0, width=0.03)
+    return dict(
+        x=x,
+        y=np.repeat(y[:, None], n_out, 1),
+        w_in=rng.standard_normal((n_rec, n_in)) / np.sqrt(n_in),
+        w_rec=w_rec,
+        w_out=rng.standard_normal((n_out, n_rec)) / np.sqrt(n_rec),
+        tau_m=20.0,
+        tau_out=30.0,
+        V_th=0.03,
+        height=10.0,
+        width=0.03,
+    )
 
 
 def nest_peer(quick) -> dict:
@@ -174,14 +209,28 @@ def nest_peer(quick) -> dict:
     errors32 = {k: relative_error(grads32[k], out[k]) for k in grads32}
     spikes = float(np.sum(payload["x"]))
     t_nest = float(out["simulate_s"])
-    row = dict(name="NEST e-prop", network="LIF(100) + leaky readout(1), 100 Poisson inputs", T=T, batch=1,
-               nest_version=str(out["nest_version"]), nest_simulate_s=t_nest, eproptax_float32_s=t32,
-               eproptax_float64_s=t64, speedup=t_nest / t32, speedup_float64=t_nest / t64, required_speedup=10.0,
-               relative_error_float64=errors, relative_error_float32=errors32, fixture_check=fixture,
-               input_spikes=spikes)
-    _log(f"  NEST {row['nest_version']}: Simulate {1e3 * t_nest:.1f} ms for T={T}; eproptax eprop "
-         f"{1e3 * t32:.2f} ms (float32), {1e3 * t64:.2f} ms (float64): x{t_nest / t32:.1f} (float32), "
-         f"x{t_nest / t64:.1f} (float64); gradient relative error (float64) {errors}")
+    row = dict(
+        name="NEST e-prop",
+        network="LIF(100) + leaky readout(1), 100 Poisson inputs",
+        T=T,
+        batch=1,
+        nest_version=str(out["nest_version"]),
+        nest_simulate_s=t_nest,
+        eproptax_float32_s=t32,
+        eproptax_float64_s=t64,
+        speedup=t_nest / t32,
+        speedup_float64=t_nest / t64,
+        required_speedup=10.0,
+        relative_error_float64=errors,
+        relative_error_float32=errors32,
+        fixture_check=fixture,
+        input_spikes=spikes,
+    )
+    _log(
+        f"  NEST {row['nest_version']}: Simulate {1e3 * t_nest:.1f} ms for T={T}; eproptax eprop "
+        f"{1e3 * t32:.2f} ms (float32), {1e3 * t64:.2f} ms (float64): x{t_nest / t32:.1f} (float32), "
+        f"x{t_nest / t64:.1f} (float64); gradient relative error (float64) {errors}"
+    )
     return row
 
 
@@ -196,8 +245,9 @@ def find_python(version: str):
     candidates = [found] if found else []
     root = os.path.expanduser("~/.pyenv/versions")
     if os.path.isdir(root):
-        candidates += [os.path.join(root, v, "bin", f"python{version}") for v in sorted(os.listdir(root))
-                       if v.startswith(version)]
+        candidates += [
+            os.path.join(root, v, "bin", f"python{version}") for v in sorted(os.listdir(root)) if v.startswith(version)
+        ]
     for exe in candidates:
         try:
             if exe and subprocess.run([exe, "--version"], capture_output=True, timeout=10).returncode == 0:
@@ -219,6 +269,7 @@ def braintrace_peer(quick) -> list[dict]:
         _log(f"  braintrace: not measured: {e}")
         return [dict(name="braintrace", speedup=None, reason=f"install failed: {e}")]
     from _braintrace_peer import compare_braintrace  # noqa: E402 (imports eproptax problems for the same nets)
+
     return compare_braintrace(exe, run_side, quick=quick, log=_log)
 
 
@@ -230,7 +281,7 @@ def plot(rows, path):
     fig, ax = plt.subplots(figsize=(10, 0.6 * len(rows) + 1.5))
     labels = [f"{r['name']} ({r.get('network', '')[:40]})" for r in rows]
     ax.barh(labels, [r["speedup"] for r in rows])
-    for r, label in zip(rows, labels):
+    for r in rows:
         ax.axvline(r["required_speedup"], color="k", ls=":", lw=0.8)
     ax.set_xscale("log")
     ax.set_xlabel("eproptax speed-up over the peer (same network and rule)")
@@ -253,8 +304,11 @@ def main(argv=None):
     if args.skip and os.path.exists(previous):  # keep the skipped peers' last rows, with the run they came from
         with open(previous) as f:
             last = json.load(f)
-        rows += [dict(r, measured_with=r.get("measured_with", last.get("info", {}))) for r in last.get("peers", [])
-                 if r["name"].split()[0].lower() in args.skip]
+        rows += [
+            dict(r, measured_with=r.get("measured_with", last.get("info", {})))
+            for r in last.get("peers", [])
+            if r["name"].split()[0].lower() in args.skip
+        ]
     path = save("peers", dict(peers=rows, seconds=time.perf_counter() - start), args.out)
     plot(rows, os.path.join(results_dir(args.out), "peers.png"))
     _log(f"wrote {path} ({time.perf_counter() - start:.0f} s)")

@@ -86,23 +86,28 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--top", type=int, default=12, help="operations listed per device")
-    p.add_argument("--min-elements", type=int, default=None,
-                   help="list the fusions with at least this many output elements (default: batch x hidden^2, "
-                        "about one per-synapse array)")
+    p.add_argument(
+        "--min-elements",
+        type=int,
+        default=None,
+        help="list the fusions with at least this many output elements (default: batch x hidden^2, "
+        "about one per-synapse array)",
+    )
     args = p.parse_args(argv)
     spec = SPECS[args.rule]
-    prob = problem(args.cell, readout=spec.readout, layers=spec.layers, hidden=args.hidden, batch=args.batch,
-                   time_steps=args.steps)
+    prob = problem(
+        args.cell, readout=spec.readout, layers=spec.layers, hidden=args.hidden, batch=args.batch, time_steps=args.steps
+    )
     fn, _ = build(spec, prob)
     call = (prob.params, prob.inputs, prob.targets)
     compiled = jax.jit(fn).lower(*call).compile()
     times = op_times(compiled, call, args.steps)
-    fusions = loop_fusions(compiled.as_text(), args.min_elements or args.hidden ** 2 * args.batch)
+    fusions = loop_fusions(compiled.as_text(), args.min_elements or args.hidden**2 * args.batch)
     key = f"{args.cell}({args.hidden}) batch {args.batch}: {args.rule}"
     print(f"{key}, T={args.steps}: microseconds per step of each operation")
     for proc, ops in times.items():
         print(f"  {proc}")
-        for name, us in list(ops.items())[:args.top]:
+        for name, us in list(ops.items())[: args.top]:
             print(f"    {us:10.1f}  {name}")
     print("fusions over trace-sized arrays (operations evaluated per output element):")
     for f in fusions:
@@ -112,9 +117,15 @@ def main(argv=None):
     if os.path.exists(path):
         with open(path) as f:
             previous = json.load(f).get("profiles", {})
-    entry = dict(cell=args.cell, rule=args.rule, hidden=args.hidden, batch=args.batch, time_steps=args.steps,
-                 us_per_step={proc: dict(list(ops.items())[:args.top]) for proc, ops in times.items()},
-                 fusions=fusions)
+    entry = dict(
+        cell=args.cell,
+        rule=args.rule,
+        hidden=args.hidden,
+        batch=args.batch,
+        time_steps=args.steps,
+        us_per_step={proc: dict(list(ops.items())[: args.top]) for proc, ops in times.items()},
+        fusions=fusions,
+    )
     print(f"wrote {save('profile', dict(profiles={**previous, key: entry}), args.out)}")
 
 

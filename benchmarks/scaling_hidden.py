@@ -26,24 +26,42 @@ from eproptax._bench import RULES, build, hardware, measure, problem, roofline  
 
 SPECS = {spec.name: spec for spec in RULES}
 # rule -> largest hidden size it runs at (cost per step O(n^4) for rtrl and eprop_m(1))
-MAX_HIDDEN = {"forward": 4096, "bptt": 4096, "eprop (leaky readout)": 4096, "eprop (stateless readout)": 4096,
-              "eprop_m(1)": 64, "rtrl": 64}
+MAX_HIDDEN = {
+    "forward": 4096,
+    "bptt": 4096,
+    "eprop (leaky readout)": 4096,
+    "eprop (stateless readout)": 4096,
+    "eprop_m(1)": 64,
+    "rtrl": 64,
+}
 MAX_HIDDEN_GATED = {"rtrl": 32, "eprop_m(1)": 32}  # LSTM / GRU: four gates, |theta| four times larger
 
 
 def run_one(cell, name, *, hidden, batch, steps, n_in, hw, repeats):
     spec = SPECS[name]
-    prob = problem(cell, readout=spec.readout, layers=spec.layers, n_in=n_in, hidden=hidden, time_steps=steps,
-                   batch=batch)
+    prob = problem(
+        cell, readout=spec.readout, layers=spec.layers, n_in=n_in, hidden=hidden, time_steps=steps, batch=batch
+    )
     fn, online = build(spec, prob)
     fig, _ = measure(fn, prob.params, prob.inputs, prob.targets, repeats=repeats, steps=steps)
-    row = dict(cell=cell, rule=name, hidden=hidden, batch=batch, time_steps=steps, n_in=n_in,
-               dtype=str(prob.inputs.dtype), **fig)
+    row = dict(
+        cell=cell,
+        rule=name,
+        hidden=hidden,
+        batch=batch,
+        time_steps=steps,
+        n_in=n_in,
+        dtype=str(prob.inputs.dtype),
+        **fig,
+    )
     if online is not None:
         row.update(roofline(online, prob, spec.kind, row["per_step_s"], hw))
     roof = f"{100 * row['roofline_fraction']:5.1f}% of {row['bound']}" if "roofline_fraction" in row else ""
-    print(f"{cell:5s} {name:28s} n={hidden:4d} B={batch:3d}  {1e6 * row['per_step_s']:10.1f} us/step  "
-          f"peak {row['memory']['peak'] / 2 ** 20:9.2f} MiB  compile {row['compile_s']:5.2f} s  {roof}", flush=True)
+    print(
+        f"{cell:5s} {name:28s} n={hidden:4d} B={batch:3d}  {1e6 * row['per_step_s']:10.1f} us/step  "
+        f"peak {row['memory']['peak'] / 2**20:9.2f} MiB  compile {row['compile_s']:5.2f} s  {roof}",
+        flush=True,
+    )
     return row
 
 
@@ -58,7 +76,7 @@ def plot(rows, path):
             bs = [r for r in rows if r["cell"] == cell and r["rule"] == rule and r["sweep"] == "batch"]
             style = dict(color=colours[rule], label=rule)
             axes[i, 0].plot([r["hidden"] for r in hs], [1e6 * r["per_step_s"] for r in hs], "o-", **style)
-            axes[i, 1].plot([r["hidden"] for r in hs], [r["memory"]["peak"] / 2 ** 20 for r in hs], "o-", **style)
+            axes[i, 1].plot([r["hidden"] for r in hs], [r["memory"]["peak"] / 2**20 for r in hs], "o-", **style)
             if bs:
                 axes[i, 2].plot([r["batch"] for r in bs], [1e6 * r["per_step_s"] for r in bs], "o-", **style)
         axes[i, 0].set(xlabel="hidden size (batch 8)", ylabel=f"{cell}: time per step (us)")
@@ -88,23 +106,46 @@ def main(argv=None):
     cells = args.cells if not args.quick else args.cells[:1]
     start = time.perf_counter()
     hw = hardware(quick=args.quick)
-    print(f"bandwidth {hw['bandwidth']['bytes_per_s'] / 1e9:.1f} GB/s, matmul {hw['matmul']['flops_per_s'] / 1e9:.1f} GFLOP/s")
+    print(
+        f"bandwidth {hw['bandwidth']['bytes_per_s'] / 1e9:.1f} GB/s, "
+        f"matmul {hw['matmul']['flops_per_s'] / 1e9:.1f} GFLOP/s"
+    )
     rows = []
     for cell in cells:
         limits = {**MAX_HIDDEN, **(MAX_HIDDEN_GATED if cell in ("lstm", "gru") else {})}
         for name in MAX_HIDDEN:
             for hidden in hidden_sizes:
                 if hidden <= limits[name]:
-                    rows.append({**run_one(cell, name, hidden=hidden, batch=8, steps=args.steps, n_in=args.n_in,
-                                           hw=hw, repeats=3), "sweep": "hidden"})
+                    rows.append(
+                        {
+                            **run_one(
+                                cell, name, hidden=hidden, batch=8, steps=args.steps, n_in=args.n_in, hw=hw, repeats=3
+                            ),
+                            "sweep": "hidden",
+                        }
+                    )
         for name in ("forward", "bptt", "eprop (leaky readout)", "eprop_m(1)"):
             for batch in batches:
                 if 64 <= limits[name] or name != "eprop_m(1)":
                     hidden = 64 if 64 <= limits[name] else limits[name]
-                    rows.append({**run_one(cell, name, hidden=hidden, batch=batch, steps=args.steps, n_in=args.n_in,
-                                           hw=hw, repeats=3), "sweep": "batch"})
-    path = save("scaling_hidden", dict(hardware=hw, rows=rows, seconds=time.perf_counter() - start, args=vars(args)),
-                args.out)
+                    rows.append(
+                        {
+                            **run_one(
+                                cell,
+                                name,
+                                hidden=hidden,
+                                batch=batch,
+                                steps=args.steps,
+                                n_in=args.n_in,
+                                hw=hw,
+                                repeats=3,
+                            ),
+                            "sweep": "batch",
+                        }
+                    )
+    path = save(
+        "scaling_hidden", dict(hardware=hw, rows=rows, seconds=time.perf_counter() - start, args=vars(args)), args.out
+    )
     plot(rows, os.path.join(results_dir(args.out), "scaling_hidden.png"))
     print(f"wrote {path} and the .png ({time.perf_counter() - start:.0f} s)")
 

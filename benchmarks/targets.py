@@ -43,8 +43,18 @@ from jax.flatten_util import ravel_pytree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import parser, results_dir, save  # noqa: E402
 
-from eproptax._bench import (CELLS, RULES, _best_times, _tree_bytes, bandwidth, build, hardware,  # noqa: E402
-                             influence_shape, measure, problem)
+from eproptax._bench import (
+    CELLS,
+    RULES,
+    _best_times,
+    _tree_bytes,
+    bandwidth,
+    build,
+    hardware,  # noqa: E402
+    influence_shape,
+    measure,
+    problem,
+)
 
 SPECS = {spec.name: spec for spec in RULES}
 
@@ -57,8 +67,9 @@ def build_rule(cell, name, **sizes):
 
 def run(cell, name, *, repeats=3, execute=True, **sizes):
     prob, fn, online = build_rule(cell, name, **sizes)
-    fig, out = measure(fn, prob.params, prob.inputs, prob.targets, repeats=repeats,
-                       steps=prob.inputs.shape[1], execute=execute)
+    fig, out = measure(
+        fn, prob.params, prob.inputs, prob.targets, repeats=repeats, steps=prob.inputs.shape[1], execute=execute
+    )
     return prob, fig, online
 
 
@@ -88,8 +99,17 @@ def marginal(cell, name, lengths, rounds=3, with_bandwidth=False, **sizes):
     slope = (best[1] - best[0]) / (lengths[1] - lengths[0])
     prob, fn, online = runs[1]
     fig, _ = measure(fn, prob.params, prob.inputs, prob.targets, execute=False)
-    return prob, dict(fig, per_step_s=slope, whole_call_per_step_s=best[1] / lengths[1], lengths=lengths,
-                      bandwidth_bytes_per_s=rate or None), online
+    return (
+        prob,
+        dict(
+            fig,
+            per_step_s=slope,
+            whole_call_per_step_s=best[1] / lengths[1],
+            lengths=lengths,
+            bandwidth_bytes_per_s=rate or None,
+        ),
+        online,
+    )
 
 
 # the timed targets and their thresholds, applied to the median of the runs
@@ -116,17 +136,26 @@ def target_memory(quick):
         if name == "bptt":
             slope_lo, slope_hi = (mid - lo) / (lengths[1] - lengths[0]), (hi - mid) / (lengths[2] - lengths[1])
             linear = abs(slope_hi / slope_lo - 1) < 0.1
-            rows.append(dict(rule=name, peak_minus_io=[lo, mid, hi], ratio=ratio, bytes_per_step=slope_hi,
-                             linear=linear))
-            print(f"  bptt: {lo / 2**20:.3f} -> {hi / 2**20:.3f} MiB (x{ratio:.1f}), {slope_hi:.0f} bytes per "
-                  f"step, linear: {linear}")
+            rows.append(
+                dict(rule=name, peak_minus_io=[lo, mid, hi], ratio=ratio, bytes_per_step=slope_hi, linear=linear)
+            )
+            print(
+                f"  bptt: {lo / 2**20:.3f} -> {hi / 2**20:.3f} MiB (x{ratio:.1f}), {slope_hi:.0f} bytes per "
+                f"step, linear: {linear}"
+            )
         else:
             flat = ratio <= 1.05
             ok &= flat
             rows.append(dict(rule=name, peak_minus_io=[lo, mid, hi], ratio=ratio, flat=flat))
             print(f"  {name}: {lo / 2**20:.3f} -> {hi / 2**20:.3f} MiB, ratio {ratio:.3f} {verdict(flat)}")
-    return dict(name="memory flat in T (online), linear (BPTT)", lengths=lengths, rows=rows, ok=ok,
-                measured=max(r["ratio"] for r in rows if r["rule"] != "bptt"), target="<= 1.05")
+    return dict(
+        name="memory flat in T (online), linear (BPTT)",
+        lengths=lengths,
+        rows=rows,
+        ok=ok,
+        measured=max(r["ratio"] for r in rows if r["rule"] != "bptt"),
+        target="<= 1.05",
+    )
 
 
 def target_factorised(quick):
@@ -137,20 +166,32 @@ def target_factorised(quick):
         _, ep, _ = run("lif", "eprop (stateless readout)", **sizes)
         ratio = ep["per_step_s"] / fwd["per_step_s"]
         ok &= ratio <= 2.5
-        rows.append(dict(hidden=hidden, batch=batch, forward_s=fwd["per_step_s"], eprop_s=ep["per_step_s"],
-                         ratio=ratio))
-        print(f"  LIF({hidden}) batch {batch}: forward {1e6 * fwd['per_step_s']:.1f} us, e-prop "
-              f"{1e6 * ep['per_step_s']:.1f} us per step: x{ratio:.2f} {verdict(ratio <= 2.5)}")
-    return dict(name="e-prop LIF + stateless readout <= 2.5x forward", rows=rows, ok=ok,
-                measured=max(r["ratio"] for r in rows), target="<= 2.5")
+        rows.append(
+            dict(hidden=hidden, batch=batch, forward_s=fwd["per_step_s"], eprop_s=ep["per_step_s"], ratio=ratio)
+        )
+        print(
+            f"  LIF({hidden}) batch {batch}: forward {1e6 * fwd['per_step_s']:.1f} us, e-prop "
+            f"{1e6 * ep['per_step_s']:.1f} us per step: x{ratio:.2f} {verdict(ratio <= 2.5)}"
+        )
+    return dict(
+        name="e-prop LIF + stateless readout <= 2.5x forward",
+        rows=rows,
+        ok=ok,
+        measured=max(r["ratio"] for r in rows),
+        target="<= 2.5",
+    )
 
 
 def target_traces(quick):
     sizes, lengths = dict(hidden=128 if quick else 256, batch=32), (5, 15) if quick else (10, 40)
     rows, ok = [], True
-    for cell, name in (("lif", "eprop (leaky readout)"), ("alif", "eprop (leaky readout)"),
-                       ("lstm", "eprop (leaky readout)"), ("alif", "eprop (stateless readout)"),
-                       ("lstm", "eprop (stateless readout)")):
+    for cell, name in (
+        ("lif", "eprop (leaky readout)"),
+        ("alif", "eprop (leaky readout)"),
+        ("lstm", "eprop (leaky readout)"),
+        ("alif", "eprop (stateless readout)"),
+        ("lstm", "eprop (stateless readout)"),
+    ):
         readout = SPECS[name].readout
         fwd_name = "forward" if readout == "leaky" else "forward (stateless readout)"
         prob, ep, online = marginal(cell, name, lengths, with_bandwidth=True, **sizes)
@@ -162,19 +203,39 @@ def target_traces(quick):
         fraction = moved / update_s / rate
         primary = readout == "leaky"  # the three configurations the target names; stateless rows are extra
         ok &= fraction >= 0.5 or not primary
-        rows.append(dict(cell=cell, rule=name, **sizes, lengths=lengths, trace_bytes=moved // 2, step_s=ep["per_step_s"],
-                         whole_call_step_s=ep["whole_call_per_step_s"],
-                         forward_s=fwd["per_step_s"], update_s=update_s, bytes_per_s=moved / update_s,
-                         bandwidth_bytes_per_s=rate, fraction=fraction, counts=primary,
-                         xla_bytes_per_step=ep["xla"]["bytes_accessed"]))
-        print(f"  {cell}({sizes['hidden']}) {name}: traces {moved / 2 / 2**20:.1f} MiB, step "
-              f"{1e3 * ep['per_step_s']:.2f} ms (forward {1e3 * fwd['per_step_s']:.2f} ms; whole call at T={lengths[1]}: "
-              f"{1e3 * ep['whole_call_per_step_s']:.2f} ms): "
-              f"{moved / update_s / 1e9:.2f} GB/s = {fraction:.2f} of {rate / 1e9:.1f} GB/s (timed alongside) "
-              f"{verdict(fraction >= 0.5) if primary else '(extra)'}; XLA bytes accessed per step "
-              f"{(ep['xla']['bytes_accessed'] or 0) / 2**20:.0f} MiB")
-    return dict(name="per-synapse trace update >= 0.5 of bandwidth (hidden 256, batch 32)", rows=rows, ok=ok,
-                measured=min(r["fraction"] for r in rows if r["counts"]), target=">= 0.5")
+        rows.append(
+            dict(
+                cell=cell,
+                rule=name,
+                **sizes,
+                lengths=lengths,
+                trace_bytes=moved // 2,
+                step_s=ep["per_step_s"],
+                whole_call_step_s=ep["whole_call_per_step_s"],
+                forward_s=fwd["per_step_s"],
+                update_s=update_s,
+                bytes_per_s=moved / update_s,
+                bandwidth_bytes_per_s=rate,
+                fraction=fraction,
+                counts=primary,
+                xla_bytes_per_step=ep["xla"]["bytes_accessed"],
+            )
+        )
+        print(
+            f"  {cell}({sizes['hidden']}) {name}: traces {moved / 2 / 2**20:.1f} MiB, step "
+            f"{1e3 * ep['per_step_s']:.2f} ms (forward {1e3 * fwd['per_step_s']:.2f} ms; whole call at T={lengths[1]}: "
+            f"{1e3 * ep['whole_call_per_step_s']:.2f} ms): "
+            f"{moved / update_s / 1e9:.2f} GB/s = {fraction:.2f} of {rate / 1e9:.1f} GB/s (timed alongside) "
+            f"{verdict(fraction >= 0.5) if primary else '(extra)'}; XLA bytes accessed per step "
+            f"{(ep['xla']['bytes_accessed'] or 0) / 2**20:.0f} MiB"
+        )
+    return dict(
+        name="per-synapse trace update >= 0.5 of bandwidth (hidden 256, batch 32)",
+        rows=rows,
+        ok=ok,
+        measured=min(r["fraction"] for r in rows if r["counts"]),
+        target=">= 0.5",
+    )
 
 
 def dense_kernel_rate(batch, n_theta, n_carry):
@@ -185,7 +246,7 @@ def dense_kernel_rate(batch, n_theta, n_carry):
     fn = jax.jit(lambda j, m: jax.lax.fori_loop(0, reps, lambda i, m: jnp.einsum("bcd,bdp->bcp", j, m), m))
     jax.block_until_ready(fn(j, m))
     best, _ = _best_times(fn, j, m, repeats=3)
-    return 2.0 * batch * n_theta * n_carry ** 2 * reps / best
+    return 2.0 * batch * n_theta * n_carry**2 * reps / best
 
 
 def target_rtrl(quick, hw):
@@ -197,21 +258,44 @@ def target_rtrl(quick, hw):
         state = jax.eval_shape(lambda p: online.init(p, prob.inputs.shape[0]), prob.params)
         batch, n_carry, n_columns = influence_shape(state)  # M^T per example, effective-weight columns
         n_theta = ravel_pytree(prob.params)[0].size  # the useful work counts |theta|
-        flops = 2.0 * batch * n_theta * n_carry ** 2
+        flops = 2.0 * batch * n_theta * n_carry**2
         fraction = flops / fig["per_step_s"] / matmul
         kernel = dense_kernel_rate(batch, n_theta, n_carry)
         counts = cell == "lif"
         ok &= fraction >= 1 / 3 or not counts
-        rows.append(dict(cell=cell, **sizes, lengths=lengths, n_theta=n_theta, n_columns=n_columns, n_carry=n_carry,
-                         flops=flops, step_s=fig["per_step_s"], whole_call_step_s=fig["whole_call_per_step_s"],
-                         flops_per_s=flops / fig["per_step_s"], fraction=fraction, kernel_flops_per_s=kernel,
-                         counts=counts, xla_flops_per_step=fig["xla"]["flops"]))
-        print(f"  {cell}({sizes['hidden']}) batch {batch}: |theta|={n_theta}, C={n_carry}, {flops / 1e6:.0f} MFLOP per step "
-              f"in {1e3 * fig['per_step_s']:.1f} ms (whole call at T={lengths[1]}: {1e3 * fig['whole_call_per_step_s']:.1f} ms) = {flops / fig['per_step_s'] / 1e9:.2f} GFLOP/s = {fraction:.3f} of "
-              f"{matmul / 1e9:.0f} GFLOP/s {verdict(fraction >= 1 / 3) if counts else '(extra)'}; the same product "
-              f"alone (einsum): {kernel / 1e9:.1f} GFLOP/s; XLA counts {(fig['xla']['flops'] or 0) / 1e6:.0f} MFLOP per step")
-    return dict(name="RTRL influence update >= 1/3 of matmul throughput (hidden 64)", rows=rows, ok=ok,
-                measured=min(r["fraction"] for r in rows if r["counts"]), target=">= 0.333")
+        rows.append(
+            dict(
+                cell=cell,
+                **sizes,
+                lengths=lengths,
+                n_theta=n_theta,
+                n_columns=n_columns,
+                n_carry=n_carry,
+                flops=flops,
+                step_s=fig["per_step_s"],
+                whole_call_step_s=fig["whole_call_per_step_s"],
+                flops_per_s=flops / fig["per_step_s"],
+                fraction=fraction,
+                kernel_flops_per_s=kernel,
+                counts=counts,
+                xla_flops_per_step=fig["xla"]["flops"],
+            )
+        )
+        print(
+            f"  {cell}({sizes['hidden']}) batch {batch}: |theta|={n_theta}, C={n_carry}, "
+            f"{flops / 1e6:.0f} MFLOP per step in {1e3 * fig['per_step_s']:.1f} ms (whole call at "
+            f"T={lengths[1]}: {1e3 * fig['whole_call_per_step_s']:.1f} ms) = "
+            f"{flops / fig['per_step_s'] / 1e9:.2f} GFLOP/s = {fraction:.3f} of {matmul / 1e9:.0f} GFLOP/s "
+            f"{verdict(fraction >= 1 / 3) if counts else '(extra)'}; the same product alone (einsum): "
+            f"{kernel / 1e9:.1f} GFLOP/s; XLA counts {(fig['xla']['flops'] or 0) / 1e6:.0f} MFLOP per step"
+        )
+    return dict(
+        name="RTRL influence update >= 1/3 of matmul throughput (hidden 64)",
+        rows=rows,
+        ok=ok,
+        measured=min(r["fraction"] for r in rows if r["counts"]),
+        target=">= 0.333",
+    )
 
 
 def target_compile(quick):
@@ -219,16 +303,34 @@ def target_compile(quick):
     for cell in ("lif", "lstm") if quick else CELLS:
         for spec in RULES:
             _, fig, _ = run(cell, spec.name, execute=False, hidden=16, batch=8, time_steps=100)
-            rows.append(dict(cell=cell, rule=spec.name, compile_s=fig["compile_s"], compile_cpu_s=fig["compile_cpu_s"],
-                             lower_s=fig["lower_s"]))
-            print(f"  {cell:5s} {spec.name:28s} lower {fig['lower_s']:5.2f} s, compile {fig['compile_s']:5.2f} s "
-                  f"(CPU {fig['compile_cpu_s']:5.2f} s)", flush=True)
+            rows.append(
+                dict(
+                    cell=cell,
+                    rule=spec.name,
+                    compile_s=fig["compile_s"],
+                    compile_cpu_s=fig["compile_cpu_s"],
+                    lower_s=fig["lower_s"],
+                )
+            )
+            print(
+                f"  {cell:5s} {spec.name:28s} lower {fig['lower_s']:5.2f} s, compile {fig['compile_s']:5.2f} s "
+                f"(CPU {fig['compile_cpu_s']:5.2f} s)",
+                flush=True,
+            )
     worst = max(rows, key=lambda r: r["lower_s"] + r["compile_cpu_s"])
     measured = worst["lower_s"] + worst["compile_cpu_s"]
-    print(f"  slowest: {worst['cell']} {worst['rule']}: lower + compile {measured:.2f} s of CPU time "
-          f"(wall {worst['lower_s'] + worst['compile_s']:.2f} s)")
-    return dict(name="compile < 10 s for every rule (default bench sizes)", rows=rows, ok=measured < 10,
-                measured=measured, target="< 10 s", note="lowering wall time + compile CPU time of the slowest rule")
+    print(
+        f"  slowest: {worst['cell']} {worst['rule']}: lower + compile {measured:.2f} s of CPU time "
+        f"(wall {worst['lower_s'] + worst['compile_s']:.2f} s)"
+    )
+    return dict(
+        name="compile < 10 s for every rule (default bench sizes)",
+        rows=rows,
+        ok=measured < 10,
+        measured=measured,
+        target="< 10 s",
+        note="lowering wall time + compile CPU time of the slowest rule",
+    )
 
 
 def target_peers(out):
@@ -249,8 +351,13 @@ def target_peers(out):
         rows.append(dict(name=peer["name"], speedup=speedup, required=need))
         print(f"  {peer['name']}: eproptax is {speedup:.1f}x faster (needs {need}x) {verdict(speedup >= need)}")
     measured = [r["speedup"] for r in rows if r.get("speedup") is not None]
-    return dict(name="faster than the peers", rows=rows, ok=ok if measured else None,
-                measured=min(measured) if measured else None, target=">= 10x NEST, > 1x braintrace")
+    return dict(
+        name="faster than the peers",
+        rows=rows,
+        ok=ok if measured else None,
+        measured=min(measured) if measured else None,
+        target=">= 10x NEST, > 1x braintrace",
+    )
 
 
 def main(argv=None):
@@ -261,10 +368,18 @@ def main(argv=None):
     only = set(args.only or range(1, 7))
     start = time.perf_counter()
     hw = hardware(quick=args.quick)
-    print(f"bandwidth {hw['bandwidth']['bytes_per_s'] / 1e9:.1f} GB/s, matmul {hw['matmul']['flops_per_s'] / 1e9:.1f} GFLOP/s")
-    checks = {1: lambda: target_memory(args.quick), 2: lambda: target_factorised(args.quick),
-              3: lambda: target_traces(args.quick), 4: lambda: target_rtrl(args.quick, hw),
-              5: lambda: target_compile(args.quick), 6: lambda: target_peers(args.out)}
+    print(
+        f"bandwidth {hw['bandwidth']['bytes_per_s'] / 1e9:.1f} GB/s, "
+        f"matmul {hw['matmul']['flops_per_s'] / 1e9:.1f} GFLOP/s"
+    )
+    checks = {
+        1: lambda: target_memory(args.quick),
+        2: lambda: target_factorised(args.quick),
+        3: lambda: target_traces(args.quick),
+        4: lambda: target_rtrl(args.quick, hw),
+        5: lambda: target_compile(args.quick),
+        6: lambda: target_peers(args.out),
+    }
     results, runs = {}, {number: [] for number in TIMED.keys() & only}
     for number in sorted(only - TIMED.keys()):
         print(f"\n[{number}]", flush=True)
@@ -275,23 +390,35 @@ def main(argv=None):
             runs[number].append(checks[number]())
     for number, rs in runs.items():
         median = float(np.median([r["measured"] for r in rs]))
-        results[number] = dict(rs[0], measured=median, ok=TIMED[number](median), runs=rs,
-                               measured_runs=[r["measured"] for r in rs])
+        results[number] = dict(
+            rs[0], measured=median, ok=TIMED[number](median), runs=rs, measured_runs=[r["measured"] for r in rs]
+        )
     results = dict(sorted(results.items()))
     print("\nsummary")
     for number, r in results.items():
         status = "not measured" if r["ok"] is None else verdict(r["ok"])
         measured = "-" if r["measured"] is None else f"{r['measured']:.3g}"
-        spread = (f", median of {len(r['measured_runs'])} runs: " + ", ".join(f"{m:.3g}" for m in r["measured_runs"])
-                  if "measured_runs" in r else "")
+        spread = (
+            f", median of {len(r['measured_runs'])} runs: " + ", ".join(f"{m:.3g}" for m in r["measured_runs"])
+            if "measured_runs" in r
+            else ""
+        )
         print(f"  {number}. {status:12s} {r['name']}: measured {measured} (target {r['target']}{spread})")
     path = os.path.join(results_dir(args.out), "targets.json")
     previous = {}
     if args.only and os.path.exists(path):  # keep the other targets' last results
         with open(path) as f:
             previous = json.load(f).get("targets", {})
-    save("targets", dict(hardware=hw, targets={**previous, **{str(k): v for k, v in results.items()}},
-                         quick=args.quick, seconds=time.perf_counter() - start), args.out)
+    save(
+        "targets",
+        dict(
+            hardware=hw,
+            targets={**previous, **{str(k): v for k, v in results.items()}},
+            quick=args.quick,
+            seconds=time.perf_counter() - start,
+        ),
+        args.out,
+    )
     print(f"wrote {path} ({time.perf_counter() - start:.0f} s)")
 
 

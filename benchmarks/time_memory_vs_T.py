@@ -27,8 +27,15 @@ from _common import log_axes, parser, pyplot, results_dir, save, save_figure, ti
 from eproptax._bench import RULES, build, measure, problem  # noqa: E402
 
 SPECS = {spec.name: spec for spec in RULES}
-DEFAULT_RULES = ("forward", "bptt", "rtrl", "eprop (leaky readout)", "eprop (stateless readout)", "eprop_m(1)",
-                 "deep_eprop(full)")
+DEFAULT_RULES = (
+    "forward",
+    "bptt",
+    "rtrl",
+    "eprop (leaky readout)",
+    "eprop (stateless readout)",
+    "eprop_m(1)",
+    "deep_eprop(full)",
+)
 ONLINE = ("eprop", "deep_eprop", "rtrl")  # rule-name prefixes of the online rules (eprop_m included)
 
 
@@ -41,22 +48,36 @@ def sweep(cell, rules, lengths, *, hidden, batch, n_in, budget_s, repeats, log=p
     for name in rules:
         spec, per_step = SPECS[name], None
         for T in lengths:
-            prob = problem(cell, readout=spec.readout, layers=spec.layers, n_in=n_in, hidden=hidden,
-                           time_steps=T, batch=batch)
+            prob = problem(
+                cell, readout=spec.readout, layers=spec.layers, n_in=n_in, hidden=hidden, time_steps=T, batch=batch
+            )
             fn, _ = build(spec, prob)
             execute = per_step is None or per_step * T * (2 + repeats) < budget_s
-            fig, _ = measure(fn, prob.params, prob.inputs, prob.targets, repeats=repeats, steps=T,
-                             execute=execute)
+            fig, _ = measure(fn, prob.params, prob.inputs, prob.targets, repeats=repeats, steps=T, execute=execute)
             if fig["per_step_s"] is not None:
                 per_step = fig["per_step_s"]
             io = io_bytes(prob)
-            row = dict(cell=cell, rule=name, T=T, hidden=hidden, batch=batch, n_in=n_in, layers=spec.layers,
-                       readout=spec.readout, dtype=str(prob.inputs.dtype), io_bytes=io,
-                       peak_minus_io=fig["memory"]["peak"] - io if fig["memory"] else None, **fig)
+            row = dict(
+                cell=cell,
+                rule=name,
+                T=T,
+                hidden=hidden,
+                batch=batch,
+                n_in=n_in,
+                layers=spec.layers,
+                readout=spec.readout,
+                dtype=str(prob.inputs.dtype),
+                io_bytes=io,
+                peak_minus_io=fig["memory"]["peak"] - io if fig["memory"] else None,
+                **fig,
+            )
             rows.append(row)
             step = "-" if row["per_step_s"] is None else f"{1e6 * row['per_step_s']:10.1f}"
-            log(f"{cell:5s} {name:28s} T={T:6d}  peak {fig['memory']['peak'] / 2 ** 20:9.3f} MiB  "
-                f"peak-io {row['peak_minus_io'] / 2 ** 20:9.3f} MiB  us/step {step:>10s}  compile {fig['compile_s']:5.2f} s")
+            log(
+                f"{cell:5s} {name:28s} T={T:6d}  peak {fig['memory']['peak'] / 2**20:9.3f} MiB  "
+                f"peak-io {row['peak_minus_io'] / 2**20:9.3f} MiB  us/step {step:>10s}  "
+                f"compile {fig['compile_s']:5.2f} s"
+            )
     return rows
 
 
@@ -68,9 +89,19 @@ def summarise(rows, lengths) -> list[dict]:
         lo, hi = by_t[min(lengths)], by_t[max(lengths)]
         ratio = hi["peak_minus_io"] / lo["peak_minus_io"]
         online = key[1].startswith(ONLINE)
-        out.append(dict(cell=key[0], rule=key[1], online=online, T_low=lo["T"], T_high=hi["T"],
-                        peak_minus_io_low=lo["peak_minus_io"], peak_minus_io_high=hi["peak_minus_io"], ratio=ratio,
-                        flat=ratio <= 1.05 if online else None))
+        out.append(
+            dict(
+                cell=key[0],
+                rule=key[1],
+                online=online,
+                T_low=lo["T"],
+                T_high=hi["T"],
+                peak_minus_io_low=lo["peak_minus_io"],
+                peak_minus_io_high=hi["peak_minus_io"],
+                ratio=ratio,
+                flat=ratio <= 1.05 if online else None,
+            )
+        )
     return out
 
 
@@ -81,7 +112,7 @@ def plot(rows, path):
     for i, cell in enumerate(cells):
         for rule in dict.fromkeys(r["rule"] for r in rows if r["cell"] == cell):
             rs = [r for r in rows if r["cell"] == cell and r["rule"] == rule]
-            axes[i, 0].plot([r["T"] for r in rs], [r["peak_minus_io"] / 2 ** 20 for r in rs], "o-", label=rule)
+            axes[i, 0].plot([r["T"] for r in rs], [r["peak_minus_io"] / 2**20 for r in rs], "o-", label=rule)
             ts = [r for r in rs if r["per_step_s"] is not None]
             axes[i, 1].plot([r["T"] for r in ts], [1e6 * r["per_step_s"] for r in ts], "o-", label=rule)
         axes[i, 0].set_ylabel(f"{cell}: peak - inputs/targets (MiB)")
@@ -104,22 +135,32 @@ def main(argv=None):
     p.add_argument("--budget", type=float, default=8.0, help="seconds a timed (rule, T) may run")
     args = p.parse_args(argv)
     lengths = args.lengths or ([100, 1000, 10000] if args.quick else [100, 300, 1000, 3000, 10000])
-    rules = args.rules if not args.quick else [r for r in args.rules if r in ("bptt", "eprop (leaky readout)",
-                                                                           "eprop_m(1)", "deep_eprop(full)")]
+    rules = (
+        args.rules
+        if not args.quick
+        else [r for r in args.rules if r in ("bptt", "eprop (leaky readout)", "eprop_m(1)", "deep_eprop(full)")]
+    )
     start = time.perf_counter()
     rows = []
     for cell in args.cells:
-        rows += sweep(cell, rules, lengths, hidden=args.hidden, batch=args.batch, n_in=args.n_in,
-                      budget_s=args.budget, repeats=2)
+        rows += sweep(
+            cell, rules, lengths, hidden=args.hidden, batch=args.batch, n_in=args.n_in, budget_s=args.budget, repeats=2
+        )
     summary = summarise(rows, lengths)
-    print(f"\npeak memory less inputs/targets, T={max(lengths)} vs T={min(lengths)} "
-          "(online rules must stay within 5%):")
+    print(
+        f"\npeak memory less inputs/targets, T={max(lengths)} vs T={min(lengths)} (online rules must stay within 5%):"
+    )
     for s in summary:
         verdict = "" if s["flat"] is None else ("PASS" if s["flat"] else "MISS")
-        print(f"  {s['cell']:5s} {s['rule']:28s} {s['peak_minus_io_low'] / 2 ** 20:9.3f} -> "
-              f"{s['peak_minus_io_high'] / 2 ** 20:9.3f} MiB  ratio {s['ratio']:7.3f}  {verdict}")
-    path = save("time_memory_vs_T", dict(rows=rows, summary=summary, seconds=time.perf_counter() - start,
-                                         args=vars(args)), args.out)
+        print(
+            f"  {s['cell']:5s} {s['rule']:28s} {s['peak_minus_io_low'] / 2**20:9.3f} -> "
+            f"{s['peak_minus_io_high'] / 2**20:9.3f} MiB  ratio {s['ratio']:7.3f}  {verdict}"
+        )
+    path = save(
+        "time_memory_vs_T",
+        dict(rows=rows, summary=summary, seconds=time.perf_counter() - start, args=vars(args)),
+        args.out,
+    )
     plot(rows, os.path.join(results_dir(args.out), "time_memory_vs_T.png"))
     print(f"wrote {path} and the .png ({time.perf_counter() - start:.0f} s)")
 

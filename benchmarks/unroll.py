@@ -26,8 +26,15 @@ from eproptax._bench import CELLS, RULES, build, problem  # noqa: E402
 
 SPECS = {spec.name: spec for spec in RULES}
 UNROLLS = (1, 2, 4)
-SMALL = ("bptt", "rtrl", "eprop (leaky readout)", "eprop (stateless readout)", "eprop_m(1)", "deep_eprop(spatial)",
-         "deep_eprop(full)")
+SMALL = (
+    "bptt",
+    "rtrl",
+    "eprop (leaky readout)",
+    "eprop (stateless readout)",
+    "eprop_m(1)",
+    "deep_eprop(spatial)",
+    "deep_eprop(full)",
+)
 
 
 def cases(quick):
@@ -69,8 +76,13 @@ def main(argv=None):
             compile_s[unroll] = time.perf_counter() - begin
             jax.block_until_ready(programs[unroll](*call))
         best = interleaved_best(programs, call)
-        row = dict(cell=cell, rule=name, **sizes, per_step_s={u: best[u] / sizes["time_steps"] for u in UNROLLS},
-                   compile_s=compile_s)
+        row = dict(
+            cell=cell,
+            rule=name,
+            **sizes,
+            per_step_s={u: best[u] / sizes["time_steps"] for u in UNROLLS},
+            compile_s=compile_s,
+        )
         rows.append(row)
         times = "  ".join(f"u{u} {1e6 * row['per_step_s'][u]:9.1f} us ({compile_s[u]:4.1f} s)" for u in UNROLLS)
         print(f"{cell:5s} {name:27s} h{sizes['hidden']:<4d} b{sizes['batch']:<3d} {times}", flush=True)

@@ -91,8 +91,16 @@ def main(argv=None):
             f.write(text)
     for cell, name, sizes in cases(args.quick):
         slope, best = interleaved_slopes(compile_all(cell, name, sizes), LENGTHS, args.rounds)
-        rows.append(dict(cell=cell, rule=name, **sizes, lengths=LENGTHS, per_step_s=slope,
-                         whole_call_per_step_s={label: best[(label, LENGTHS[1])] / LENGTHS[1] for label in slope}))
+        rows.append(
+            dict(
+                cell=cell,
+                rule=name,
+                **sizes,
+                lengths=LENGTHS,
+                per_step_s=slope,
+                whole_call_per_step_s={label: best[(label, LENGTHS[1])] / LENGTHS[1] for label in slope},
+            )
+        )
         text = "  ".join(f"{label} {1e6 * s:7.1f}" for label, s in slope.items())
         print(f"{cell:5s} {name:28s} h{sizes['hidden']:<4d} b{sizes['batch']:<3d} us/step: {text}", flush=True)
         save("variants", dict(rows=rows, seconds=time.perf_counter() - start), args.out)  # kept if cut short

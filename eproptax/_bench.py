@@ -27,7 +27,8 @@ import math
 import os
 import platform
 import time
-from typing import Callable, NamedTuple, Optional
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -45,7 +46,7 @@ from ._eprop_m import eprop_m, online_eprop_m
 from ._rtrl import online_rtrl, rtrl
 
 CELLS = ("lif", "alif", "lstm", "gru")
-MIB = 2.0 ** 20
+MIB = 2.0**20
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -76,21 +77,33 @@ def device_info() -> dict:
     """Device, JAX version, host and its load, and the rules' default ``unroll`` per platform: attached to
     every figure written."""
     d = jax.devices()[0]
-    return dict(device=device_name(), platform=d.platform, device_kind=str(d.device_kind),
-                jax=jax.__version__, jaxlib=getattr(jax.lib, "__version__", None) or _jaxlib_version(),
-                cpu=_cpu_model(), cpu_count=os.cpu_count(), python=platform.python_version(),
-                load_average=_load_average(), eproptax=_source_version(), default_unroll=dict(DEFAULT_UNROLL))
+    return dict(
+        device=device_name(),
+        platform=d.platform,
+        device_kind=str(d.device_kind),
+        jax=jax.__version__,
+        jaxlib=getattr(jax.lib, "__version__", None) or _jaxlib_version(),
+        cpu=_cpu_model(),
+        cpu_count=os.cpu_count(),
+        python=platform.python_version(),
+        load_average=_load_average(),
+        eproptax=_source_version(),
+        default_unroll=dict(DEFAULT_UNROLL),
+    )
 
 
 def _source_version():
     """The git commit of the eproptax sources measured, with ``+dirty`` when they have uncommitted edits."""
     import subprocess
+
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:
-        head = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--", "eproptax"], capture_output=True,
-                               text=True, timeout=5).stdout.strip()
+        head = subprocess.run(
+            ["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", root, "status", "--porcelain", "--", "eproptax"], capture_output=True, text=True, timeout=5
+        ).stdout.strip()
     except Exception:
         return None
     return (head + ("+dirty" if dirty else "")) or None
@@ -107,6 +120,7 @@ def _load_average():
 def _jaxlib_version():
     try:
         import jaxlib
+
         return jaxlib.__version__
     except Exception:  # pragma: no cover
         return None
@@ -134,7 +148,7 @@ def _best_time(fn, *args, repeats):
     return _best_times(fn, *args, repeats=repeats)[0]
 
 
-def bandwidth(nbytes: int = 256 * 2 ** 20, repeats: int = 5) -> dict:
+def bandwidth(nbytes: int = 256 * 2**20, repeats: int = 5) -> dict:
     """Memory bandwidth: bytes read and written per second by an in-place scale of a large float32 array.
 
     The buffer is donated, so every call reads and writes the same memory: a fresh output buffer per call
@@ -161,17 +175,17 @@ def matmul_throughput(sizes=(256, 512, 1024), flops_per_call: float = 4e9, repea
     """
     rates = {}
     for n in sizes:
-        reps = max(1, int(flops_per_call / (2 * n ** 3)))
+        reps = max(1, int(flops_per_call / (2 * n**3)))
         b = jax.random.normal(jax.random.key(0), (n, n), jnp.float32) / np.sqrt(n)
         fn = jax.jit(lambda a, b, reps=reps: jax.lax.fori_loop(0, reps, lambda i, c: c @ b, a))
         jax.block_until_ready(fn(b, b))
-        rates[n] = 2 * n ** 3 * reps / _best_time(fn, b, b, repeats=repeats)
+        rates[n] = 2 * n**3 * reps / _best_time(fn, b, b, repeats=repeats)
     return dict(flops_per_s=max(rates.values()), by_size={str(k): v for k, v in rates.items()})
 
 
 def hardware(*, quick: bool = False) -> dict:
     """The machine's bandwidth and matmul throughput, measured with jax (see :func:`bandwidth`)."""
-    bw = bandwidth(64 * 2 ** 20 if quick else 256 * 2 ** 20)
+    bw = bandwidth(64 * 2**20 if quick else 256 * 2**20)
     mm = matmul_throughput((256, 512) if quick else (256, 512, 1024), flops_per_call=2e9 if quick else 4e9)
     return dict(bandwidth=bw, matmul=mm)
 
@@ -181,8 +195,19 @@ def hardware(*, quick: bool = False) -> dict:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def problem(cell: str = "lif", *, readout: str = "leaky", layers: int = 1, n_in: int = 16, hidden: int = 32,
-            n_out: int = 2, time_steps: int = 100, batch: int = 8, seed: int = 0, dtype=jnp.float32) -> Problem:
+def problem(
+    cell: str = "lif",
+    *,
+    readout: str = "leaky",
+    layers: int = 1,
+    n_in: int = 16,
+    hidden: int = 32,
+    n_out: int = 2,
+    time_steps: int = 100,
+    batch: int = 8,
+    seed: int = 0,
+    dtype=jnp.float32,
+) -> Problem:
     """A benchmark network: ``layers`` recurrent layers of ``cell`` and a ``"leaky"`` or ``"stateless"`` readout.
 
     Inputs, targets and the loss are those of :func:`~eproptax._compare.spiking_problem` (Poisson spikes,
@@ -193,8 +218,17 @@ def problem(cell: str = "lif", *, readout: str = "leaky", layers: int = 1, n_in:
         raise ValueError(f"problem: `cell` must be one of lif, alif, lstm, gru, rnn, got {cell!r}.")
     if readout not in ("leaky", "stateless"):
         raise ValueError(f"problem: `readout` must be 'leaky' or 'stateless', got {readout!r}.")
-    base = spiking_problem(n_in=n_in, n_rec=hidden, n_out=n_out, layers=layers, time_steps=time_steps,
-                           batch=batch, cell=cell if cell in ("lif", "alif") else "lif", seed=seed, dtype=dtype)
+    base = spiking_problem(
+        n_in=n_in,
+        n_rec=hidden,
+        n_out=n_out,
+        layers=layers,
+        time_steps=time_steps,
+        batch=batch,
+        cell=cell if cell in ("lif", "alif") else "lif",
+        seed=seed,
+        dtype=dtype,
+    )
     recurrent, params = list(layers_of(base.model)[:-1]), list(base.params[:-1])
     if cell not in ("lif", "alif"):
         make = {"lstm": cells.lstm, "gru": cells.gru, "rnn": cells.rnn}[cell]
@@ -206,11 +240,10 @@ def problem(cell: str = "lif", *, readout: str = "leaky", layers: int = 1, n_in:
     else:
         top = cells.readout(hidden, n_out, dtype=dtype)
         top_params = top.init(jax.random.key(seed + 2))
-    return Problem(cells.stack(*recurrent, top), tuple(params) + (top_params,), base.inputs, base.targets,
-                   base.loss)
+    return Problem(cells.stack(*recurrent, top), tuple(params) + (top_params,), base.inputs, base.targets, base.loss)
 
 
-def _memory(compiled) -> Optional[dict]:
+def _memory(compiled) -> dict | None:
     try:
         stats = compiled.memory_analysis()
     except Exception:  # some backends do not implement it
@@ -218,9 +251,13 @@ def _memory(compiled) -> Optional[dict]:
     if stats is None:
         return None
     get = lambda name: int(getattr(stats, name, 0) or 0)
-    out = dict(temp=get("temp_size_in_bytes"), argument=get("argument_size_in_bytes"),
-               output=get("output_size_in_bytes"), alias=get("alias_size_in_bytes"),
-               code=get("generated_code_size_in_bytes"))
+    out = dict(
+        temp=get("temp_size_in_bytes"),
+        argument=get("argument_size_in_bytes"),
+        output=get("output_size_in_bytes"),
+        alias=get("alias_size_in_bytes"),
+        code=get("generated_code_size_in_bytes"),
+    )
     out["peak"] = out["temp"] + out["argument"] + out["output"] - out["alias"]
     return out
 
@@ -237,15 +274,22 @@ def _cost(compiled) -> dict:
     return dict(flops=cost.get("flops"), bytes_accessed=cost.get("bytes accessed"))
 
 
-def measure(fn: Callable, *args, repeats: int = 3, steps: int = 1, cache: Optional[dict] = None,
-            name: str = "", execute: bool = True) -> tuple[dict, object]:
+def measure(
+    fn: Callable,
+    *args,
+    repeats: int = 3,
+    steps: int = 1,
+    cache: dict | None = None,
+    name: str = "",
+    execute: bool = True,
+) -> tuple[dict, object]:
     """Compiles ``fn`` for ``args`` and times it; returns ``(figures, outputs)``.
 
     Figures: ``lower_s`` and ``compile_s`` (``jax.jit(fn).lower(*args)`` and ``.compile()``, timed apart;
     ``compile_cpu_s`` is the compile's process CPU time, robust to other processes on a shared machine),
     ``seconds`` (minimum wall time over at least ``repeats`` runs after a warm-up run, more for cheap
-    programs; ``repeats=0`` runs once and times nothing, ``execute=False`` only compiles), ``per_step_s = seconds / steps`` and
-    ``per_step_cpu_s`` (the same from the process CPU time),
+    programs; ``repeats=0`` runs once and times nothing, ``execute=False`` only compiles),
+    ``per_step_s = seconds / steps`` and ``per_step_cpu_s`` (the same from the process CPU time),
     ``memory`` (XLA's memory analysis of the compiled program, bytes; ``None`` where the backend has none),
     and ``xla`` (XLA's cost analysis: ``flops`` and ``bytes_accessed``; a ``while`` loop's body is counted
     once, so for a scan over time these are per-step figures). ``cache`` (a dict) reuses the executable
@@ -269,10 +313,17 @@ def measure(fn: Callable, *args, repeats: int = 3, steps: int = 1, cache: Option
     seconds, cpu_seconds = (None, None)
     if execute and repeats > 0:
         seconds, cpu_seconds = _best_times(compiled, *args, repeats=repeats)
-    figures = dict(lower_s=lower_s, compile_s=compile_s, compile_cpu_s=compile_cpu_s, seconds=seconds,
-                   per_step_s=None if seconds is None else seconds / steps,
-                   per_step_cpu_s=None if cpu_seconds is None else cpu_seconds / steps,
-                   memory=_memory(compiled), xla=_cost(compiled), same_as=same_as)
+    figures = dict(
+        lower_s=lower_s,
+        compile_s=compile_s,
+        compile_cpu_s=compile_cpu_s,
+        seconds=seconds,
+        per_step_s=None if seconds is None else seconds / steps,
+        per_step_cpu_s=None if cpu_seconds is None else cpu_seconds / steps,
+        memory=_memory(compiled),
+        xla=_cost(compiled),
+        same_as=same_as,
+    )
     return figures, outputs
 
 
@@ -307,16 +358,19 @@ def useful_work(online, prob: Problem, kind: str) -> dict:
     flops = 0.0
     if kind == "rtrl":
         batch, n_carry, _ = influence_shape(state)
-        flops = 2.0 * batch * ravel_pytree(prob.params)[0].size * n_carry ** 2
+        flops = 2.0 * batch * ravel_pytree(prob.params)[0].size * n_carry**2
     elif kind == "traces":
         recurrent = layers_of(prob.model)[:-1]
         influence = state.traces.influence
         is_dense = lambda level: not isinstance(level, tuple)  # own level-0 traces are tuples of arrays
         for (l, p), levels in influence.items():
             n = recurrent[l].n_out
-            a = jax.eval_shape(recurrent[l].synapse, prob.params[l],
-                               jax.ShapeDtypeStruct((recurrent[l].n_in,), prob.inputs.dtype),
-                               jax.ShapeDtypeStruct((n,), prob.inputs.dtype))
+            a = jax.eval_shape(
+                recurrent[l].synapse,
+                prob.params[l],
+                jax.ShapeDtypeStruct((recurrent[l].n_in,), prob.inputs.dtype),
+                jax.ShapeDtypeStruct((n,), prob.inputs.dtype),
+            )
             k = a.shape[1]
             for order, level in enumerate(levels):
                 if not is_dense(level):
@@ -330,7 +384,7 @@ def useful_work(online, prob: Problem, kind: str) -> dict:
     return dict(state_bytes=nbytes // 2, bytes=nbytes, flops=flops)
 
 
-def roofline(online, prob: Problem, kind: str, per_step_s: Optional[float], hw: dict) -> dict:
+def roofline(online, prob: Problem, kind: str, per_step_s: float | None, hw: dict) -> dict:
     """The step's :func:`useful_work`, which bound binds it, and the fraction of that bound it reaches.
 
     ``roofline_fraction = max(bytes / bandwidth, flops / matmul rate) / per_step_s``: 1 would be a step
@@ -341,8 +395,11 @@ def roofline(online, prob: Problem, kind: str, per_step_s: Optional[float], hw: 
     t_flops = work["flops"] / hw["matmul"]["flops_per_s"]
     out = dict(work=work, bound="matmul" if t_flops > t_bytes else "bandwidth")
     if per_step_s:
-        out.update(roofline_fraction=max(t_bytes, t_flops) / per_step_s,
-                   achieved_bytes_per_s=work["bytes"] / per_step_s, achieved_flops_per_s=work["flops"] / per_step_s)
+        out.update(
+            roofline_fraction=max(t_bytes, t_flops) / per_step_s,
+            achieved_bytes_per_s=work["bytes"] / per_step_s,
+            achieved_flops_per_s=work["flops"] / per_step_s,
+        )
     return out
 
 
@@ -354,7 +411,7 @@ class RuleSpec(NamedTuple):
     readout: str  # "leaky" or "stateless"
     kind: str  # "forward", "bptt", "rtrl" or "traces"
     rule: Callable  # (model, loss, **options) -> the public whole-sequence function, with its defaults
-    online: Optional[Callable] = None  # (model, loss) -> its online rule (state size and roofline)
+    online: Callable | None = None  # (model, loss) -> its online rule (state size and roofline)
 
 
 def build(spec: RuleSpec, prob: Problem, **options):
@@ -365,13 +422,17 @@ def build(spec: RuleSpec, prob: Problem, **options):
 
 
 def _order(m):
-    return ((lambda model, loss, **kw: eprop_m(model, loss, m, **kw)),
-            (lambda model, loss: online_eprop_m(model, loss, m)))
+    return (
+        (lambda model, loss, **kw: eprop_m(model, loss, m, **kw)),
+        (lambda model, loss: online_eprop_m(model, loss, m)),
+    )
 
 
 def _depth(d):
-    return ((lambda model, loss, **kw: deep_eprop(model, loss, depth=d, **kw)),
-            (lambda model, loss: online_deep_eprop(model, loss, depth=d)))
+    return (
+        (lambda model, loss, **kw: deep_eprop(model, loss, depth=d, **kw)),
+        (lambda model, loss: online_deep_eprop(model, loss, depth=d)),
+    )
 
 
 RULES = (
@@ -391,8 +452,21 @@ RULES = (
 )
 
 
-def rule_rows(cell: str, specs=RULES, *, hw: dict, n_in=16, hidden=32, time_steps=100, batch=8, repeats=3,
-              rtrl_max_hidden=32, seed=0, cache=None, log=None) -> list[dict]:
+def rule_rows(
+    cell: str,
+    specs=RULES,
+    *,
+    hw: dict,
+    n_in=16,
+    hidden=32,
+    time_steps=100,
+    batch=8,
+    repeats=3,
+    rtrl_max_hidden=32,
+    seed=0,
+    cache=None,
+    log=None,
+) -> list[dict]:
     """Measures ``specs`` on ``cell`` networks; each row holds every figure of the module docstring.
 
     The gradient is compared with the BPTT row of the same network variant (layers, readout); time is
@@ -405,15 +479,41 @@ def rule_rows(cell: str, specs=RULES, *, hw: dict, n_in=16, hidden=32, time_step
             continue
         variant = (spec.layers, spec.readout)
         if variant not in probs:
-            probs[variant] = problem(cell, readout=spec.readout, layers=spec.layers, n_in=n_in, hidden=hidden,
-                                     time_steps=time_steps, batch=batch, seed=seed)
+            probs[variant] = problem(
+                cell,
+                readout=spec.readout,
+                layers=spec.layers,
+                n_in=n_in,
+                hidden=hidden,
+                time_steps=time_steps,
+                batch=batch,
+                seed=seed,
+            )
         prob = probs[variant]
         fn, online = build(spec, prob)
-        fig, out = measure(fn, prob.params, prob.inputs, prob.targets, repeats=repeats, steps=time_steps,
-                           cache=cache, name=f"{cell}: {spec.name}")
-        row = dict(cell=cell, rule=spec.name, kind=spec.kind, layers=spec.layers, readout=spec.readout,
-                   n_in=n_in, hidden=hidden, time_steps=time_steps, batch=batch,
-                   dtype=str(prob.inputs.dtype), **fig)
+        fig, out = measure(
+            fn,
+            prob.params,
+            prob.inputs,
+            prob.targets,
+            repeats=repeats,
+            steps=time_steps,
+            cache=cache,
+            name=f"{cell}: {spec.name}",
+        )
+        row = dict(
+            cell=cell,
+            rule=spec.name,
+            kind=spec.kind,
+            layers=spec.layers,
+            readout=spec.readout,
+            n_in=n_in,
+            hidden=hidden,
+            time_steps=time_steps,
+            batch=batch,
+            dtype=str(prob.inputs.dtype),
+            **fig,
+        )
         if spec.kind == "forward":
             refs[variant + ("forward",)] = row
         elif spec.kind == "bptt":
@@ -437,8 +537,10 @@ def rule_rows(cell: str, specs=RULES, *, hw: dict, n_in=16, hidden=32, time_step
 # Output
 # ----------------------------------------------------------------------------------------------------------
 
-HEADER = (f"{'network':10s} {'rule':28s} {'us/step':>9s} {'x fwd':>6s} {'x bptt':>6s} {'compile':>7s} "
-          f"{'peak MB':>8s} {'cosine':>7s} {'rel.err':>8s} {'roofline':>12s}")
+HEADER = (
+    f"{'network':10s} {'rule':28s} {'us/step':>9s} {'x fwd':>6s} {'x bptt':>6s} {'compile':>7s} "
+    f"{'peak MB':>8s} {'cosine':>7s} {'rel.err':>8s} {'roofline':>12s}"
+)
 
 
 def format_row(r: dict) -> str:
@@ -449,13 +551,16 @@ def format_row(r: dict) -> str:
         roof = f"{100 * r['roofline_fraction']:5.1f}% {'bw' if r['bound'] == 'bandwidth' else 'mm'}"
     network = f"{r['cell']}{r['hidden']}" + (f"x{r['layers']}" if r["layers"] > 1 else "")
     compile_s = fmt(r["compile_s"], "7.2f") + ("=" if r.get("same_as") else " ")
-    return (f"{network:10s} {r['rule']:28s} {1e6 * r['per_step_s']:9.2f} {fmt(r.get('x_forward'), '6.2f')} "
-            f"{fmt(r.get('x_bptt'), '6.2f')} {compile_s:>8s}{fmt(mem, '8.2f')} {fmt(r.get('cosine'), '7.4f')} "
-            f"{fmt(r.get('rel_error'), '8.1e')} {roof:>12s}")
+    return (
+        f"{network:10s} {r['rule']:28s} {1e6 * r['per_step_s']:9.2f} {fmt(r.get('x_forward'), '6.2f')} "
+        f"{fmt(r.get('x_bptt'), '6.2f')} {compile_s:>8s}{fmt(mem, '8.2f')} {fmt(r.get('cosine'), '7.4f')} "
+        f"{fmt(r.get('rel_error'), '8.1e')} {roof:>12s}"
+    )
 
 
 def write_json(path: str, payload: dict) -> None:
     """Writes ``payload`` with the device information attached (floats as JSON numbers)."""
+
     def default(o):
         if isinstance(o, (np.floating, np.integer)):
             return o.item()
@@ -469,6 +574,7 @@ def write_json(path: str, payload: dict) -> None:
 def plot_rows(rows: list[dict], path: str, title: str) -> None:
     """Bar charts of time per step (as a multiple of the forward pass), peak memory and cosine to BPTT."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -476,9 +582,11 @@ def plot_rows(rows: list[dict], path: str, title: str) -> None:
     rules = [r for r in dict.fromkeys(r["rule"] for r in rows) if not r.startswith("forward")]
     fig, axes = plt.subplots(1, 3, figsize=(16, 5))
     width = 0.8 / max(1, len(cell_names))
-    panels = (("per_step_s", "time per step (us, log)", 1e6, True),
-              ("peak_mb", "peak memory (MiB, log)", 1.0, True),
-              ("cosine", "cosine similarity to BPTT", 1.0, False))
+    panels = (
+        ("per_step_s", "time per step (us, log)", 1e6, True),
+        ("peak_mb", "peak memory (MiB, log)", 1.0, True),
+        ("cosine", "cosine similarity to BPTT", 1.0, False),
+    )
     for ax, (key, label, scale, log) in zip(axes, panels):
         for c, cell in enumerate(cell_names):
             values = []
@@ -486,7 +594,11 @@ def plot_rows(rows: list[dict], path: str, title: str) -> None:
                 row = next((r for r in rows if r["cell"] == cell and r["rule"] == rule), None)
                 v = None
                 if row is not None:
-                    v = (row["memory"]["peak"] / MIB if row.get("memory") else None) if key == "peak_mb" else row.get(key)
+                    v = (
+                        (row["memory"]["peak"] / MIB if row.get("memory") else None)
+                        if key == "peak_mb"
+                        else row.get(key)
+                    )
                 values.append(np.nan if v is None else v * scale)
             ax.barh(np.arange(len(rules)) + c * width, values, height=width, label=cell)
         ax.set_yticks(np.arange(len(rules)) + 0.4 - width / 2)
@@ -507,38 +619,65 @@ def run(args) -> int:
     info = device_info()
     out = args.out or os.path.join("results", f"bench-{info['device']}")
     start = time.perf_counter()
-    print(f"eproptax bench on {info['device']} ({info['cpu'] if info['platform'] == 'cpu' else info['device_kind']}),"
-          f" jax {info['jax']}, float32; n_in={args.n_in}, hidden={args.hidden}, T={args.steps}, "
-          f"batch={args.batch}")
+    print(
+        f"eproptax bench on {info['device']} ({info['cpu'] if info['platform'] == 'cpu' else info['device_kind']}),"
+        f" jax {info['jax']}, float32; n_in={args.n_in}, hidden={args.hidden}, T={args.steps}, "
+        f"batch={args.batch}"
+    )
     hw = hardware(quick=args.quick)
-    print(f"reference: bandwidth {hw['bandwidth']['bytes_per_s'] / 1e9:.1f} GB/s (in-place scale of "
-          f"{hw['bandwidth']['bytes'] // 2 ** 20} MiB), matmul {hw['matmul']['flops_per_s'] / 1e9:.1f} GFLOP/s (float32)")
-    print("time per step after compilation (min of repeats); 'x fwd'/'x bptt': ratios to the same network's "
-          "forward pass / BPTT;\ncompile in s ('=': same program as a row above, executable reused); peak "
-          "memory of the compiled program; roofline: the\nstep's minimum time at the measured bandwidth (bw) or "
-          "matmul rate (mm), as a fraction of the measured time.\n")
+    print(
+        f"reference: bandwidth {hw['bandwidth']['bytes_per_s'] / 1e9:.1f} GB/s (in-place scale of "
+        f"{hw['bandwidth']['bytes'] // 2**20} MiB), matmul {hw['matmul']['flops_per_s'] / 1e9:.1f} GFLOP/s (float32)"
+    )
+    print(
+        "time per step after compilation (min of repeats); 'x fwd'/'x bptt': ratios to the same network's "
+        "forward pass / BPTT;\ncompile in s ('=': same program as a row above, executable reused); peak "
+        "memory of the compiled program; roofline: the\nstep's minimum time at the measured bandwidth (bw) or "
+        "matmul rate (mm), as a fraction of the measured time.\n"
+    )
     print(HEADER)
     rows, cache = [], {}
     for i, cell in enumerate(args.cells):
         # the default sweep runs the variants (stateless readout, two layers) on the first cell only
-        specs = [s for s in RULES if args.full or (i == 0 and not args.quick) or (s.layers == 1 and s.readout == "leaky")]
-        rows += rule_rows(cell, specs, hw=hw, n_in=args.n_in, hidden=args.hidden, time_steps=args.steps,
-                          batch=args.batch, repeats=args.repeats, rtrl_max_hidden=args.rtrl_max_hidden,
-                          seed=args.seed, cache=cache, log=print)
+        specs = [
+            s for s in RULES if args.full or (i == 0 and not args.quick) or (s.layers == 1 and s.readout == "leaky")
+        ]
+        rows += rule_rows(
+            cell,
+            specs,
+            hw=hw,
+            n_in=args.n_in,
+            hidden=args.hidden,
+            time_steps=args.steps,
+            batch=args.batch,
+            repeats=args.repeats,
+            rtrl_max_hidden=args.rtrl_max_hidden,
+            seed=args.seed,
+            cache=cache,
+            log=print,
+        )
     elapsed = time.perf_counter() - start
     os.makedirs(out, exist_ok=True)
-    write_json(os.path.join(out, "bench.json"), dict(hardware=hw, rows=rows, seconds=elapsed,
-                                                     args={k: v for k, v in vars(args).items() if k != "func"}))
-    plot_rows(rows, os.path.join(out, "bench.png"),
-              f"eproptax bench, {info['device']}, jax {info['jax']}: hidden {args.hidden}, T {args.steps}, "
-              f"batch {args.batch}, float32")
+    write_json(
+        os.path.join(out, "bench.json"),
+        dict(hardware=hw, rows=rows, seconds=elapsed, args={k: v for k, v in vars(args).items() if k != "func"}),
+    )
+    plot_rows(
+        rows,
+        os.path.join(out, "bench.png"),
+        f"eproptax bench, {info['device']}, jax {info['jax']}: hidden {args.hidden}, T {args.steps}, "
+        f"batch {args.batch}, float32",
+    )
     print(f"\nwrote {out}/bench.json and bench.png ({elapsed:.0f} s)")
     return 0
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("bench", help="time, memory and gradient quality of every rule on LIF/ALIF/LSTM/GRU "
-                                     "networks, against the forward pass and the machine's limits")
+    p = sub.add_parser(
+        "bench",
+        help="time, memory and gradient quality of every rule on LIF/ALIF/LSTM/GRU "
+        "networks, against the forward pass and the machine's limits",
+    )
     p.add_argument("--cells", nargs="+", choices=CELLS, default=list(CELLS))
     p.add_argument("--hidden", type=int, default=16)
     p.add_argument("--n-in", type=int, default=16)
@@ -547,8 +686,14 @@ def add_parser(sub) -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--rtrl-max-hidden", type=int, default=32, help="skip RTRL above this hidden size")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--full", action="store_true", help="every variant (stateless readout, two layers) on every "
-                   "cell, not only on the first (about four times longer)")
-    p.add_argument("--quick", action="store_true", help="one-layer leaky-readout networks only, smaller reference arrays")
+    p.add_argument(
+        "--full",
+        action="store_true",
+        help="every variant (stateless readout, two layers) on every "
+        "cell, not only on the first (about four times longer)",
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="one-layer leaky-readout networks only, smaller reference arrays"
+    )
     p.add_argument("--out", default=None, help="results folder (default results/bench-<device>)")
     p.set_defaults(func=run)

@@ -1,7 +1,5 @@
 """Backpropagation through time: the ground truth every other rule is measured against."""
 
-from typing import Optional
-
 import jax
 
 from ._cell import Cell
@@ -9,8 +7,7 @@ from ._engine import FiringRateReg, sequence_loss
 from ._typing import GradFn, LossFn
 
 
-def bptt(model: Cell, loss: LossFn, *, reg: Optional[FiringRateReg] = None,
-         unroll: Optional[int] = None) -> GradFn:
+def bptt(model: Cell, loss: LossFn, *, reg: FiringRateReg | None = None, unroll: int | None = None) -> GradFn:
     """Exact gradient by backpropagation through time: ``jax.value_and_grad`` of the unrolled loss.
 
     Memory grows with the sequence length ``T`` (the scan stores every step's state for the backward

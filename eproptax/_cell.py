@@ -30,7 +30,8 @@ tests check every shipped cell's promise against autodiff.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Optional
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -57,13 +58,13 @@ class Cell(NamedTuple):
     init: Callable[[PRNGKey], Params]
     init_carry: Callable[[Params], Carry]
     apply: Callable[[Params, Carry, Array], tuple[Carry, Array]]
-    synapse: Optional[Callable[[Params, Array, Array], Array]] = None
-    dynamics: Optional[Callable[[Any, Array], Any]] = None
-    output: Optional[Callable[[Any], Array]] = None
-    leak: Optional[tuple] = None
+    synapse: Callable[[Params, Array, Array], Array] | None = None
+    dynamics: Callable[[Any, Array], Any] | None = None
+    output: Callable[[Any], Array] | None = None
+    leak: tuple | None = None
     layers: tuple = ()
-    n_in: Optional[int] = None
-    n_out: Optional[int] = None
+    n_in: int | None = None
+    n_out: int | None = None
 
 
 def make_cell(
@@ -75,7 +76,7 @@ def make_cell(
     synapse: Callable[[Params, Array, Array], Array],
     dynamics: Callable[[Any, Array], Any],
     output: Callable[[Any], Array],
-    leak: Optional[tuple] = None,
+    leak: tuple | None = None,
 ) -> Cell:
     """Builds a neuron cell from its synaptic stage, its neuron-wise dynamics and its output.
 
@@ -150,7 +151,8 @@ def stack(*cells: Cell) -> Cell:
         if lower.n_out is not None and upper.n_in is not None and lower.n_out != upper.n_in:
             raise ValueError(
                 f"stack: layer {i} outputs {lower.n_out} values but layer {i + 1} expects n_in="
-                f"{upper.n_in}; make each layer's n_in equal to the n_out of the layer below.")
+                f"{upper.n_in}; make each layer's n_in equal to the n_out of the layer below."
+            )
 
     def init(key):
         keys = jax.random.split(key, len(layers))
@@ -180,15 +182,19 @@ def variable_leaks(cell: Cell, s: int, k: int) -> tuple:
         return (None,) * s
     leaks = (tuple(leak),) if _is_pair(leak) else tuple(None if e is None else tuple(e) for e in leak)
     if len(leaks) != s or any(e is not None and len(e) != 2 for e in leaks):
-        raise ValueError(f"leak: expected a pair (decay, gain) for a one-variable state, or one pair or None "
-                         f"per differentiable state variable ({s} here), got {leak!r}.")
+        raise ValueError(
+            f"leak: expected a pair (decay, gain) for a one-variable state, or one pair or None "
+            f"per differentiable state variable ({s} here), got {leak!r}."
+        )
     if k != 1 and any(e is not None for e in leaks):
-        raise ValueError(f"leak: a leaky state variable integrates one synaptic entry (k = 1), but synapse "
-                         f"returns k = {k} entries per neuron.")
+        raise ValueError(
+            f"leak: a leaky state variable integrates one synaptic entry (k = 1), but synapse "
+            f"returns k = {k} entries per neuron."
+        )
     return leaks
 
 
-def scalar_leak(cell: Cell) -> Optional[tuple]:
+def scalar_leak(cell: Cell) -> tuple | None:
     """``(decay, gain)`` when the cell's whole differentiable state is one leaky variable, else ``None``."""
     leak = cell.leak
     if leak is None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -19,8 +19,12 @@ def _check_leaves(where: str, what: str, tree, detail: str) -> None:
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
         if _inexact(leaf):
             bad = jnp.sum(~jnp.isfinite(leaf))
-            checkify.check(bad == 0, f"{where}: `{what}{jax.tree_util.keystr(path)}` has {{count}} NaN or Inf entries "
-                           f"(shape {tuple(jnp.shape(leaf))}){detail}.", count=bad)
+            checkify.check(
+                bad == 0,
+                f"{where}: `{what}{jax.tree_util.keystr(path)}` has {{count}} NaN or Inf entries "
+                f"(shape {tuple(jnp.shape(leaf))}){detail}.",
+                count=bad,
+            )
 
 
 def _check_sequence(where: str, what: str, leaf) -> None:
@@ -30,8 +34,13 @@ def _check_sequence(where: str, what: str, leaf) -> None:
     bad = ~jnp.isfinite(leaf).reshape(leaf.shape[:2] + (-1,)).all(axis=-1)  # (B, T)
     t = jnp.argmax(jnp.any(bad, axis=0))
     b = jnp.argmax(bad[:, t])
-    checkify.check(~jnp.any(bad), f"{where}: `{what}` contains NaN or Inf first at time step {{t}} (example "
-                   f"{{b}} of the batch; steps count from 0).", t=t, b=b)
+    checkify.check(
+        ~jnp.any(bad),
+        f"{where}: `{what}` contains NaN or Inf first at time step {{t}} (example "
+        f"{{b}} of the batch; steps count from 0).",
+        t=t,
+        b=b,
+    )
 
 
 def check_finite(grad_fn: GradFn, *, errors=checkify.user_checks, raise_: bool = False) -> Callable:
@@ -77,9 +86,13 @@ def check_finite(grad_fn: GradFn, *, errors=checkify.user_checks, raise_: bool =
         for path, leaf in jax.tree_util.tree_flatten_with_path(targets)[0]:
             _check_sequence("check_finite", "targets" + jax.tree_util.keystr(path), leaf)
         loss_value, grads = grad_fn(params, inputs, targets)
-        checkify.check(jnp.isfinite(loss_value), "check_finite: the loss is {loss} although params, inputs and "
-                       "targets are finite: the model or the loss function produced it (use "
-                       "errors=checkify.float_checks to find the operation).", loss=loss_value)
+        checkify.check(
+            jnp.isfinite(loss_value),
+            "check_finite: the loss is {loss} although params, inputs and "
+            "targets are finite: the model or the loss function produced it (use "
+            "errors=checkify.float_checks to find the operation).",
+            loss=loss_value,
+        )
         _check_leaves("check_finite", "grads", grads, " although the loss is finite")
         return loss_value, grads
 

@@ -21,7 +21,7 @@ per ``K`` steps (``benchmarks/chunking.py``, docs/design.md).
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -44,8 +44,9 @@ def _product(P, Q):
     return sum(P[..., :, e, None] * Q[..., e, None, :] for e in range(P.shape[-1]))
 
 
-def advance(slots: Sequence[jax.Array], shared: Sequence[bool], structure: np.ndarray, coefficients: Callable,
-            steps, v):
+def advance(
+    slots: Sequence[jax.Array], shared: Sequence[bool], structure: np.ndarray, coefficients: Callable, steps, v
+):
     """The system over one chunk (see the module docstring).
 
     Args:

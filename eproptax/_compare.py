@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -31,8 +32,9 @@ def mse(out, target):
     return 0.5 * target["mask"] * jnp.sum((out - target["y"]) ** 2)
 
 
-def spiking_problem(*, n_in=20, n_rec=32, n_out=2, layers=1, time_steps=100, batch=8, cell="lif",
-                    seed=0, rate=0.05, dtype=jnp.float32) -> Problem:
+def spiking_problem(
+    *, n_in=20, n_rec=32, n_out=2, layers=1, time_steps=100, batch=8, cell="lif", seed=0, rate=0.05, dtype=jnp.float32
+) -> Problem:
     """A default spiking network: ``layers`` LIF (or ALIF) layers and a leaky readout, regressing sines.
 
     Inputs are Poisson spikes of ``rate`` per step; input weights are scaled so that the neurons fire.
@@ -42,8 +44,7 @@ def spiking_problem(*, n_in=20, n_rec=32, n_out=2, layers=1, time_steps=100, bat
     model = cells.stack(*stack, cells.leaky_readout(n_rec, n_out, dtype=dtype))
     k_param, k_in, k_phase = jax.random.split(jax.random.key(seed), 3)
     params = model.init(k_param)
-    params = tuple({**p, "w_in": 8.0 * p["w_in"], "w_rec": 2.0 * p["w_rec"]} if "w_rec" in p else p
-                   for p in params)
+    params = tuple({**p, "w_in": 8.0 * p["w_in"], "w_rec": 2.0 * p["w_rec"]} if "w_rec" in p else p for p in params)
     inputs = (jax.random.uniform(k_in, (batch, time_steps, n_in)) < rate).astype(dtype)
     t = jnp.arange(time_steps, dtype=dtype)
     phase = jax.random.uniform(k_phase, (batch, 1, n_out), dtype) * 2 * jnp.pi
@@ -85,8 +86,9 @@ def rules_for(problem: Problem, *, include_rtrl=True) -> dict:
     if include_rtrl:
         rules["rtrl"] = rtrl(model, loss)
     rules["eprop"] = eprop(model, loss)
-    rules["eprop (random B)"] = eprop(model, loss, feedback=random_feedback(jax.random.key(1), n_rec, n_out,
-                                                                             problem.inputs.dtype))
+    rules["eprop (random B)"] = eprop(
+        model, loss, feedback=random_feedback(jax.random.key(1), n_rec, n_out, problem.inputs.dtype)
+    )
     for order in (0, 1, 2):
         rules[f"eprop_m(order={order})"] = eprop_m(model, loss, order)
     if depth > 1:
@@ -108,25 +110,36 @@ def compare(problem: Problem, *, include_rtrl=True, repeats=3) -> list[dict]:
         if reference is None:
             reference = grads
         cosine, rel = alignment(grads, reference)
-        rows.append(dict(rule=name, cosine=cosine, rel_error=rel, ms_per_step=1e3 * best / steps,
-                         compile_s=compile_time))
+        rows.append(
+            dict(rule=name, cosine=cosine, rel_error=rel, ms_per_step=1e3 * best / steps, compile_s=compile_time)
+        )
     return rows
 
 
 def format_rows(rows: list[dict]) -> str:
     lines = [f"{'rule':24s} {'cos(BPTT)':>10s} {'rel.err':>10s} {'ms/step':>9s} {'compile s':>10s}"]
     for r in rows:
-        lines.append(f"{r['rule']:24s} {r['cosine']:10.4f} {r['rel_error']:10.2e} {r['ms_per_step']:9.4f} "
-                     f"{r['compile_s']:10.2f}")
+        lines.append(
+            f"{r['rule']:24s} {r['cosine']:10.4f} {r['rel_error']:10.2e} {r['ms_per_step']:9.4f} {r['compile_s']:10.2f}"
+        )
     return "\n".join(lines)
 
 
 def run(args) -> int:
-    print(f"eproptax compare on {jax.devices()[0].platform} (jax {jax.__version__}), float32; gradient "
-          "alignment with BPTT, wall time per step after compilation (min of 3).")
+    print(
+        f"eproptax compare on {jax.devices()[0].platform} (jax {jax.__version__}), float32; gradient "
+        "alignment with BPTT, wall time per step after compilation (min of 3)."
+    )
     for layers in (1, args.layers):
-        problem = spiking_problem(n_in=args.n_in, n_rec=args.hidden, layers=layers, time_steps=args.steps,
-                                  batch=args.batch, cell=args.cell, seed=args.seed)
+        problem = spiking_problem(
+            n_in=args.n_in,
+            n_rec=args.hidden,
+            layers=layers,
+            time_steps=args.steps,
+            batch=args.batch,
+            cell=args.cell,
+            seed=args.seed,
+        )
         print(f"\n{layers} x {args.cell.upper()}({args.hidden}) + leaky readout, T={args.steps}, batch={args.batch}")
         print(format_rows(compare(problem, include_rtrl=not args.no_rtrl)))
     return 0

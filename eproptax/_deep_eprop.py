@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 from ._cell import Cell
 from ._engine import FiringRateReg, OnlineRule, scan_rule
 from ._traces import gated, online_traces
@@ -12,15 +10,30 @@ from ._typing import GradFn, LossFn
 DEPTHS = ("full", "collapsed", "spatial")
 
 
-def online_deep_eprop(model: Cell, loss: LossFn, *, depth: str = "full", order: int = 0, feedback="symmetric",
-                      reg: Optional[FiringRateReg] = None) -> OnlineRule:
+def online_deep_eprop(
+    model: Cell,
+    loss: LossFn,
+    *,
+    depth: str = "full",
+    order: int = 0,
+    feedback="symmetric",
+    reg: FiringRateReg | None = None,
+) -> OnlineRule:
     """The per-step form of :func:`deep_eprop`; ``ep.online.deep_eprop``."""
     return online_traces(model, loss, order=order, depth=depth, feedback=feedback, reg=reg, where="deep_eprop")
 
 
-def deep_eprop(model: Cell, loss: LossFn, *, depth: str = "full", order: int = 0, feedback="symmetric",
-               reg: Optional[FiringRateReg] = None, unroll: Optional[int] = None,
-               chunk: Optional[int] = None) -> GradFn:
+def deep_eprop(
+    model: Cell,
+    loss: LossFn,
+    *,
+    depth: str = "full",
+    order: int = 0,
+    feedback="symmetric",
+    reg: FiringRateReg | None = None,
+    unroll: int | None = None,
+    chunk: int | None = None,
+) -> GradFn:
     """deep e-prop: online credit assignment across depth and time.
 
     Layers ``l = 1..L`` with ``a^l_t = W^l z^{l-1}_t + R^l z^l_{t-1} (+ b)``, ``h^l_t = f_l(h^l_{t-1}, a^l_t)``,
@@ -81,6 +94,12 @@ def deep_eprop(model: Cell, loss: LossFn, *, depth: str = "full", order: int = 0
     References:
       Millidge. "Generalising E-prop to Deep Networks", arXiv:2512.24506 (2025).
     """
-    return scan_rule("deep_eprop", model, loss,
-                     online_deep_eprop(model, loss, depth=depth, order=order, feedback=feedback, reg=reg), unroll,
-                     chunk, gated(model))
+    return scan_rule(
+        "deep_eprop",
+        model,
+        loss,
+        online_deep_eprop(model, loss, depth=depth, order=order, feedback=feedback, reg=reg),
+        unroll,
+        chunk,
+        gated(model),
+    )

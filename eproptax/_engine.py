@@ -7,7 +7,8 @@ grads)`` with one ``lax.scan``. One implementation, two views.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Optional
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -115,8 +116,13 @@ def batch_sharding(rule: OnlineRule, state: OnlineState, mesh: jax.sharding.Mesh
 def reset(state: OnlineState) -> OnlineState:
     """Zeroes the accumulators of an online state (see :class:`OnlineRule`)."""
     zeros = lambda tree: jax.tree_util.tree_map(jnp.zeros_like, tree)
-    return state._replace(grads=zeros(state.grads), loss=jnp.zeros_like(state.loss), spikes=zeros(state.spikes),
-                          reg_traces=zeros(state.reg_traces), steps=jnp.zeros_like(state.steps))
+    return state._replace(
+        grads=zeros(state.grads),
+        loss=jnp.zeros_like(state.loss),
+        spikes=zeros(state.spikes),
+        reg_traces=zeros(state.reg_traces),
+        steps=jnp.zeros_like(state.steps),
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -137,8 +143,10 @@ def recurrent_outputs(model: Cell, carry: Any) -> Array:
     zs = []
     for i in recurrent_layers(model):
         if not is_neuron(layers[i]):
-            raise ValueError(f"reg: layer {i} has no `output` function, so its firing rate is undefined; "
-                             "build it with ep.cells.make_cell or drop `reg`.")
+            raise ValueError(
+                f"reg: layer {i} has no `output` function, so its firing rate is undefined; "
+                "build it with ep.cells.make_cell or drop `reg`."
+            )
         zs.append(layers[i].output(carries[i]))
     return jnp.concatenate(zs)
 
@@ -161,8 +169,7 @@ def reg_weights(reg: FiringRateReg, spikes: Array, steps: Array) -> Array:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def sequence_loss(model: Cell, loss: LossFn, *, reg: Optional[FiringRateReg] = None,
-                  unroll: Optional[int] = None):
+def sequence_loss(model: Cell, loss: LossFn, *, reg: FiringRateReg | None = None, unroll: int | None = None):
     """The scalar objective every rule estimates the gradient of.
 
     ``objective(params, inputs, targets)`` is the mean over the batch of ``sum_t loss(outputs_t,
@@ -217,53 +224,70 @@ def _shape_str(x) -> str:
 
 def check_unroll(where: str, unroll) -> None:
     if unroll is not None and (isinstance(unroll, bool) or not isinstance(unroll, (int, np.integer)) or unroll < 1):
-        raise ValueError(f"{where}: `unroll` must be a positive int (time steps per iteration of the scan) "
-                         f"or None (the platform's default), got {unroll!r}.")
+        raise ValueError(
+            f"{where}: `unroll` must be a positive int (time steps per iteration of the scan) "
+            f"or None (the platform's default), got {unroll!r}."
+        )
 
 
 def check_params(where: str, model: Cell, params: Params) -> None:
     expected = jax.eval_shape(model.init, jax.random.key(0))
     exp_def, got_def = jax.tree_util.tree_structure(expected), jax.tree_util.tree_structure(params)
     if exp_def != got_def:
-        raise ValueError(f"{where}: `params` does not match the model: expected the tree {exp_def}, got "
-                         f"{got_def}. Make params with model.init(key).")
-    for path, (e, g) in zip(jax.tree_util.tree_flatten_with_path(expected)[0],
-                            zip(jax.tree_util.tree_leaves(expected), jax.tree_util.tree_leaves(params))):
+        raise ValueError(
+            f"{where}: `params` does not match the model: expected the tree {exp_def}, got "
+            f"{got_def}. Make params with model.init(key)."
+        )
+    for path, (e, g) in zip(
+        jax.tree_util.tree_flatten_with_path(expected)[0],
+        zip(jax.tree_util.tree_leaves(expected), jax.tree_util.tree_leaves(params)),
+    ):
         if tuple(e.shape) != tuple(np.shape(g)):
-            raise ValueError(f"{where}: `params` leaf {jax.tree_util.keystr(path[0])} has shape "
-                             f"{_shape_str(g)}, expected {tuple(e.shape)}.")
+            raise ValueError(
+                f"{where}: `params` leaf {jax.tree_util.keystr(path[0])} has shape "
+                f"{_shape_str(g)}, expected {tuple(e.shape)}."
+            )
 
 
 def check_inputs(where: str, model: Cell, loss: LossFn, params: Params, inputs: Array, targets: Any) -> None:
     """Validates a whole-sequence call (shapes are static, so this runs once per trace)."""
     check_params(where, model, params)
     if np.ndim(inputs) != 3:
-        raise ValueError(f"{where}: `inputs` must have shape (batch, time, n_in={model.n_in}), got "
-                         f"{_shape_str(inputs)}. Add a batch axis with inputs[None] or a time axis with "
-                         "inputs[:, None].")
+        raise ValueError(
+            f"{where}: `inputs` must have shape (batch, time, n_in={model.n_in}), got "
+            f"{_shape_str(inputs)}. Add a batch axis with inputs[None] or a time axis with "
+            "inputs[:, None]."
+        )
     batch, time, width = np.shape(inputs)
     if model.n_in is not None and width != model.n_in:
-        raise ValueError(f"{where}: `inputs` must have n_in={model.n_in} features on its last axis, got shape "
-                         f"{_shape_str(inputs)}.")
+        raise ValueError(
+            f"{where}: `inputs` must have n_in={model.n_in} features on its last axis, got shape {_shape_str(inputs)}."
+        )
     for path, leaf in jax.tree_util.tree_flatten_with_path(targets)[0]:
         if np.ndim(leaf) < 2 or tuple(np.shape(leaf)[:2]) != (batch, time):
-            raise ValueError(f"{where}: `targets` leaf {jax.tree_util.keystr(path) or '(root)'} must have "
-                             f"leading axes (batch, time) = ({batch}, {time}) like `inputs`, got shape "
-                             f"{_shape_str(leaf)}.")
+            raise ValueError(
+                f"{where}: `targets` leaf {jax.tree_util.keystr(path) or '(root)'} must have "
+                f"leading axes (batch, time) = ({batch}, {time}) like `inputs`, got shape "
+                f"{_shape_str(leaf)}."
+            )
     check_loss(where, model, loss, params, jax.tree_util.tree_map(lambda a: a[0, 0], targets))
 
 
-def check_step(where: str, model: Cell, loss: LossFn, params: Params, state: OnlineState, x: Array,
-               target: Any) -> None:
+def check_step(
+    where: str, model: Cell, loss: LossFn, params: Params, state: OnlineState, x: Array, target: Any
+) -> None:
     """Validates an online step."""
     batch = jax.tree_util.tree_leaves(state.carry)[0].shape[0] if jax.tree_util.tree_leaves(state.carry) else None
     if np.ndim(x) != 2 or np.shape(x)[-1] != model.n_in or (batch is not None and np.shape(x)[0] != batch):
-        raise ValueError(f"{where}: `inputs_t` must have shape (batch={batch}, n_in={model.n_in}), got "
-                         f"{_shape_str(x)}.")
+        raise ValueError(
+            f"{where}: `inputs_t` must have shape (batch={batch}, n_in={model.n_in}), got {_shape_str(x)}."
+        )
     for path, leaf in jax.tree_util.tree_flatten_with_path(target)[0]:
         if np.ndim(leaf) < 1 or np.shape(leaf)[0] != np.shape(x)[0]:
-            raise ValueError(f"{where}: `targets_t` leaf {jax.tree_util.keystr(path) or '(root)'} must have a "
-                             f"leading batch axis of {np.shape(x)[0]}, got shape {_shape_str(leaf)}.")
+            raise ValueError(
+                f"{where}: `targets_t` leaf {jax.tree_util.keystr(path) or '(root)'} must have a "
+                f"leading batch axis of {np.shape(x)[0]}, got shape {_shape_str(leaf)}."
+            )
     check_loss(where, model, loss, params, jax.tree_util.tree_map(lambda a: a[0], target))
 
 
@@ -275,8 +299,10 @@ def check_loss(where: str, model: Cell, loss: LossFn, params: Params, target_t: 
 
     value = jax.eval_shape(out_fn, params, target_t)
     if value.shape != ():
-        raise ValueError(f"{where}: `loss(outputs_t, targets_t)` must return a scalar for one example and one "
-                         f"step, got shape {tuple(value.shape)}. Sum or average inside the loss.")
+        raise ValueError(
+            f"{where}: `loss(outputs_t, targets_t)` must return a scalar for one example and one "
+            f"step, got shape {tuple(value.shape)}. Sum or average inside the loss."
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -298,7 +324,7 @@ def time_major(tree: Any) -> Any:
 DEFAULT_UNROLL = {"cpu": 1, "cuda": 4}
 
 
-def scan(f: Callable, init, xs, length: Optional[int] = None, unroll: Optional[int] = None):
+def scan(f: Callable, init, xs, length: int | None = None, unroll: int | None = None):
     """``lax.scan(f, init, xs, length, unroll)``; ``unroll=None`` takes the lowering platform's
     :data:`DEFAULT_UNROLL`. Each distinct value is staged out (``lax.platform_dependent``, with ``f`` traced
     once) and the choice is made when the function is lowered, so a compiled program holds one loop."""
@@ -322,15 +348,26 @@ DEFAULT_CHUNK = {"cpu": 64}
 
 def check_chunk(where: str, chunk, online: OnlineRule) -> None:
     if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1):
-        raise ValueError(f"{where}: `chunk` must be a positive int (time steps advanced at once) or None (the "
-                         f"platform's default), got {chunk!r}.")
+        raise ValueError(
+            f"{where}: `chunk` must be a positive int (time steps advanced at once) or None (the "
+            f"platform's default), got {chunk!r}."
+        )
     if chunk is not None and chunk > 1 and online.chunk is None:
-        raise ValueError(f"{where}: `chunk={chunk}` needs a rule with a chunked form: level-0 traces only "
-                         "(order=0, depth='spatial' or 'collapsed'); pass chunk=1 or None.")
+        raise ValueError(
+            f"{where}: `chunk={chunk}` needs a rule with a chunked form: level-0 traces only "
+            "(order=0, depth='spatial' or 'collapsed'); pass chunk=1 or None."
+        )
 
 
-def scan_rule(where: str, model: Cell, loss: LossFn, online: OnlineRule, unroll: Optional[int] = None,
-              chunk: Optional[int] = None, default_chunks: bool = False):
+def scan_rule(
+    where: str,
+    model: Cell,
+    loss: LossFn,
+    online: OnlineRule,
+    unroll: int | None = None,
+    chunk: int | None = None,
+    default_chunks: bool = False,
+):
     """The whole-sequence view of an online rule: ``init``, a ``lax.scan`` over the steps, ``result``.
 
     ``unroll`` time steps run per iteration of the scan (``lax.scan``'s ``unroll``): XLA may then fuse work
@@ -362,6 +399,7 @@ def scan_rule(where: str, model: Cell, loss: LossFn, online: OnlineRule, unroll:
             def whole(state):
                 chunks = time // K if K > 1 else 0
                 if chunks:
+
                     def chunk_body(state, _):
                         at = lambda a: jax.lax.dynamic_slice_in_dim(a, state.steps, K, axis=1)
                         return online.chunk(params, state, at(inputs), jax.tree_util.tree_map(at, targets)), None
@@ -370,6 +408,7 @@ def scan_rule(where: str, model: Cell, loss: LossFn, online: OnlineRule, unroll:
                 if time - chunks * K:
                     state, _ = scan(body, state, None, length=time - chunks * K, unroll=unroll)
                 return state
+
             return whole
 
         if chunk is not None or online.chunk is None or not default_chunks:
@@ -398,12 +437,20 @@ def accum_dtype(params: Params):
     return dtype if jnp.finfo(dtype).bits >= 32 else jnp.dtype(jnp.float32)
 
 
-def new_state(model: Cell, params: Params, batch_size: int, traces: Any, grads: Any,
-              reg: Optional[FiringRateReg], reg_traces: Any) -> OnlineState:
+def new_state(
+    model: Cell, params: Params, batch_size: int, traces: Any, grads: Any, reg: FiringRateReg | None, reg_traces: Any
+) -> OnlineState:
     dtype = accum_dtype(params)
     spikes = ()
     if reg is not None:
         n = jax.eval_shape(lambda p: recurrent_outputs(model, model.init_carry(p)), params).shape[0]
         spikes = jnp.zeros((batch_size, n), dtype)
-    return OnlineState(batch_init_carry(model, params, batch_size), traces, grads, jnp.zeros((), dtype), spikes,
-                       reg_traces if reg is not None else (), jnp.zeros((), jnp.int32))
+    return OnlineState(
+        batch_init_carry(model, params, batch_size),
+        traces,
+        grads,
+        jnp.zeros((), dtype),
+        spikes,
+        reg_traces if reg is not None else (),
+        jnp.zeros((), jnp.int32),
+    )

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import jax
 import jax.numpy as jnp
 
@@ -13,14 +11,20 @@ from ._traces import gated, online_traces
 from ._typing import GradFn, LossFn
 
 
-def online_eprop(model: Cell, loss: LossFn, *, feedback="symmetric",
-                 reg: Optional[FiringRateReg] = None) -> OnlineRule:
+def online_eprop(model: Cell, loss: LossFn, *, feedback="symmetric", reg: FiringRateReg | None = None) -> OnlineRule:
     """The per-step form of :func:`eprop`; ``ep.online.eprop``."""
     return online_traces(model, loss, order=0, depth="spatial", feedback=feedback, reg=reg, where="eprop")
 
 
-def eprop(model: Cell, loss: LossFn, *, feedback="symmetric", reg: Optional[FiringRateReg] = None,
-          unroll: Optional[int] = None, chunk: Optional[int] = None) -> GradFn:
+def eprop(
+    model: Cell,
+    loss: LossFn,
+    *,
+    feedback="symmetric",
+    reg: FiringRateReg | None = None,
+    unroll: int | None = None,
+    chunk: int | None = None,
+) -> GradFn:
     """e-prop: online eligibility propagation (Bellec et al. 2020).
 
     Factorises the gradient as ``dE/dW_ji ~ sum_t L_j^t e_ji^t``. The eligibility trace comes from neuron
@@ -88,8 +92,9 @@ def eprop(model: Cell, loss: LossFn, *, feedback="symmetric", reg: Optional[Firi
       Bellec, Scherr, Subramoney, Hajek, Salaj, Legenstein, Maass. "A solution to the learning dilemma for
       recurrent networks of spiking neurons", Nature Communications 11, 3625 (2020).
     """
-    return scan_rule("eprop", model, loss, online_eprop(model, loss, feedback=feedback, reg=reg), unroll, chunk,
-                     gated(model))
+    return scan_rule(
+        "eprop", model, loss, online_eprop(model, loss, feedback=feedback, reg=reg), unroll, chunk, gated(model)
+    )
 
 
 def random_feedback(key, n_rec: int, n_out: int, dtype=jnp.float32) -> jax.Array:

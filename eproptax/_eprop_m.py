@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 from ._cell import Cell
 from ._engine import FiringRateReg, OnlineRule, scan_rule
 from ._traces import gated, online_traces
 from ._typing import GradFn, LossFn
 
 
-def online_eprop_m(model: Cell, loss: LossFn, order: int, *, feedback="symmetric",
-                   reg: Optional[FiringRateReg] = None) -> OnlineRule:
+def online_eprop_m(
+    model: Cell, loss: LossFn, order: int, *, feedback="symmetric", reg: FiringRateReg | None = None
+) -> OnlineRule:
     """The per-step form of :func:`eprop_m`; ``ep.online.eprop_m``."""
     return online_traces(model, loss, order=order, depth="spatial", feedback=feedback, reg=reg, where="eprop_m")
 
 
-def eprop_m(model: Cell, loss: LossFn, order: int = 1, *, feedback="symmetric",
-            reg: Optional[FiringRateReg] = None, unroll: Optional[int] = None, chunk: Optional[int] = None) -> GradFn:
+def eprop_m(
+    model: Cell,
+    loss: LossFn,
+    order: int = 1,
+    *,
+    feedback="symmetric",
+    reg: FiringRateReg | None = None,
+    unroll: int | None = None,
+    chunk: int | None = None,
+) -> GradFn:
     """m-order e-prop: keep the influence paths with at most ``order`` explicit recurrent edges.
 
     The exact influence ``M_l^t = dh_l^t / dtheta`` splits by the number ``n`` of explicit edges (through
@@ -60,5 +67,12 @@ def eprop_m(model: Cell, loss: LossFn, order: int = 1, *, feedback="symmetric",
     References:
       Martín-Sánchez, Bohté, Otte. "A Taxonomy of Recurrent Learning Rules", ICANN 2022, arXiv:2207.11439.
     """
-    return scan_rule("eprop_m", model, loss, online_eprop_m(model, loss, order, feedback=feedback, reg=reg),
-                     unroll, chunk, gated(model))
+    return scan_rule(
+        "eprop_m",
+        model,
+        loss,
+        online_eprop_m(model, loss, order, feedback=feedback, reg=reg),
+        unroll,
+        chunk,
+        gated(model),
+    )

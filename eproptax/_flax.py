@@ -17,7 +17,8 @@ flax is an optional dependency (``pip install eproptax[flax]``); it is imported 
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -30,12 +31,16 @@ def _import(what: str):
     try:
         if what == "linen":
             from flax import linen
+
             return linen
         from flax import nnx
+
         return nnx
     except ImportError as e:  # pragma: no cover - exercised only without flax
-        raise ImportError(f"eproptax.cells.from_{'flax' if what == 'linen' else 'nnx'} needs flax: "
-                          "pip install 'eproptax[flax]' (or pip install flax).") from e
+        raise ImportError(
+            f"eproptax.cells.from_{'flax' if what == 'linen' else 'nnx'} needs flax: "
+            "pip install 'eproptax[flax]' (or pip install flax)."
+        ) from e
 
 
 def _float_dtype(params):
@@ -61,8 +66,9 @@ def _split(kernel, parts):
 
 
 def _lstm_nnx(p):
-    return {("i" + g): {"kernel": p["if_" if g == "f" else "i" + g]["kernel"]} for g in "ifgo"} | \
-        {("h" + g): p["h" + g] for g in "ifgo"}
+    return {("i" + g): {"kernel": p["if_" if g == "f" else "i" + g]["kernel"]} for g in "ifgo"} | {
+        ("h" + g): p["h" + g] for g in "ifgo"
+    }
 
 
 def _lstm_fused(p):
@@ -84,14 +90,22 @@ def _gru_fused(p):
     return out
 
 
-def _neuron(base: Cell, to_base: Optional[Callable], init, init_carry, residual: bool = False) -> Cell:
+def _neuron(base: Cell, to_base: Callable | None, init, init_carry, residual: bool = False) -> Cell:
     """``base``'s dynamics and output on a synaptic stage that reads flax's tree through ``to_base``."""
     synapse = base.synapse if to_base is None else (lambda p, x, z: base.synapse(to_base(p), x, z))
     dynamics = base.dynamics
     if residual:  # SimpleCell(residual=True): h = tanh(a + h_prev), an implicit recurrence
         dynamics = lambda h, a: base.dynamics(h, a + h.h[:, None].astype(a.dtype))
-    return make_cell(n_in=base.n_in, n_out=base.n_out, init=init, init_carry=init_carry, synapse=synapse,
-                     dynamics=dynamics, output=base.output, leak=base.leak)
+    return make_cell(
+        n_in=base.n_in,
+        n_out=base.n_out,
+        init=init,
+        init_carry=init_carry,
+        synapse=synapse,
+        dynamics=dynamics,
+        output=base.output,
+        leak=base.leak,
+    )
 
 
 def _state(kind: str, carry):
@@ -152,8 +166,10 @@ def from_flax(flax_cell: Any, n_in: int, *, opaque: bool = False) -> Cell:
     if not isinstance(n_in, int) or n_in < 1:
         raise ValueError(f"from_flax: `n_in` must be a positive int (the input width), got {n_in!r}.")
     if not isinstance(flax_cell, nn.Module):
-        raise TypeError(f"from_flax: expected a flax.linen recurrent cell (e.g. nn.LSTMCell(features=n)), got "
-                        f"{type(flax_cell).__name__}; for an nnx module use ep.cells.from_nnx.")
+        raise TypeError(
+            f"from_flax: expected a flax.linen recurrent cell (e.g. nn.LSTMCell(features=n)), got "
+            f"{type(flax_cell).__name__}; for an nnx module use ep.cells.from_nnx."
+        )
     key0 = jax.random.key(0)
 
     def init(key):
@@ -164,12 +180,16 @@ def from_flax(flax_cell: Any, n_in: int, *, opaque: bool = False) -> Cell:
     def flax_carry(params):
         return _cast_floats(flax_cell.initialize_carry(key0, (n_in,)), _float_dtype(params))
 
-    kinds = {nn.SimpleCell: ("rnn", ("activation_fn",)), nn.LSTMCell: ("lstm", ("gate_fn", "activation_fn")),
-             nn.OptimizedLSTMCell: ("lstm", ("gate_fn", "activation_fn")),
-             nn.GRUCell: ("gru", ("gate_fn", "activation_fn"))}
+    kinds = {
+        nn.SimpleCell: ("rnn", ("activation_fn",)),
+        nn.LSTMCell: ("lstm", ("gate_fn", "activation_fn")),
+        nn.OptimizedLSTMCell: ("lstm", ("gate_fn", "activation_fn")),
+        nn.GRUCell: ("gru", ("gate_fn", "activation_fn")),
+    }
     kind, fns = kinds.get(type(flax_cell), (None, ()))
-    same_dtype = flax_cell.dtype is None or jnp.dtype(flax_cell.dtype) == jnp.dtype(flax_cell.param_dtype) \
-        if kind else False
+    same_dtype = (
+        flax_cell.dtype is None or jnp.dtype(flax_cell.dtype) == jnp.dtype(flax_cell.param_dtype) if kind else False
+    )
     if kind and not opaque and same_dtype and _linen_defaults(flax_cell, fns):
         n = flax_cell.features
         init_carry = lambda params: _state(kind, flax_carry(params))
@@ -244,12 +264,15 @@ def from_nnx(module: Any) -> tuple[Cell, Any]:
     """
     nnx = _import("nnx")
     if not isinstance(module, nnx.Module):
-        raise TypeError(f"from_nnx: expected a flax.nnx recurrent cell (e.g. nnx.LSTMCell(n_in, n, rngs=...)), "
-                        f"got {type(module).__name__}; for a linen cell use ep.cells.from_flax.")
+        raise TypeError(
+            f"from_nnx: expected a flax.nnx recurrent cell (e.g. nnx.LSTMCell(n_in, n, rngs=...)), "
+            f"got {type(module).__name__}; for a linen cell use ep.cells.from_flax."
+        )
     for attr in ("in_features", "hidden_features"):
         if not hasattr(module, attr):
-            raise ValueError(f"from_nnx: the module must have `{attr}` (as nnx's RNN cells do); "
-                             f"{type(module).__name__} has not.")
+            raise ValueError(
+                f"from_nnx: the module must have `{attr}` (as nnx's RNN cells do); {type(module).__name__} has not."
+            )
     n_in, n = module.in_features, module.hidden_features
     graphdef, state, rest = nnx.split(module, nnx.Param, ...)
     params = nnx.to_pure_dict(state)
@@ -262,17 +285,18 @@ def from_nnx(module: Any) -> tuple[Cell, Any]:
     def flax_carry(params):
         return _cast_floats(module.initialize_carry((n_in,), rngs=nnx.Rngs(0)), _float_dtype(params))
 
-    kinds = {nnx.SimpleCell: ("rnn", ("activation_fn", "promote_dtype")),
-             nnx.LSTMCell: ("lstm", ("gate_fn", "activation_fn", "promote_dtype")),
-             nnx.OptimizedLSTMCell: ("lstm", ("gate_fn", "activation_fn", "promote_dtype")),
-             nnx.GRUCell: ("gru", ("gate_fn", "activation_fn", "promote_dtype"))}
+    kinds = {
+        nnx.SimpleCell: ("rnn", ("activation_fn", "promote_dtype")),
+        nnx.LSTMCell: ("lstm", ("gate_fn", "activation_fn", "promote_dtype")),
+        nnx.OptimizedLSTMCell: ("lstm", ("gate_fn", "activation_fn", "promote_dtype")),
+        nnx.GRUCell: ("gru", ("gate_fn", "activation_fn", "promote_dtype")),
+    }
     kind, fns = kinds.get(type(module), (None, ()))
     same_dtype = module.dtype is None or jnp.dtype(module.dtype) == jnp.dtype(module.param_dtype) if kind else False
     if kind and same_dtype and _nnx_defaults(module, fns):
         init_carry = lambda params: _state(kind, flax_carry(params))
         if kind == "rnn":
-            return _neuron(rnn(n_in, n), _simple("dense_i", "dense_h"), init, init_carry,
-                           module.residual), params
+            return _neuron(rnn(n_in, n), _simple("dense_i", "dense_h"), init, init_carry, module.residual), params
         if kind == "gru":
             return _neuron(gru(n_in, n), _gru_fused, init, init_carry), params
         fused = type(module) is nnx.OptimizedLSTMCell

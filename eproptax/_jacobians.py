@@ -10,7 +10,8 @@ and ``z = output(h)``, every neuron ``j`` has small dense blocks (``s`` differen
 
 Each is a few ``jax.jvp`` calls with one-hot tangents broadcast over the neurons (the dynamics are
 neuron-wise, so one jvp yields a column of every neuron's block). A cell whose whole state
-is one leaky variable (``leak = (decay, gain)``) skips them: ``D = decay``, ``dfda = gain``. The explicit recurrence and the
+is one leaky variable (``leak = (decay, gain)``) skips them: ``D = decay``, ``dfda = gain``.
+The explicit recurrence and the
 same-step edge from the layer below go through the synaptic stage, pushed with ``jax.jvp`` (vmapped over
 tangent directions) rather than formed as matrices.
 """
@@ -35,8 +36,9 @@ class Blocks(NamedTuple):
 
 def synapse_struct(layer: Cell, params, dtype) -> jax.ShapeDtypeStruct:
     """The shape ``(n, k)`` and dtype of ``layer.synapse``'s output for inputs of ``dtype`` (nothing is run)."""
-    return jax.eval_shape(layer.synapse, params, jax.ShapeDtypeStruct((layer.n_in,), dtype),
-                          jax.ShapeDtypeStruct((layer.n_out,), dtype))
+    return jax.eval_shape(
+        layer.synapse, params, jax.ShapeDtypeStruct((layer.n_in,), dtype), jax.ShapeDtypeStruct((layer.n_out,), dtype)
+    )
 
 
 def _columns(fn, x, n_dirs):
@@ -77,6 +79,7 @@ def formed_once(tree):
     per element). It is applied on every platform: on an H200 it made level-0 e-prop 1.09x to 1.29x faster
     at hidden 256 (``benchmarks/variants.py``).
     """
+
     def once(a):
         return a / (1 + 0 * jnp.where(jnp.isfinite(a), a, jnp.zeros_like(a)))
 

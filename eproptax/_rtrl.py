@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from ._cell import Cell, is_neuron, layers_of
-from ._engine import (FiringRateReg, OnlineRule, accum_dtype, check_step, new_state, recurrent_outputs, reg_value,
-                      reg_weights, reset, scan_rule)
+from ._engine import (
+    FiringRateReg,
+    OnlineRule,
+    accum_dtype,
+    check_step,
+    new_state,
+    recurrent_outputs,
+    reg_value,
+    reg_weights,
+    reset,
+    scan_rule,
+)
 from ._jacobians import effective_shape, pull_back, synapse_struct
 from ._typing import GradFn, LossFn
 
@@ -29,7 +38,7 @@ def _ravel_float(tree):
     return vec, unravel_full
 
 
-def online_rtrl(model: Cell, loss: LossFn, *, reg: Optional[FiringRateReg] = None) -> OnlineRule:
+def online_rtrl(model: Cell, loss: LossFn, *, reg: FiringRateReg | None = None) -> OnlineRule:
     """The per-step form of :func:`rtrl` (see there); ``ep.online.rtrl``."""
     layers = layers_of(model)
     as_layers = (lambda tree: tuple(tree)) if model.layers else (lambda tree: (tree,))
@@ -57,8 +66,9 @@ def online_rtrl(model: Cell, loss: LossFn, *, reg: Optional[FiringRateReg] = Non
         if reg is not None:
             n = jax.eval_shape(lambda p: recurrent_outputs(model, model.init_carry(p)), params).shape[0]
             reg_traces = tuple(jnp.zeros((batch_size, n, P), dtype) for P in sizes)
-        return new_state(model, params, batch_size, influence, tuple(jnp.zeros((P,), dtype) for P in sizes), reg,
-                         reg_traces)
+        return new_state(
+            model, params, batch_size, influence, tuple(jnp.zeros((P,), dtype) for P in sizes), reg, reg_traces
+        )
 
     def example(params, carry, influence, x, target):
         c_vec, unravel_c = _ravel_float(carry)
@@ -66,8 +76,10 @@ def online_rtrl(model: Cell, loss: LossFn, *, reg: Optional[FiringRateReg] = Non
         # One variable per layer to differentiate along: a neuron layer's synaptic vector, through a zero
         # offset ``eps`` added to ``a`` (``d/d W_eff[j, g, i] = d/d a[j, g] * v[i]``: the synapse is affine,
         # ``a = W_eff v``); any other layer's raveled parameters.
-        eps = tuple(jnp.zeros(a.shape, a.dtype) for a in (synapse_struct(layer, p, x.dtype) for layer, p in
-                                                            zip(layers, layer_params) if is_neuron(layer)))
+        eps = tuple(
+            jnp.zeros(a.shape, a.dtype)
+            for a in (synapse_struct(layer, p, x.dtype) for layer, p in zip(layers, layer_params) if is_neuron(layer))
+        )
         raveled = [ravel_pytree(p) for layer, p in zip(layers, layer_params) if not is_neuron(layer)]
         ths, unravels = tuple(th for th, _ in raveled), tuple(unravel for _, unravel in raveled)
 
@@ -89,8 +101,8 @@ def online_rtrl(model: Cell, loss: LossFn, *, reg: Optional[FiringRateReg] = Non
             return _ravel_float(run(c, eps, ths)[0])[0]
 
         (value, (out, vs)), (g_c, g_eps, g_th) = jax.value_and_grad(
-            lambda c, e, t: (loss(run(c, e, t)[1], target), run(c, e, t)[1:]), argnums=(0, 1, 2), has_aux=True)(
-            c_vec, eps, ths)
+            lambda c, e, t: (loss(run(c, e, t)[1], target), run(c, e, t)[1:]), argnums=(0, 1, 2), has_aux=True
+        )(c_vec, eps, ths)
         # The influence is stored per layer as M^T (|carry| rows of that layer's columns), so that the
         # product below streams its long rows. d carry^t / d carry^{t-1} comes from jvp along the few state
         # directions (jacfwd); stacked with d loss_t / d carry^{t-1} as one more row, a single matrix
@@ -128,15 +140,18 @@ def online_rtrl(model: Cell, loss: LossFn, *, reg: Optional[FiringRateReg] = Non
 
     def step(params, state, x, target):
         check_step("rtrl", model, loss, params, state, x, target)
-        carry, influence, values, out, g, extras = jax.vmap(
-            example, in_axes=(None, 0, 0, 0, 0))(params, state.carry, state.traces, x, target)
+        carry, influence, values, out, g, extras = jax.vmap(example, in_axes=(None, 0, 0, 0, 0))(
+            params, state.carry, state.traces, x, target
+        )
         grads = tuple(acc + jnp.sum(gl, 0) / x.shape[0] for acc, gl in zip(state.grads, g))
-        state = state._replace(carry=carry, traces=influence, grads=grads, loss=state.loss + jnp.mean(values),
-                               steps=state.steps + 1)
+        state = state._replace(
+            carry=carry, traces=influence, grads=grads, loss=state.loss + jnp.mean(values), steps=state.steps + 1
+        )
         if reg is not None:
             z, dz = extras
-            state = state._replace(spikes=state.spikes + z,
-                                   reg_traces=tuple(acc + d for acc, d in zip(state.reg_traces, dz)))
+            state = state._replace(
+                spikes=state.spikes + z, reg_traces=tuple(acc + d for acc, d in zip(state.reg_traces, dz))
+            )
         return state, out
 
     def result(params, state):
@@ -157,8 +172,7 @@ def online_rtrl(model: Cell, loss: LossFn, *, reg: Optional[FiringRateReg] = Non
     return OnlineRule(init, step, result, reset)
 
 
-def rtrl(model: Cell, loss: LossFn, *, reg: Optional[FiringRateReg] = None,
-         unroll: Optional[int] = None) -> GradFn:
+def rtrl(model: Cell, loss: LossFn, *, reg: FiringRateReg | None = None, unroll: int | None = None) -> GradFn:
     """Exact real-time recurrent learning (Williams and Zipser 1989), forward in time with ``jax.jvp``.
 
     Carries the influence matrix ``M^t = d carry^t / d theta`` of every parameter on every state variable

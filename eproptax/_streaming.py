@@ -84,32 +84,41 @@ def load_state(path: str | os.PathLike, *, like: Any) -> Any:
     """
     with np.load(os.fspath(path), allow_pickle=False) as data:
         if _META not in data.files or str(data[_META]) != _FORMAT:
-            raise ValueError(f"load_state: {os.fspath(path)!r} was not written by ep.online.save_state "
-                             f"(no {_META!r} entry with format {_FORMAT!r}).")
+            raise ValueError(
+                f"load_state: {os.fspath(path)!r} was not written by ep.online.save_state "
+                f"(no {_META!r} entry with format {_FORMAT!r})."
+            )
         flat = _flatten(like)
         expected = {key for key, _ in flat}
         extra = sorted(set(data.files) - expected - {_META})
         if extra:
-            raise ValueError(f"load_state: the file has leaves that `like` does not: {extra[:5]}; build `like` "
-                             "with the same rule, model and batch size as the saved state.")
+            raise ValueError(
+                f"load_state: the file has leaves that `like` does not: {extra[:5]}; build `like` "
+                "with the same rule, model and batch size as the saved state."
+            )
         leaves = []
         for key, ref in flat:
             if key not in data.files:
-                raise ValueError(f"load_state: leaf {key} of `like` is missing from the file; build `like` with "
-                                 "the same rule, model and batch size as the saved state.")
+                raise ValueError(
+                    f"load_state: leaf {key} of `like` is missing from the file; build `like` with "
+                    "the same rule, model and batch size as the saved state."
+                )
             raw = data[key]
             ref_data = jax.eval_shape(jax.random.key_data, ref) if _is_key(ref) else ref
             want, ref_shape, shape = np.dtype(ref_data.dtype), tuple(ref_data.shape), tuple(raw.shape)
             if shape != ref_shape:
-                raise ValueError(f"load_state: leaf {key} has shape {shape} in the file, expected {ref_shape} "
-                                 "as in `like`.")
+                raise ValueError(
+                    f"load_state: leaf {key} has shape {shape} in the file, expected {ref_shape} as in `like`."
+                )
             if raw.dtype != want:
                 if raw.dtype.kind != "u" or raw.dtype.itemsize != want.itemsize or want.kind in "biufc":
-                    raise ValueError(f"load_state: leaf {key} has dtype {raw.dtype} in the file, expected "
-                                     f"{want} as in `like`.")
+                    raise ValueError(
+                        f"load_state: leaf {key} has dtype {raw.dtype} in the file, expected {want} as in `like`."
+                    )
                 raw = raw.view(want)
             value = jax.random.wrap_key_data(raw, impl=jax.random.key_impl(ref)) if _is_key(ref) else raw
             sharding = getattr(ref, "sharding", None)
-            leaves.append(jax.device_put(value, sharding) if isinstance(sharding, jax.sharding.Sharding)
-                          else jnp.asarray(value))
+            leaves.append(
+                jax.device_put(value, sharding) if isinstance(sharding, jax.sharding.Sharding) else jnp.asarray(value)
+            )
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(like), leaves)

@@ -16,7 +16,8 @@ with ``D`` the implicit recurrence, ``J^l = dfda W_rec dgdh_{t-1}`` the explicit
 (full) and ``delta`` the same-step learning signal.
 
 Filters. A layer whose whole state is one leaky variable (``leak = (decay, gain)``) has ``D`` and ``dh/da``
-equal for every neuron and independent of the state, so its influence collapses into a filtered copy of the trace below it. A leaky
+equal for every neuron and independent of the state, so its influence collapses into a filtered
+copy of the trace below it. A leaky
 readout on top is never tracked as a layer: the observed traces are filtered with it,
 ``ebar = kappa ebar + zeta_out (dz/dh) G``, and contracted with ``L = W_out^T err`` (or ``B err``): exactly
 e-prop's readout-filtered trace, exact for the readout's own leak. With ``depth="collapsed"`` every leaky
@@ -38,7 +39,7 @@ m)``, when no dense level reads them; all others put it first.
 from __future__ import annotations
 
 import functools
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -46,8 +47,18 @@ import numpy as np
 
 from ._cell import Cell, is_neuron, layers_of, scalar_leak, variable_leaks
 from ._chunks import advance
-from ._engine import (FiringRateReg, OnlineRule, accum_dtype, check_step, leading_batch_axes, new_state,
-                      recurrent_outputs, reg_value, reg_weights, reset)
+from ._engine import (
+    FiringRateReg,
+    OnlineRule,
+    accum_dtype,
+    check_step,
+    leading_batch_axes,
+    new_state,
+    recurrent_outputs,
+    reg_value,
+    reg_weights,
+    reset,
+)
 from ._jacobians import blocks, formed_once, mix, output_jacobian, pull_back, read_states, synapse_struct, weigh
 from ._typing import LossFn
 
@@ -82,7 +93,7 @@ class _Dims(NamedTuple):
         return (self.n, self.k, self.m)
 
 
-def _dims(layer: Cell, params, dtype) -> Optional[_Dims]:
+def _dims(layer: Cell, params, dtype) -> _Dims | None:
     if not is_neuron(layer):
         return None
     carry = jax.eval_shape(layer.init_carry, params)
@@ -101,6 +112,7 @@ def gated(model: Cell) -> bool:
     gates). These networks run the chunked view by default (:data:`~eproptax.DEFAULT_CHUNK`; docs/design.md,
     "The chunked view"): on the CPU it made every gated network measured faster, and most networks of
     single-entry neurons (LIF, ALIF) slower."""
+
     def entries(layer):
         params = jax.eval_shape(layer.init, jax.random.key(0))
         return synapse_struct(layer, params, jax.tree_util.tree_leaves(params)[0].dtype).shape[1]
@@ -112,30 +124,48 @@ def check_model(where: str, model: Cell, feedback) -> None:
     """Static checks shared by the e-prop family, run when the rule is built."""
     layers = layers_of(model)
     if len(layers) < 2:
-        raise ValueError(f"{where}: `model` must be a stack of recurrent layers and a readout, e.g. "
-                         "ep.cells.stack(ep.cells.lif(n_in, n), ep.cells.leaky_readout(n, n_out)); got a single cell.")
+        raise ValueError(
+            f"{where}: `model` must be a stack of recurrent layers and a readout, e.g. "
+            "ep.cells.stack(ep.cells.lif(n_in, n), ep.cells.leaky_readout(n, n_out)); got a single cell."
+        )
     for i, layer in enumerate(layers[:-1]):
         if not is_neuron(layer):
-            raise ValueError(f"{where}: recurrent layer {i} does not expose synapse/dynamics/output; build it "
-                             "with ep.cells.make_cell, or use ep.bptt / ep.rtrl, which work on any cell.")
+            raise ValueError(
+                f"{where}: recurrent layer {i} does not expose synapse/dynamics/output; build it "
+                "with ep.cells.make_cell, or use ep.bptt / ep.rtrl, which work on any cell."
+            )
     top = layers[-1]
     if not is_neuron(top):
         carry = jax.eval_shape(lambda: top.init_carry(top.init(jax.random.key(0))))
         if jax.tree_util.tree_leaves(carry):
-            raise ValueError(f"{where}: the readout (top layer) has a state but no synapse/dynamics/output split; "
-                             "a readout without the split must be stateless (init_carry returns ()).")
+            raise ValueError(
+                f"{where}: the readout (top layer) has a state but no synapse/dynamics/output split; "
+                "a readout without the split must be stateless (init_carry returns ())."
+            )
     if not (isinstance(feedback, str) and feedback == "symmetric"):
         if isinstance(feedback, str):
-            raise ValueError(f"{where}: `feedback` must be 'symmetric' or a feedback matrix B of shape "
-                             f"(n_rec={layers[-2].n_out}, n_out={top.n_out}), got {feedback!r}.")
+            raise ValueError(
+                f"{where}: `feedback` must be 'symmetric' or a feedback matrix B of shape "
+                f"(n_rec={layers[-2].n_out}, n_out={top.n_out}), got {feedback!r}."
+            )
         shape = tuple(np.shape(feedback))
         if shape != (layers[-2].n_out, top.n_out):
-            raise ValueError(f"{where}: `feedback` matrix B must have shape (n_rec={layers[-2].n_out}, "
-                             f"n_out={top.n_out}) (it takes the place of W_out^T), got {shape}.")
+            raise ValueError(
+                f"{where}: `feedback` matrix B must have shape (n_rec={layers[-2].n_out}, "
+                f"n_out={top.n_out}) (it takes the place of W_out^T), got {shape}."
+            )
 
 
-def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback="symmetric",
-                  reg: Optional[FiringRateReg] = None, where: str) -> OnlineRule:
+def online_traces(
+    model: Cell,
+    loss: LossFn,
+    *,
+    order: int,
+    depth: str,
+    feedback="symmetric",
+    reg: FiringRateReg | None = None,
+    where: str,
+) -> OnlineRule:
     """Builds the per-step estimator (see the module docstring)."""
     if not isinstance(order, (int, np.integer)) or order < 0:
         raise ValueError(f"{where}: `order` must be a non-negative Python int, got {order!r}.")
@@ -181,8 +211,11 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
         (leaky) or compact (:func:`compact_shape`); a dense level's single array."""
         dp, dl = dims[p], dims[l]
         if own(l, p, n):
-            return tuple(zeros((dp.m,), 0) if leak is not None else zeros(compact_shape(dp), batch_axis(True))
-                         for leak, kept in zip(dp.leaks, stored(dp)) if kept)
+            return tuple(
+                zeros((dp.m,), 0) if leak is not None else zeros(compact_shape(dp), batch_axis(True))
+                for leak, kept in zip(dp.leaks, stored(dp))
+                if kept
+            )
         return zeros((dl.n, dl.s) + dp.shape, 0)
 
     def zsum_shape(dims, l, p):
@@ -206,8 +239,10 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
         return tuple(batch_axis(part.ndim > 2) for part in trace)
 
     def batch_axes(state):
-        influence = {(l, p): tuple(own_axes(state.traces.influence[(l, p)][0]) if own(l, p, n) else 0
-                                   for n in range(levels)) for l, p in pairs}
+        influence = {
+            (l, p): tuple(own_axes(state.traces.influence[(l, p)][0]) if own(l, p, n) else 0 for n in range(levels))
+            for l, p in pairs
+        }
         filtered = {p: batch_axis(compact_sum(obs(p), p)) for p in range(R) if filters(p)}
         readout = own_axes(state.traces.readout) if is_neuron(top) else 0
         reg_traces = {key: batch_axis(compact_sum(*key)) for key in pairs} if reg is not None else 0
@@ -226,18 +261,26 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
         dtype = accum_dtype(params)
         zeros = lambda shape, axis: jnp.zeros(shape[:axis] + (batch_size,) + shape[axis:], dtype)
         influence = {(l, p): tuple(trace_zeros(zeros, dims, l, p, n) for n in range(levels)) for l, p in pairs}
-        filtered = {p: tuple(zeros(zsum_shape(dims, obs(p), p), batch_axis(compact_sum(obs(p), p)))
-                             for _ in filters(p)) for p in range(R) if filters(p)}
+        filtered = {
+            p: tuple(zeros(zsum_shape(dims, obs(p), p), batch_axis(compact_sum(obs(p), p))) for _ in filters(p))
+            for p in range(R)
+            if filters(p)
+        }
         readout = ()
         if is_neuron(top):
             readout = trace_zeros(zeros, dims, R, R, 0)
         grads = tuple(jnp.zeros((d.n, d.k, d.m), dtype) for d in dims[:R])
-        grads += (jnp.zeros((dims[R].n, dims[R].k, dims[R].m), dtype) if is_neuron(top)
-                  else jax.tree_util.tree_map(lambda w: jnp.zeros(w.shape, dtype), params[R]),)
-        reg_traces = ({(l, p): zeros(zsum_shape(dims, l, p), batch_axis(compact_sum(l, p))) for l, p in pairs}
-                      if reg is not None else None)
-        return new_state(model, params, batch_size, EpropTraces(influence, filtered, readout), grads, reg,
-                         reg_traces)
+        grads += (
+            jnp.zeros((dims[R].n, dims[R].k, dims[R].m), dtype)
+            if is_neuron(top)
+            else jax.tree_util.tree_map(lambda w: jnp.zeros(w.shape, dtype), params[R]),
+        )
+        reg_traces = (
+            {(l, p): zeros(zsum_shape(dims, l, p), batch_axis(compact_sum(l, p))) for l, p in pairs}
+            if reg is not None
+            else None
+        )
+        return new_state(model, params, batch_size, EpropTraces(influence, filtered, readout), grads, reg, reg_traces)
 
     # ---- one step: forward per example, own traces at batch level, dense levels per example -----------------
     def forward(params, carry, x, target):
@@ -248,9 +291,17 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
             z_prev = layer.output(h_prev)
             a = layer.synapse(p, u, z_prev)
             h = layer.dynamics(h_prev, a)
-            fwd.append(dict(h_prev=h_prev, u=u, z_prev=z_prev, h=h, blk=blocks(layer, h_prev, a, h),
-                            dgdh_prev=output_jacobian(layer, h_prev) if order > 0 else None,
-                            v=jnp.concatenate([u, z_prev, jnp.ones((1,), u.dtype)])))
+            fwd.append(
+                dict(
+                    h_prev=h_prev,
+                    u=u,
+                    z_prev=z_prev,
+                    h=h,
+                    blk=blocks(layer, h_prev, a, h),
+                    dgdh_prev=output_jacobian(layer, h_prev) if order > 0 else None,
+                    v=jnp.concatenate([u, z_prev, jnp.ones((1,), u.dtype)]),
+                )
+            )
             u = layer.output(h)
 
         # the readout and the error
@@ -261,7 +312,9 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
             a = top.synapse(p_top, z_top_in, z_prev)
             h_top = top.dynamics(h_prev, a)
             y = top.output(h_top)
-            readout = dict(blk=blocks(top, h_prev, a, h_top), v=jnp.concatenate([z_top_in, z_prev, jnp.ones((1,), u.dtype)]))
+            readout = dict(
+                blk=blocks(top, h_prev, a, h_top), v=jnp.concatenate([z_top_in, z_prev, jnp.ones((1,), u.dtype)])
+            )
         else:
             h_top, y = top.apply(p_top, carry[R], z_top_in)
         value, err = jax.value_and_grad(lambda out: loss(out, target))(y)
@@ -298,8 +351,14 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
         for f in fwd:
             del f["h_prev"]
         z = recurrent_outputs(model, carry) if reg is not None else ()
-        signals = dict(L=L, delta={l: fwd[l]["blk"].dgdh * L[l][:, None] for l in L}, delta_top=delta_top,
-                       err=err, g_top=g_top, z=z)
+        signals = dict(
+            L=L,
+            delta={l: fwd[l]["blk"].dgdh * L[l][:, None] for l in L},
+            delta_top=delta_top,
+            err=err,
+            g_top=g_top,
+            z=z,
+        )
         return carry, fwd, readout, value, y, signals
 
     def own_update(blk, trace, v, d, after=None):
@@ -318,8 +377,10 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
         # than by a reshape of the result, which would keep XLA from writing the new array in place
         stored_layout = (lambda a: a[:, :, 0]) if d.k == 1 else (lambda a: a)
         D, f, pre = blk.D[..., None, None], blk.dfda[..., None], stored_layout(presynaptic(v))
-        olds = [stored_layout(as_compact(part, d.leaks[e], d)) if d.leaks[e] is not None or after is None
-                else part + after for e, part in zip(kept, trace)]
+        olds = [
+            stored_layout(as_compact(part, d.leaks[e], d)) if d.leaks[e] is not None or after is None else part + after
+            for e, part in zip(kept, trace)
+        ]
 
         def update(c, part):
             if d.leaks[c] is not None:
@@ -399,6 +460,7 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
         """One example's dense levels, and the z-space sums over levels that are dense. ``own_old`` and
         ``own_new`` hold each layer's own level-0 trace in z-space, compact ``(n, k, m)``, before and after
         this step."""
+
         def to_z(l, p, n, trace, dgdh, owns):
             return owns[p] if own(l, p, n) else weigh(dgdh, trace)
 
@@ -436,9 +498,14 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
                     trace += push(l, "u", below, own(l - 1, p, n))
                 new[n] = trace
             influence[(l, p)] = new
-        z_sums = {(l, p): sum(expand(l, p, n, to_z(l, p, n, influence[(l, p)].get(n), fwd[l]["blk"].dgdh, own_new))
-                              for n in range(levels))
-                  for l, p in pairs if not compact_sum(l, p)}
+        z_sums = {
+            (l, p): sum(
+                expand(l, p, n, to_z(l, p, n, influence[(l, p)].get(n), fwd[l]["blk"].dgdh, own_new))
+                for n in range(levels)
+            )
+            for l, p in pairs
+            if not compact_sum(l, p)
+        }
         return influence, z_sums
 
     # ---- batch-level contractions (the batch is reduced every step) --------------------------------------
@@ -467,8 +534,12 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
 
     def contract_h(delta, trace, l, p, n, dp):
         if own(l, p, n):  # every variable stored (else the gradient contracts in z-space)
-            return sum(outer(delta[:, :, c], part, l) if dp.leaks[c] is not None
-                       else contract_compact(delta[:, :, c], part, dp) for c, part in enumerate(trace))
+            return sum(
+                outer(delta[:, :, c], part, l)
+                if dp.leaks[c] is not None
+                else contract_compact(delta[:, :, c], part, dp)
+                for c, part in enumerate(trace)
+            )
         return jnp.einsum("bjc,bjcgki->gki", delta, trace)
 
     def step(params, state, x, target):
@@ -481,8 +552,9 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
         # ALIF, so those keep XLA's choice). Unformed, XLA evaluated ``v``'s concatenation and the slice of
         # step t's input again for every trace element (GRU(32) b8: the trace update 8x slower).
         if neuron_major:
-            blks, top_blk, vs, top_v = formed_once(([f["blk"] for f in fwd], top_fwd.get("blk"),
-                                                    [f["v"] for f in fwd], top_fwd.get("v")))
+            blks, top_blk, vs, top_v = formed_once(
+                ([f["blk"] for f in fwd], top_fwd.get("blk"), [f["v"] for f in fwd], top_fwd.get("v"))
+            )
             fwd = [dict(f, blk=blk, v=v) for f, blk, v in zip(fwd, blks, vs)]
             top_fwd = dict(top_fwd, blk=top_blk, v=top_v) if is_neuron(top) else top_fwd
 
@@ -498,7 +570,9 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
         dense = {}
         if order > 0 or full:
             old_dense = {key: {n: t for n, t in enumerate(levels_) if not own(*key, n)} for key, levels_ in old.items()}
-            dense, dense_sums = jax.vmap(dense_example, in_axes=(None, 0, 0, 0, 0))(params, fwd, old_dense, own_old, own_new)
+            dense, dense_sums = jax.vmap(dense_example, in_axes=(None, 0, 0, 0, 0))(
+                params, fwd, old_dense, own_old, own_new
+            )
             z_sums.update(dense_sums)
 
         # filters, the regulariser's sums and the gradients that do not read the new own traces
@@ -518,8 +592,9 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
             if p in filtered:
                 grads[p] = grads[p] + contract_z(sig["L"][o], filtered[p][-1]) / batch
             elif compact_sum(o, p) and not all(stored(dims[p])):
-                mixed.append(contract_mixed(sig["L"][o], compact_layout(fwd[p]["blk"]), old[(p, p)][0], fwd[p]["v"],
-                                            p, dims[p]))
+                mixed.append(
+                    contract_mixed(sig["L"][o], compact_layout(fwd[p]["blk"]), old[(p, p)][0], fwd[p]["v"], p, dims[p])
+                )
                 grads[p] = grads[p] + mixed[-1] / batch
             else:
                 later.append(p)
@@ -527,10 +602,12 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
         # the new own traces, written after every other reader of the previous ones (in place), then the
         # gradients that read them
         after = written_after(filtered, reg_traces, mixed) if neuron_major else None
-        own_traces = {p: own_update(compact_layout(fwd[p]["blk"]), old[(p, p)][0], fwd[p]["v"], dims[p], after)
-                      for p in range(R)}
-        influence = {(l, p): tuple(own_traces[p] if own(l, p, n) else dense[(l, p)][n] for n in range(levels))
-                     for l, p in pairs}
+        own_traces = {
+            p: own_update(compact_layout(fwd[p]["blk"]), old[(p, p)][0], fwd[p]["v"], dims[p], after) for p in range(R)
+        }
+        influence = {
+            (l, p): tuple(own_traces[p] if own(l, p, n) else dense[(l, p)][n] for n in range(levels)) for l, p in pairs
+        }
         for p in later:
             o = obs(p)
             g = sum(contract_h(sig["delta"][o], t, o, p, n, dims[p]) for n, t in enumerate(influence[(o, p)]))
@@ -539,14 +616,24 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
         if is_neuron(top):
             readout = own_update(compact_layout(top_fwd["blk"]), state.traces.readout, top_fwd["v"], dims[R])
         if is_neuron(top) and not all(stored(dims[R])):
-            grads[R] = grads[R] + contract_mixed(sig["err"], compact_layout(top_fwd["blk"]), state.traces.readout,
-                                                 top_fwd["v"], R, dims[R]) / batch
+            grads[R] = (
+                grads[R]
+                + contract_mixed(
+                    sig["err"], compact_layout(top_fwd["blk"]), state.traces.readout, top_fwd["v"], R, dims[R]
+                )
+                / batch
+            )
         elif is_neuron(top):
             grads[R] = grads[R] + contract_h(sig["delta_top"], readout, R, R, 0, dims[R]) / batch
         else:
             grads[R] = jax.tree_util.tree_map(lambda acc, g: acc + jnp.sum(g, 0) / batch, grads[R], sig["g_top"])
-        state = state._replace(carry=carry, traces=EpropTraces(influence, filtered, readout), grads=tuple(grads),
-                               loss=state.loss + jnp.mean(values), steps=state.steps + 1)
+        state = state._replace(
+            carry=carry,
+            traces=EpropTraces(influence, filtered, readout),
+            grads=tuple(grads),
+            loss=state.loss + jnp.mean(values),
+            steps=state.steps + 1,
+        )
         if reg is not None:
             state = state._replace(spikes=state.spikes + sig["z"], reg_traces=reg_traces)
         return state, y
@@ -568,8 +655,10 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
             if d.leaks[c] is not None:
                 decay, gain = d.leaks[c]
                 return decay * unit(kept.index(c)), jnp.broadcast_to(jnp.asarray(gain, dtype), shape + (d.k,))
-            return (row([blk.D[..., c, e] for e in kept] + [0.0] * (size - len(kept))),
-                    blk.dfda[..., c, :].astype(dtype))
+            return (
+                row([blk.D[..., c, e] for e in kept] + [0.0] * (size - len(kept))),
+                blk.dfda[..., c, :].astype(dtype),
+            )
 
         every = [variable(c) for c in range(d.s)]
         rows = [every[c] for c in kept]
@@ -589,11 +678,11 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
         size = len(kept) + n_stages + with_reg
         reads = np.zeros((size, size), bool)
         for i, c in enumerate(kept):
-            reads[i, :len(kept)] = d.leaks[c] is None
+            reads[i, : len(kept)] = d.leaks[c] is None
             reads[i, i] = True
         for i in range(len(kept), size):
-            reads[i, :len(kept)] = True
-            reads[i, (len(kept) if i < len(kept) + n_stages else i):i + 1] = True
+            reads[i, : len(kept)] = True
+            reads[i, (len(kept) if i < len(kept) + n_stages else i) : i + 1] = True
         return reads
 
     def chunk(params, state, inputs, targets):
@@ -626,18 +715,24 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
             shared = [d.leaks[e] is not None for e in range(d.s) if stored(d)[e]]
             stages = filtered.get(p, ()) if own_layer else ()
             regs = (reg_traces[(p, p)],) if reg is not None and own_layer else ()
-            slots = [part if is_shared else part.reshape(d.n, batch, d.k, d.m)
-                     for part, is_shared in zip(parts, shared)]
+            slots = [
+                part if is_shared else part.reshape(d.n, batch, d.k, d.m) for part, is_shared in zip(parts, shared)
+            ]
             leaks = stage_leaks[p] if own_layer else ()
             coefficients = functools.partial(system, d=d, stages=leaks, with_reg=bool(regs), dtype=dtype)
-            new, g = advance(slots + list(stages) + list(regs), shared + [False] * (len(stages) + len(regs)),
-                             structure(d, len(stages), bool(regs)), lambda x: coefficients(*x), (blk, signal),
-                             v.astype(dtype))
+            new, g = advance(
+                slots + list(stages) + list(regs),
+                shared + [False] * (len(stages) + len(regs)),
+                structure(d, len(stages), bool(regs)),
+                lambda x: coefficients(*x),
+                (blk, signal),
+                v.astype(dtype),
+            )
             own = tuple(x.reshape(part.shape) for x, part in zip(new, parts))
             if own_layer:
                 influence[(p, p)] = (own,)
                 if stages:
-                    filtered[p] = tuple(new[len(parts):len(parts) + len(stages)])
+                    filtered[p] = tuple(new[len(parts) : len(parts) + len(stages)])
                 if regs:
                     reg_traces = {**reg_traces, (p, p): new[-1]}
             else:
@@ -645,8 +740,13 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
             grads[p] = grads[p] + g / batch
         if not is_neuron(top):
             grads[R] = jax.tree_util.tree_map(lambda a, g: a + jnp.sum(g, (0, 1)) / batch, grads[R], sig["g_top"])
-        state = state._replace(carry=carry, traces=EpropTraces(influence, filtered, readout), grads=tuple(grads),
-                               loss=state.loss + jnp.sum(jnp.mean(values, 1)), steps=state.steps + K)
+        state = state._replace(
+            carry=carry,
+            traces=EpropTraces(influence, filtered, readout),
+            grads=tuple(grads),
+            loss=state.loss + jnp.sum(jnp.mean(values, 1)),
+            steps=state.steps + K,
+        )
         if reg is not None:
             state = state._replace(spikes=state.spikes + jnp.sum(sig["z"], 0), reg_traces=reg_traces)
         return state
@@ -658,7 +758,7 @@ def online_traces(model: Cell, loss: LossFn, *, order: int, depth: str, feedback
             weights = reg_weights(reg, state.spikes, state.steps)  # already divided by the batch size
             offsets = np.cumsum([0] + [dims[l].n for l in range(R)])
             for l, p in pairs:
-                w = weights[:, offsets[l]:offsets[l + 1]]
+                w = weights[:, offsets[l] : offsets[l + 1]]
                 grads[p] = grads[p] + contract_z(w, state.reg_traces[(l, p)])
             value = value + reg_value(reg, state.spikes, state.steps)
         out = []

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any, Callable, Optional, Union
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -19,10 +20,21 @@ from .tasks._common import Task, forward
 Sampler = Callable[[PRNGKey], tuple[jax.Array, Any]]
 
 
-def train(rule_fn: Union[GradFn, OnlineRule], task_or_sampler: Union[Task, Sampler], params: Params,
-          optimizer: optax.GradientTransformation, *, steps: int, key: PRNGKey, batch_size: int = 32,
-          model: Optional[Cell] = None, metric: Optional[Callable] = None, online_every: Optional[int] = None,
-          progress: bool = True, desc: str = "train") -> tuple[Params, dict]:
+def train(
+    rule_fn: GradFn | OnlineRule,
+    task_or_sampler: Task | Sampler,
+    params: Params,
+    optimizer: optax.GradientTransformation,
+    *,
+    steps: int,
+    key: PRNGKey,
+    batch_size: int = 32,
+    model: Cell | None = None,
+    metric: Callable | None = None,
+    online_every: int | None = None,
+    progress: bool = True,
+    desc: str = "train",
+) -> tuple[Params, dict]:
     """Trains ``params`` for ``steps`` batches with any rule and any optax optimiser.
 
     Each training step draws a fresh batch from the task (inside the compiled step), computes the rule's
@@ -80,20 +92,29 @@ def train(rule_fn: Union[GradFn, OnlineRule], task_or_sampler: Union[Task, Sampl
     elif callable(task_or_sampler):
         sample, metric_name = task_or_sampler, "metric"
     else:
-        raise TypeError(f"train: `task_or_sampler` must be a tasks.Task or a function key -> (inputs, targets), "
-                        f"got {type(task_or_sampler).__name__}.")
+        raise TypeError(
+            f"train: `task_or_sampler` must be a tasks.Task or a function key -> (inputs, targets), "
+            f"got {type(task_or_sampler).__name__}."
+        )
     online = isinstance(rule_fn, OnlineRule)
     if online_every is not None and not online:
-        raise ValueError("train: `online_every` needs an online rule (ep.online.eprop(model, loss), ...), got a "
-                         "whole-sequence grad_fn; drop `online_every` to update once per sequence.")
+        raise ValueError(
+            "train: `online_every` needs an online rule (ep.online.eprop(model, loss), ...), got a "
+            "whole-sequence grad_fn; drop `online_every` to update once per sequence."
+        )
     if online and (online_every is None or int(online_every) < 1):
-        raise ValueError(f"train: an OnlineRule needs `online_every`, a positive number of time steps between "
-                         f"updates, got {online_every!r}.")
+        raise ValueError(
+            f"train: an OnlineRule needs `online_every`, a positive number of time steps between "
+            f"updates, got {online_every!r}."
+        )
     if not steps >= 1:
         raise ValueError(f"train: `steps` must be a positive int, got {steps!r}.")
     score = metric if (metric is not None and (online or model is not None)) else None
-    step = _online_step(rule_fn, sample, optimizer, score, int(online_every)) if online else \
-        _sequence_step(rule_fn, sample, optimizer, score, model)
+    step = (
+        _online_step(rule_fn, sample, optimizer, score, int(online_every))
+        if online
+        else _sequence_step(rule_fn, sample, optimizer, score, model)
+    )
 
     opt_state = optimizer.init(params)
     losses, metrics = [], []
@@ -110,8 +131,12 @@ def train(rule_fn: Union[GradFn, OnlineRule], task_or_sampler: Union[Task, Sampl
     wall = time.perf_counter() - start
     if bar is not None:
         bar.close(losses, metrics)
-    history = {"loss": np.asarray(jnp.stack(losses)), "metric": np.asarray(jnp.stack(metrics)),
-               "metric_name": metric_name, "wall_s": wall}
+    history = {
+        "loss": np.asarray(jnp.stack(losses)),
+        "metric": np.asarray(jnp.stack(metrics)),
+        "metric_name": metric_name,
+        "wall_s": wall,
+    }
     return params, history
 
 
@@ -147,11 +172,11 @@ def _online_step(rule: OnlineRule, sample, optimizer, metric, every: int):
         state = rule.init(params, batch)
         carry = (params, opt_state, state, jnp.zeros((), state.loss.dtype))
         n_windows, rest = divmod(time_steps, every)
-        chunks = jax.tree_util.tree_map(lambda a: a[:n_windows * every].reshape((n_windows, every) + a.shape[1:]), xs)
+        chunks = jax.tree_util.tree_map(lambda a: a[: n_windows * every].reshape((n_windows, every) + a.shape[1:]), xs)
         carry, outputs = jax.lax.scan(window, carry, chunks)
         outputs = outputs.reshape((n_windows * every,) + outputs.shape[2:])
         if rest:
-            carry, tail = window(carry, jax.tree_util.tree_map(lambda a: a[n_windows * every:], xs))
+            carry, tail = window(carry, jax.tree_util.tree_map(lambda a: a[n_windows * every :], xs))
             outputs = jnp.concatenate([outputs, tail])
         params, opt_state, _, total = carry
         value = jnp.full((), jnp.nan, total.dtype)
@@ -180,7 +205,7 @@ class _Progress:
         filled = int(self.width * done / self.total)
         bar = "=" * filled + (">" if filled < self.width else "") + " " * (self.width - filled - 1)
         text = ("\r" if self.tty else "") + f"{self.desc} {done:>{len(str(self.total))}}/{self.total} "
-        text += f"[{bar[:self.width]}] loss {loss:.4g}"
+        text += f"[{bar[: self.width]}] loss {loss:.4g}"
         if not np.isnan(value):
             text += f" {self.metric_name} {value:.4g}"
         return text + f" {done / max(elapsed, 1e-9):.2f} it/s {elapsed:.0f}s"

@@ -41,8 +41,9 @@ def make_rule(name: str, model, loss, *, order=None, depth="full", feedback="sym
     if name == "eprop_m":
         return (online_eprop_m if online else eprop_m)(model, loss, order, feedback=feedback, reg=reg)
     if name == "deep_eprop":
-        return (online_deep_eprop if online else deep_eprop)(model, loss, depth=depth, order=order,
-                                                             feedback=feedback, reg=reg)
+        return (online_deep_eprop if online else deep_eprop)(
+            model, loss, depth=depth, order=order, feedback=feedback, reg=reg
+        )
     raise ValueError(f"train: `rule` must be one of {RULES}, got {name!r}.")
 
 
@@ -79,37 +80,67 @@ def run(args) -> int:
     online = args.online_every is not None
     if args.order is None:  # m-order e-prop's first new order; deep e-prop proper keeps none
         args.order = 1 if args.rule == "eprop_m" else 0
-    rule = make_rule(args.rule, model, task.loss, order=args.order, depth=args.depth, feedback=feedback, reg=reg,
-                     online=online)
+    rule = make_rule(
+        args.rule, model, task.loss, order=args.order, depth=args.depth, feedback=feedback, reg=reg, online=online
+    )
     batch = args.batch if args.batch else (1 if args.task == "pattern" else 32)
-    label = args.rule + (f"(order={args.order})" if args.rule == "eprop_m" else "") + \
-        (f"(depth={args.depth}, order={args.order})" if args.rule == "deep_eprop" else "")
-    print(f"eproptax train: task {args.task} ({task.time_steps} steps, {task.n_in} inputs), "
-          f"{len(model.layers) - 1} x {type_name(model)}({n_rec}), rule {label}"
-          f"{f', online every {args.online_every} steps' if online else ''}, adam lr {args.lr} "
-          f"({args.lr_schedule}){f', gradients clipped to norm {args.clip}' if args.clip else ''}, batch {batch}, "
-          f"{args.steps} steps, seed {args.seed}")
+    label = (
+        args.rule
+        + (f"(order={args.order})" if args.rule == "eprop_m" else "")
+        + (f"(depth={args.depth}, order={args.order})" if args.rule == "deep_eprop" else "")
+    )
+    print(
+        f"eproptax train: task {args.task} ({task.time_steps} steps, {task.n_in} inputs), "
+        f"{len(model.layers) - 1} x {type_name(model)}({n_rec}), rule {label}"
+        f"{f', online every {args.online_every} steps' if online else ''}, adam lr {args.lr} "
+        f"({args.lr_schedule}){f', gradients clipped to norm {args.clip}' if args.clip else ''}, batch {batch}, "
+        f"{args.steps} steps, seed {args.seed}"
+    )
     start = time.perf_counter()
     lr = optax.cosine_decay_schedule(args.lr, args.steps) if args.lr_schedule == "cosine" else args.lr
     optimizer = optax.adam(lr)
     if args.clip:
         optimizer = optax.chain(optax.clip_by_global_norm(args.clip), optimizer)
-    params, history = train(rule, task, params, optimizer, steps=args.steps, key=k_train, batch_size=batch,
-                            model=model, online_every=args.online_every, progress=not args.no_progress,
-                            desc=args.rule)
+    params, history = train(
+        rule,
+        task,
+        params,
+        optimizer,
+        steps=args.steps,
+        key=k_train,
+        batch_size=batch,
+        model=model,
+        online_every=args.online_every,
+        progress=not args.no_progress,
+        desc=args.rule,
+    )
     total = time.perf_counter() - start
     final = tasks_lib.evaluate(test_task, model, params, k_eval, 1 if args.task == "pattern" else args.eval_batch)
-    print(f"final {task.metric_name} ({'test split' if args.task == 'digits' else 'fresh batch'}): "
-          f"{final[task.metric_name]:.4f}, loss {final['loss']:.4f}; training took {total:.1f} s "
-          f"({history['wall_s']:.1f} s in steps, compilation included)")
+    print(
+        f"final {task.metric_name} ({'test split' if args.task == 'digits' else 'fresh batch'}): "
+        f"{final[task.metric_name]:.4f}, loss {final['loss']:.4f}; training took {total:.1f} s "
+        f"({history['wall_s']:.1f} s in steps, compilation included)"
+    )
 
     out = args.out or os.path.join("runs", f"{args.task}-{args.rule}")
     os.makedirs(out, exist_ok=True)
     record = {
-        "settings": {**vars(args), "func": None, "task_options": task_options, "batch": batch,
-                     "time_steps": task.time_steps, "n_in": task.n_in, "n_out": task.n_out},
-        "metric_name": task.metric_name, "loss": history["loss"].tolist(), "metric": history["metric"].tolist(),
-        "final": final, "wall_s": total, "device": jax.devices()[0].platform, "jax": jax.__version__,
+        "settings": {
+            **vars(args),
+            "func": None,
+            "task_options": task_options,
+            "batch": batch,
+            "time_steps": task.time_steps,
+            "n_in": task.n_in,
+            "n_out": task.n_out,
+        },
+        "metric_name": task.metric_name,
+        "loss": history["loss"].tolist(),
+        "metric": history["metric"].tolist(),
+        "final": final,
+        "wall_s": total,
+        "device": jax.devices()[0].platform,
+        "jax": jax.__version__,
     }
     with open(os.path.join(out, "history.json"), "w") as f:
         json.dump(record, f, indent=1, default=str)
@@ -142,7 +173,7 @@ def plot_run(out, task, model, params, history, key, *, title="") -> list[str]:
     smooth = lambda v: np.convolve(v, np.ones(window) / window, mode="valid")
     for ax, values, label in [(axes[0], history["loss"], "loss"), (axes[1], history["metric"], task.metric_name)]:
         ax.plot(steps, values, lw=0.6, alpha=0.35, color="C0")
-        ax.plot(steps[window - 1:], smooth(values), lw=1.5, color="C0", label=f"running mean ({window} steps)")
+        ax.plot(steps[window - 1 :], smooth(values), lw=1.5, color="C0", label=f"running mean ({window} steps)")
         ax.set(xlabel="training step", ylabel=label)
     axes[0].set(yscale="log", title=title)
     axes[1].legend(fontsize=8)
@@ -155,8 +186,15 @@ def plot_run(out, task, model, params, history, key, *, title="") -> list[str]:
 
     inputs, targets = task.sample(key, 1)
     outputs, layer_outputs = tasks_lib.forward(model, params, inputs)
-    fig = raster_figure(task, model, inputs[0], layer_outputs[0][0], outputs[0], jax.tree_util.tree_map(
-        lambda a: a[0], targets), title=title)
+    fig = raster_figure(
+        task,
+        model,
+        inputs[0],
+        layer_outputs[0][0],
+        outputs[0],
+        jax.tree_util.tree_map(lambda a: a[0], targets),
+        title=title,
+    )
     paths.append(os.path.join(out, "raster.png"))
     fig.savefig(paths[-1], dpi=120)
     plt.close(fig)
@@ -187,8 +225,9 @@ def raster_figure(task, model, inputs, activity, outputs, targets, *, title=""):
         axes[1].scatter(t_z, i_z, s=1, marker="|", c="k")
         axes[1].set(ylabel="recurrent neuron", ylim=(-0.5, activity.shape[1] - 0.5))
     else:
-        axes[1].imshow(activity.T, aspect="auto", origin="lower", cmap="RdBu_r", vmin=-1, vmax=1,
-                       interpolation="nearest")
+        axes[1].imshow(
+            activity.T, aspect="auto", origin="lower", cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest"
+        )
         axes[1].set(ylabel="recurrent unit")
     steps = np.arange(outputs.shape[0])
     mask = np.asarray(targets["mask"]) > 0
@@ -196,18 +235,26 @@ def raster_figure(task, model, inputs, activity, outputs, targets, *, title=""):
         probs = np.asarray(jax.nn.softmax(outputs, axis=-1))
         label = np.asarray(targets["label"])
         for k in range(outputs.shape[1]):
-            line, = axes[2].plot(steps, probs[:, k], lw=1, label=f"p({k})" if outputs.shape[1] <= 4 else None)
-            axes[2].plot(steps, np.where(mask, (label == k).astype(float), np.nan), lw=3, alpha=0.4,
-                         color=line.get_color())
+            (line,) = axes[2].plot(steps, probs[:, k], lw=1, label=f"p({k})" if outputs.shape[1] <= 4 else None)
+            axes[2].plot(
+                steps, np.where(mask, (label == k).astype(float), np.nan), lw=3, alpha=0.4, color=line.get_color()
+            )
         axes[2].set(ylabel="readout (softmax)\nthick: target", ylim=(-0.05, 1.05))
         if outputs.shape[1] <= 4:
             axes[2].legend(loc="upper left", fontsize=7, ncol=outputs.shape[1])
     else:
         y = np.asarray(targets["y"])
         for k in range(outputs.shape[1]):
-            line, = axes[2].plot(steps, outputs[:, k], lw=1)
-            axes[2].plot(steps, np.where(mask, y[:, k], np.nan), lw=2, ls="--", alpha=0.6, color=line.get_color(),
-                         marker="o" if mask.sum() < 5 else None)
+            (line,) = axes[2].plot(steps, outputs[:, k], lw=1)
+            axes[2].plot(
+                steps,
+                np.where(mask, y[:, k], np.nan),
+                lw=2,
+                ls="--",
+                alpha=0.6,
+                color=line.get_color(),
+                marker="o" if mask.sum() < 5 else None,
+            )
         axes[2].set(ylabel="readout\ndashed: target")
     axes[2].set(xlabel="time step")
     fig.tight_layout()
@@ -215,33 +262,58 @@ def raster_figure(task, model, inputs, activity, outputs, targets, *, title=""):
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("train", help="train a network on a task with any rule; write history.json and figures",
-                       description="Train a network on a standard task with any rule of the library, print the "
-                                   "final metric and write history.json, learning_curves.png and raster.png.")
+    p = sub.add_parser(
+        "train",
+        help="train a network on a task with any rule; write history.json and figures",
+        description="Train a network on a standard task with any rule of the library, print the "
+        "final metric and write history.json, learning_curves.png and raster.png.",
+    )
     p.add_argument("--task", choices=sorted(tasks_lib.TASKS), default="evidence")
-    p.add_argument("--task-option", action="append", metavar="KEY=VALUE",
-                   help="keyword of the task factory, repeatable (e.g. --task-option dt=10)")
+    p.add_argument(
+        "--task-option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="keyword of the task factory, repeatable (e.g. --task-option dt=10)",
+    )
     p.add_argument("--rule", choices=RULES, default="eprop")
-    p.add_argument("--order", type=int, default=None,
-                   help="explicit recurrent edges kept: eprop_m (default 1), deep_eprop (default 0)")
+    p.add_argument(
+        "--order",
+        type=int,
+        default=None,
+        help="explicit recurrent edges kept: eprop_m (default 1), deep_eprop (default 0)",
+    )
     p.add_argument("--depth", choices=["full", "spatial"], default="full", help="deep_eprop's depth treatment")
-    p.add_argument("--feedback", choices=["symmetric", "random"], default="symmetric",
-                   help="learning signal of the e-prop family")
-    p.add_argument("--online-every", type=int, default=None, metavar="K",
-                   help="use the online form and update every K time steps")
-    p.add_argument("--cell", choices=["lif", "alif", "rnn", "lstm", "gru"], default=None,
-                   help="recurrent cell (default: the task's)")
+    p.add_argument(
+        "--feedback", choices=["symmetric", "random"], default="symmetric", help="learning signal of the e-prop family"
+    )
+    p.add_argument(
+        "--online-every", type=int, default=None, metavar="K", help="use the online form and update every K time steps"
+    )
+    p.add_argument(
+        "--cell",
+        choices=["lif", "alif", "rnn", "lstm", "gru"],
+        default=None,
+        help="recurrent cell (default: the task's)",
+    )
     p.add_argument("--hidden", type=int, default=None, help="neurons per recurrent layer (default: the task's)")
     p.add_argument("--layers", type=int, default=None, help="recurrent layers (default 1)")
     p.add_argument("--batch", type=int, default=None, help="batch size (default 32, 1 for pattern)")
     p.add_argument("--eval-batch", type=int, default=512, help="batch size of the final evaluation")
     p.add_argument("--steps", type=int, default=300, help="training steps (batches)")
     p.add_argument("--lr", type=float, default=5e-3, help="optax.adam learning rate")
-    p.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant",
-                   help="constant, or cosine decay from --lr to 0 over the training steps")
-    p.add_argument("--clip", type=float, default=None, metavar="NORM",
-                   help="clip the gradient's global norm (optax.clip_by_global_norm), e.g. for BPTT on long "
-                        "spiking sequences")
+    p.add_argument(
+        "--lr-schedule",
+        choices=["constant", "cosine"],
+        default="constant",
+        help="constant, or cosine decay from --lr to 0 over the training steps",
+    )
+    p.add_argument(
+        "--clip",
+        type=float,
+        default=None,
+        metavar="NORM",
+        help="clip the gradient's global norm (optax.clip_by_global_norm), e.g. for BPTT on long spiking sequences",
+    )
     p.add_argument("--no-reg", action="store_true", help="train without the task's firing-rate regulariser")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--float64", action="store_true", help="train in float64")

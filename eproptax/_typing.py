@@ -1,6 +1,7 @@
 """Type aliases shared by the library (documentation only: nothing here is checked at run time)."""
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 

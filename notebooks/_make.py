@@ -48,16 +48,21 @@ def cosine(a, b, batch_dims=0):
 NOTEBOOKS = {}
 
 NOTEBOOKS["01_quick_start"] = [
-    ("md", """\
+    (
+        "md",
+        """\
 # Quick start: one network, every rule, one optax loop
 
 A recurrent network is written once as pure functions (a `Cell`); a learning rule turns it into
 `grad_fn(params, inputs, targets) -> (loss, grads)`, used exactly like
 `jax.value_and_grad(loss)(params, inputs, targets)`. Swapping `ep.eprop` for `ep.bptt` or `ep.rtrl` is a
 one-line change. The task here is pattern generation (Bellec et al. 2020, Fig. 2): 100 LIF neurons turn one
-frozen input spike pattern into a sum of sines."""),
+frozen input spike pattern into a sum of sines.""",
+    ),
     ("code", SETUP),
-    ("code", """\
+    (
+        "code",
+        """\
 T = 200 if QUICK else 1000
 N_REC = 30 if QUICK else 100
 STEPS = 20 if QUICK else 300
@@ -73,25 +78,37 @@ params = model.init(jax.random.key(0))
 
 
 def loss(out_t, target_t):  # one example, one time step -> scalar
-    return 0.5 * target_t["mask"] * jnp.sum((out_t - target_t["y"]) ** 2)"""),
-    ("md", """\
+    return 0.5 * target_t["mask"] * jnp.sum((out_t - target_t["y"]) ** 2)""",
+    ),
+    (
+        "md",
+        """\
 ## Swap the rule in one line
 
 `ep.bptt` is the exact gradient (backpropagation through time). `ep.eprop` computes its estimate forward in
-time, with eligibility traces that do not grow with the sequence length."""),
+time, with eligibility traces that do not grow with the sequence length.""",
+    ),
     ("code", COSINE),
-    ("code", """\
+    (
+        "code",
+        """\
 grad_fn = ep.eprop(model, loss)  # swap for ep.bptt(model, loss) to get the exact gradient
 value, grads = jax.jit(grad_fn)(params, inputs, targets)
 exact_value, exact = jax.jit(ep.bptt(model, loss))(params, inputs, targets)
 print(f"loss {value:.5f} (bptt {exact_value:.5f}); grads mirror params: "
       f"{jax.tree_util.tree_structure(grads) == jax.tree_util.tree_structure(params)}; "
-      f"readout gradient identical: {np.allclose(flat(grads[1]), flat(exact[1]))}")"""),
-    ("md", """\
+      f"readout gradient identical: {np.allclose(flat(grads[1]), flat(exact[1]))}")""",
+    ),
+    (
+        "md",
+        """\
 How close is e-prop to the exact gradient, and how does it change with the length of the sequence? The
 gradient of the loss on the first `n` steps is the gradient with the later steps masked out, so one
-compiled program (a `jax.vmap` over masks) gives every length:"""),
-    ("code", """\
+compiled program (a `jax.vmap` over masks) gives every length:""",
+    ),
+    (
+        "code",
+        """\
 lengths = [n for n in [25, 50, 100, 200, 500, 1000] if n <= T]
 masks = jnp.stack([(jnp.arange(T) < n).astype(jnp.float32)[None] / n for n in lengths])
 per_length = lambda rule: jax.jit(jax.vmap(lambda m: rule(params, inputs, {**targets, "mask": m})[1]))(masks)
@@ -100,18 +117,27 @@ print("    n  cosine(recurrent layer)  |grad| e-prop  |grad| BPTT")
 for i, n in enumerate(lengths):
     pick = lambda g: jax.tree_util.tree_map(lambda a: a[i], g[0])
     print(f"{n:5d}  {cosine(pick(g_eprop), pick(g_bptt)):23.3f}  {np.linalg.norm(flat(pick(g_eprop))):13.3g}"
-          f"  {np.linalg.norm(flat(pick(g_bptt))):11.3g}")"""),
-    ("md", """\
+          f"  {np.linalg.norm(flat(pick(g_bptt))):11.3g}")""",
+    ),
+    (
+        "md",
+        """\
 Over a few hundred steps BPTT's gradient of this spiking network grows by orders of magnitude: it is the
 exact gradient of the surrogate model (RTRL below agrees with it), dominated by a few paths whose
 pseudo-derivatives multiply through the recurrent weights. e-prop drops exactly those paths (the explicit
 recurrence), so its estimate stays bounded, and it trains this task well (below). In our runs BPTT, even
 with the gradient clipped (`optax.clip_by_global_norm`), did not train this 1000-step task (its loss became
-NaN); notebook 03 compares them on shorter sequences."""),
-    ("md", """\
+NaN); notebook 03 compares them on shorter sequences.""",
+    ),
+    (
+        "md",
+        """\
 RTRL is exact too, forward in time, but its influence matrix costs `|state| x |params|` per example: use it
-on small networks. On 8 neurons and 100 steps it matches BPTT to rounding error:"""),
-    ("code", """\
+on small networks. On 8 neurons and 100 steps it matches BPTT to rounding error:""",
+    ),
+    (
+        "code",
+        """\
 small = ep.cells.stack(ep.cells.lif(task.n_in, 8, tau_mem=30.0), ep.cells.leaky_readout(8, 1, tau_out=30.0))
 p_small = jax.tree_util.tree_map(lambda w: 3.0 * w, small.init(jax.random.key(2)))
 x, y = inputs[:, :100], jax.tree_util.tree_map(lambda a: a[:, :100], targets)
@@ -119,9 +145,12 @@ _, reference = jax.jit(ep.bptt(small, loss))(p_small, x, y)
 for name, rule in [("rtrl", ep.rtrl), ("eprop", ep.eprop), ("eprop_m(order=1)", lambda m, l: ep.eprop_m(m, l, 1))]:
     _, g = jax.jit(rule(small, loss))(p_small, x, y)
     diff = np.max(np.abs(flat(g) - flat(reference)))
-    print(f"{name:18s} cosine with bptt {cosine(g, reference):.6f}, max abs difference {diff:.2e}")"""),
+    print(f"{name:18s} cosine with bptt {cosine(g, reference):.6f}, max abs difference {diff:.2e}")""",
+    ),
     ("md", "## One optax loop\n\nThe training step is one `jax.jit` region; the rule is a plain function inside it."),
-    ("code", """\
+    (
+        "code",
+        """\
 optimizer = optax.adam(3e-3)
 opt_state = optimizer.init(params)
 
@@ -153,15 +182,21 @@ axes[2].plot(outputs[0, :, 0], label="readout")
 axes[2].set(xlabel="time step", title="readout vs target")
 axes[2].legend()
 plt.tight_layout()
-plt.show()"""),
-    ("md", """\
+plt.show()""",
+    ),
+    (
+        "md",
+        """\
 ## The same loop in one call, per sequence or online
 
 `ep.train` is that loop (a fresh batch from the task every step, one compiled step, a progress bar on
 stderr) and returns a history of loss and metric. `task.network` builds the network the task is usually
 solved with, and `task.reg` its firing-rate regulariser. With an online rule (`ep.online.eprop`) and
-`online_every=k`, the weights change every `k` time steps, while the sequence runs."""),
-    ("code", """\
+`online_every=k`, the weights change every `k` time steps, while the sequence runs.""",
+    ),
+    (
+        "code",
+        """\
 net, p0 = task.network(jax.random.key(0), n_rec=N_REC)
 runs = {
     "e-prop, per sequence": (ep.eprop(net, task.loss, reg=task.reg), None),
@@ -175,11 +210,14 @@ for name, h in histories.items():
     plt.plot(h["metric"], label=f"{name}: {h['metric'][-1]:.3f} ({h['wall_s']:.0f} s)")
 plt.gca().set(xlabel="step", ylabel="NMSE", yscale="log", title="pattern generation")
 plt.legend()
-plt.show()"""),
+plt.show()""",
+    ),
 ]
 
 NOTEBOOKS["02_rule_family"] = [
-    ("md", """\
+    (
+        "md",
+        """\
 # The rule family: how close each rule's gradient is to BPTT
 
 e-prop keeps the *implicit* recurrence (each neuron's own dynamics) and drops the *explicit* one (paths
@@ -190,9 +228,13 @@ networks, against the sequence length `T`, the order `m` and the depth treatment
 
 Every measurement is one compiled program: the random networks are a `jax.vmap` over parameters, and the
 sequence lengths a `jax.vmap` over loss masks (the gradient of the loss on the first `T` steps is the
-gradient with the later steps masked out)."""),
+gradient with the later steps masked out).""",
+    ),
     ("code", SETUP),
-    ("code", COSINE + """
+    (
+        "code",
+        COSINE
+        + """
 
 
 def mse(out_t, target_t):
@@ -214,9 +256,12 @@ def problem(key, n_in, time_steps):
     t = jnp.arange(time_steps, dtype=jnp.float32)
     phase = 2 * jnp.pi * jax.random.uniform(k_phase, (4, 1, 2))
     y = jnp.sin(2 * jnp.pi * t[None, :, None] / 25.0 + phase)
-    return inputs, {"y": y, "mask": jnp.ones((4, time_steps))}"""),
+    return inputs, {"y": y, "mask": jnp.ones((4, time_steps))}""",
+    ),
     ("md", "## Alignment against the sequence length"),
-    ("code", """\
+    (
+        "code",
+        """\
 N_IN, N_REC = 10, 16
 T_MAX = 40 if QUICK else 160
 LENGTHS = [5, 10, 20, 40] if QUICK else [5, 10, 20, 40, 80, 160]
@@ -253,13 +298,19 @@ for name, values in alignment.items():
 plt.gca().set(xscale="log", xlabel="sequence length T", ylabel="cosine with BPTT\\n(recurrent layer)",
               title="alignment against T")
 plt.legend()
-plt.show()"""),
-    ("md", """\
+plt.show()""",
+    ),
+    (
+        "md",
+        """\
 ## Alignment against the order m
 
 Each order adds one level of dense traces (like RTRL's influence matrix); `order >= T - 1` is the exact
-gradient (the test suite checks it)."""),
-    ("code", """\
+gradient (the test suite checks it).""",
+    ),
+    (
+        "code",
+        """\
 T_ORDER = 30
 ORDERS = [1] if QUICK else [0, 1, 2, 3, 4, 6]
 x, y = inputs[:, :T_ORDER], jax.tree_util.tree_map(lambda a: a[:, :T_ORDER], targets)
@@ -271,14 +322,20 @@ for order in ORDERS:
     print(f"order {order}: cosine with BPTT (recurrent layer) {by_order[-1]:.4f}")
 plt.plot(ORDERS, by_order, "o-")
 plt.gca().set(xlabel="order m", ylabel="cosine with BPTT\\n(recurrent layer)", title=f"m-order e-prop, T = {T_ORDER}")
-plt.show()"""),
-    ("md", """\
+plt.show()""",
+    ),
+    (
+        "md",
+        """\
 ## Alignment against depth
 
 A stack of three LIF layers: `eprop` gives each layer its own traces and passes the learning signal down
 through the layers above at the same step; `deep_eprop(depth="full")` also carries each layer's traces
-through the layers above it; `order=1` puts back one explicit edge within each layer."""),
-    ("code", """\
+through the layers above it; `order=1` puts back one explicit edge within each layer.""",
+    ),
+    (
+        "code",
+        """\
 LAYERS, N_DEEP, T_DEEP = (2, 8, 10) if QUICK else (3, 12, 60)
 deep, _ = spiking_net(jax.random.key(0), N_IN, N_DEEP, 2, layers=LAYERS)
 deep_params = jax.vmap(lambda k: spiking_net(k, N_IN, N_DEEP, 2, layers=LAYERS)[1])(
@@ -300,20 +357,26 @@ for j, (name, rule) in enumerate(deep_rules.items()):
 plt.xticks(np.arange(LAYERS) + width, [f"layer {l + 1}" for l in range(LAYERS)])
 plt.gca().set(ylabel="cosine with BPTT", title=f"{LAYERS} LIF layers, T = {T_DEEP}")
 plt.legend(fontsize=8)
-plt.show()"""),
+plt.show()""",
+    ),
 ]
 
 NOTEBOOKS["03_deep_eprop"] = [
-    ("md", """\
+    (
+        "md",
+        """\
 # Deep e-prop: training a multi-layer spiking network online
 
 With several recurrent layers, `ep.eprop` gives each layer its own eligibility traces and a learning signal
 passed down through the layers above *at the same step*; `ep.deep_eprop` (Millidge 2025) also propagates
 each layer's traces up through the layers above it (`E^{l,p} = D^l E^{l,p} + F^l E^{l-1,p}`), so a lower
 layer's weights see how they move the top layer over time. Both stay online and their memory does not grow
-with `T`; BPTT is the reference. The task is pattern generation with two LIF layers."""),
+with `T`; BPTT is the reference. The task is pattern generation with two LIF layers.""",
+    ),
     ("code", SETUP),
-    ("code", """\
+    (
+        "code",
+        """\
 T = 100 if QUICK else 200  # BPTT's gradient explodes on much longer spiking sequences (notebook 01)
 N_REC = 16 if QUICK else 32
 STEPS = 15 if QUICK else 300
@@ -322,8 +385,12 @@ task = ep.tasks.pattern_generation(n_in=50, time_steps=T, periods=(T, T / 2, T /
 # paths across layers, so it is exact when rec_scale = 0 and approximate as the recurrence grows
 model, params = task.network(jax.random.key(0), n_rec=N_REC, layers=2, input_scale=2.0, rec_scale=0.3)
 for i, p in enumerate(params):
-    print(f"layer {i + 1}:", {name: w.shape for name, w in p.items()})"""),
-    ("code", COSINE + """
+    print(f"layer {i + 1}:", {name: w.shape for name, w in p.items()})""",
+    ),
+    (
+        "code",
+        COSINE
+        + """
 
 
 inputs, targets = task.sample(jax.random.key(1), 1)
@@ -337,8 +404,11 @@ _, reference = jax.jit(rules["BPTT"](model, task.loss))(params, x, y)
 for name in ["e-prop (spatial)", "deep e-prop (full)"]:
     _, g = jax.jit(rules[name](model, task.loss))(params, x, y)
     print(f"{name:20s} cosine with BPTT per layer:",
-          ", ".join(f"{cosine(g[l], reference[l]):.3f}" for l in range(3)))"""),
-    ("code", """\
+          ", ".join(f"{cosine(g[l], reference[l]):.3f}" for l in range(3)))""",
+    ),
+    (
+        "code",
+        """\
 trained, histories = {}, {}
 for name, make in rules.items():
     optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(3e-3))  # clipping tames BPTT's gradient
@@ -348,14 +418,20 @@ for name, h in histories.items():
     plt.plot(h["metric"], label=f"{name}: final {h['metric'][-1]:.3f} ({h['wall_s']:.0f} s)")
 plt.gca().set(xlabel="training step", ylabel="NMSE", yscale="log", title="2 LIF layers, pattern generation")
 plt.legend()
-plt.show()"""),
-    ("md", """\
+plt.show()""",
+    ),
+    (
+        "md",
+        """\
 BPTT computes the exact gradient of this surrogate model, but over these 200 steps it is dominated by a few
 exploding paths through the recurrent weights (notebook 01 measures its norm against `T`), and even with the
 gradient clipped its steps did not train the network in our runs. e-prop and deep e-prop drop the
 within-layer explicit recurrence, which is where those paths run, and both learn the pattern; deep e-prop
-also keeps the paths from the first layer's weights through the second layer over time."""),
-    ("code", """\
+also keeps the paths from the first layer's weights through the second layer over time.""",
+    ),
+    (
+        "code",
+        """\
 outputs, layer_outputs = ep.tasks.forward(model, trained["deep e-prop (full)"], inputs)
 fig, axes = plt.subplots(3, 1, figsize=(9, 6), sharex=True)
 for l in range(2):
@@ -367,11 +443,14 @@ axes[2].plot(outputs[0, :, 0], label="readout")
 axes[2].set(xlabel="time step")
 axes[2].legend()
 plt.suptitle("after deep e-prop training")
-plt.show()"""),
+plt.show()""",
+    ),
 ]
 
 NOTEBOOKS["04_evidence_accumulation"] = [
-    ("md", """\
+    (
+        "md",
+        """\
 # Evidence accumulation with e-prop and BPTT
 
 The task of Bellec et al. 2020 (Fig. 3): seven cues, each on the left or the right, then a delay of about a
@@ -381,17 +460,23 @@ the delay) and two leaky readouts compared with a softmax during the recall wind
 step (225 steps per trial) so that training runs on a laptop CPU.
 
 This notebook trains for a few minutes; `docs/tasks.md` lists longer runs (`eproptax train` commands) and
-the accuracy they reach."""),
+the accuracy they reach.""",
+    ),
     ("code", SETUP),
-    ("code", """\
+    (
+        "code",
+        """\
 DT = 25.0 if QUICK else 10.0
 N_REC = 20 if QUICK else 100
 STEPS = 4 if QUICK else 600
 BATCH = 8 if QUICK else 32
 task = ep.tasks.evidence_accumulation(dt=DT)
 model, params = task.network(jax.random.key(0), n_rec=N_REC)
-print(f"{task.time_steps} steps per trial, {task.n_in} inputs, {N_REC} recurrent neurons")"""),
-    ("code", """\
+print(f"{task.time_steps} steps per trial, {task.n_in} inputs, {N_REC} recurrent neurons")""",
+    ),
+    (
+        "code",
+        """\
 def show(params, title):
     inputs, targets = task.sample(jax.random.key(7), 1)
     outputs, (spikes, _) = ep.tasks.forward(model, params, inputs)
@@ -413,8 +498,11 @@ def show(params, title):
     plt.show()
 
 
-show(params, "before training")"""),
-    ("code", """\
+show(params, "before training")""",
+    ),
+    (
+        "code",
+        """\
 trained, histories = {}, {}
 for name, rule in [("e-prop", ep.eprop), ("BPTT", ep.bptt)]:
     optimizer = optax.adam(optax.cosine_decay_schedule(5e-3, STEPS))  # the learning rate decays to 0
@@ -423,8 +511,11 @@ for name, rule in [("e-prop", ep.eprop), ("BPTT", ep.bptt)]:
         key=jax.random.key(1), batch_size=BATCH, model=model, desc=name)
     test = ep.tasks.evaluate(task, model, trained[name], jax.random.key(99), 256)
     print(f"{name}: test accuracy {test['accuracy']:.3f} after {STEPS} steps "
-          f"({histories[name]['wall_s']:.0f} s)")"""),
-    ("code", """\
+          f"({histories[name]['wall_s']:.0f} s)")""",
+    ),
+    (
+        "code",
+        """\
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.2))
 smooth = lambda v: np.convolve(v, np.ones(min(20, len(v))) / min(20, len(v)), mode="valid")
 for name, h in histories.items():
@@ -435,19 +526,25 @@ axes[1].set(xlabel="training step", ylabel="accuracy (running mean)")
 axes[1].legend()
 plt.tight_layout()
 plt.show()
-show(trained["e-prop"], "after e-prop training")"""),
+show(trained["e-prop"], "after e-prop training")""",
+    ),
 ]
 
 NOTEBOOKS["05_hyperparameter_sweeps"] = [
-    ("md", """\
+    (
+        "md",
+        """\
 # Hyperparameter sweeps with `jax.vmap`: many networks in one compiled program
 
 The rules are pure functions and the cells take traced hyperparameters, so a whole training run is a
 function of the learning rate, the membrane time constant or the seed of a random feedback matrix, and
 `jax.vmap` trains a grid of networks at once. The cell is built *inside* the vmapped function; the
-learning rate goes through `optax.inject_hyperparams`."""),
+learning rate goes through `optax.inject_hyperparams`.""",
+    ),
     ("code", SETUP),
-    ("code", """\
+    (
+        "code",
+        """\
 T = 100 if QUICK else 300
 N_REC = 16 if QUICK else 50
 STEPS = 10 if QUICK else 200
@@ -470,9 +567,12 @@ def train_one(learning_rate, tau_mem, feedback_key, *, random_feedback=False):
 
     (params, _), losses = jax.lax.scan(step, (params, optimizer.init(params)), None, length=STEPS)
     outputs, _ = ep.tasks.forward(model, params, inputs)
-    return losses, task.metric(outputs, targets)"""),
+    return losses, task.metric(outputs, targets)""",
+    ),
     ("md", "## Learning rate x membrane time constant"),
-    ("code", """\
+    (
+        "code",
+        """\
 LRS = jnp.array([1e-3, 1e-2] if QUICK else [3e-4, 1e-3, 3e-3, 1e-2, 3e-2])
 TAUS = jnp.array([10.0, 30.0] if QUICK else [5.0, 10.0, 20.0, 30.0, 50.0])
 lr_grid, tau_grid = [a.ravel() for a in jnp.meshgrid(LRS, TAUS, indexing="ij")]
@@ -496,19 +596,26 @@ for i in range(len(LRS)):
 axes[1].set(xlabel="step", ylabel="loss", yscale="log", title=f"tau_mem = {float(TAUS[best[1]]):g}")
 axes[1].legend(fontsize=8)
 plt.tight_layout()
-plt.show()"""),
-    ("md", """\
+plt.show()""",
+    ),
+    (
+        "md",
+        """\
 ## Random feedback: a sweep over seeds
 
 With `feedback=B`, e-prop's learning signal goes through a fixed random matrix instead of the readout
-weights (random e-prop). `B` is an argument, so its seed can be vmapped too."""),
-    ("code", """\
+weights (random e-prop). `B` is an argument, so its seed can be vmapped too.""",
+    ),
+    (
+        "code",
+        """\
 SEEDS = 2 if QUICK else 8
 best_lr, best_tau = LRS[best[0]], TAUS[best[1]]
 random_sweep = jax.jit(jax.vmap(lambda k: train_one(best_lr, best_tau, k, random_feedback=True)))
 _, random_nmse = random_sweep(jax.random.split(jax.random.key(1), SEEDS))
 print(f"symmetric feedback: NMSE {grid[best]:.3f}; random feedback over {SEEDS} seeds: "
-      f"{float(jnp.mean(random_nmse)):.3f} +- {float(jnp.std(random_nmse)):.3f}")"""),
+      f"{float(jnp.mean(random_nmse)):.3f} +- {float(jnp.std(random_nmse)):.3f}")""",
+    ),
 ]
 
 
@@ -546,7 +653,9 @@ def main(argv) -> None:
             from nbclient import NotebookClient
 
             start = time.perf_counter()
-            client = NotebookClient(notebook, timeout=1800, kernel_name="python3", resources={"metadata": {"path": HERE}})
+            client = NotebookClient(
+                notebook, timeout=1800, kernel_name="python3", resources={"metadata": {"path": HERE}}
+            )
             client.execute()
             print(f"{name}: executed in {time.perf_counter() - start:.0f} s")
         nbformat.write(notebook, path)

@@ -118,7 +118,7 @@ def make_readout(name: str, n_in: int, n_out: int, dtype):
     return ep.cells.readout(n_in, n_out, dtype=dtype)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def model_of(cfg: Config):
     """The model of a configuration: ``stack(layers..., readout)``."""
     dtype = jnp.dtype(cfg.dtype)
@@ -165,7 +165,7 @@ class Problem(NamedTuple):
     targets: Any
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def problem(cfg: Config) -> Problem:
     """Parameters, inputs (0/1 spikes for a spiking first layer, Gaussian otherwise) and masked targets."""
     dtype = np.dtype(cfg.dtype)
@@ -195,8 +195,9 @@ def zero_recurrent(params, cfg: Config):
         if name in SPIKING:
             out[i] = {**params[i], "w_rec": _zeros_like(params[i]["w_rec"])}
         else:
-            out[i] = {k: ({**v, "kernel": _zeros_like(v["kernel"])} if k.startswith("h") else v)
-                      for k, v in params[i].items()}
+            out[i] = {
+                k: ({**v, "kernel": _zeros_like(v["kernel"])} if k.startswith("h") else v) for k, v in params[i].items()
+            }
     return tuple(out)
 
 
@@ -214,7 +215,7 @@ def recurrent_traces(model, params, inputs):
     return jax.vmap(one)(inputs)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _spikes_fn(cfg: Config):
     return jax.jit(lambda params, inputs: recurrent_traces(model_of(cfg), params, inputs))
 
@@ -282,8 +283,9 @@ def loss_fn(cfg: Config, reg: bool = False):
     if key not in _CACHE:
         model = model_of(cfg)
         if reg:
-            _CACHE[key] = jax.jit(lambda params, r, inputs, targets: ep.sequence_loss(model, mse, reg=r)(
-                params, inputs, targets))
+            _CACHE[key] = jax.jit(
+                lambda params, r, inputs, targets: ep.sequence_loss(model, mse, reg=r)(params, inputs, targets)
+            )
         else:
             _CACHE[key] = jax.jit(ep.sequence_loss(model, mse))
     return _CACHE[key]
@@ -296,7 +298,7 @@ def loss_fn(cfg: Config, reg: bool = False):
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def nest_fixture() -> dict:
     with open(FIXTURES / "nest_eprop_bsshslm_2020.json") as f:
         return json.load(f)
@@ -316,12 +318,26 @@ def nest_model(case: dict, dtype, n_refractory=None):
     assert rec["E_L"] == 0.0 and rec["C_m"] == 1.0 and rec["surrogate_gradient_function"] == "piecewise_linear"
     n_refractory = nest_refractory(case) if n_refractory is None else n_refractory
     lif = ep.cells.lif(
-        cfg["n_in"], cfg["n_rec"], tau_mem=rec["tau_m"], threshold=rec["V_th"], dt=cfg["dt"],
-        zeta=1.0 if rec["regular_spike_arrival"] else None, n_refractory=n_refractory,
-        surrogate="piecewise_linear", surrogate_height=rec["surrogate_gradient_height"],
-        surrogate_width=rec["surrogate_gradient_width"], dtype=dtype)
-    readout = ep.cells.leaky_readout(cfg["n_rec"], cfg["n_out"], tau_out=out["tau_m"], dt=cfg["dt"],
-                                     zeta_out=1.0 if out["regular_spike_arrival"] else None, dtype=dtype)
+        cfg["n_in"],
+        cfg["n_rec"],
+        tau_mem=rec["tau_m"],
+        threshold=rec["V_th"],
+        dt=cfg["dt"],
+        zeta=1.0 if rec["regular_spike_arrival"] else None,
+        n_refractory=n_refractory,
+        surrogate="piecewise_linear",
+        surrogate_height=rec["surrogate_gradient_height"],
+        surrogate_width=rec["surrogate_gradient_width"],
+        dtype=dtype,
+    )
+    readout = ep.cells.leaky_readout(
+        cfg["n_rec"],
+        cfg["n_out"],
+        tau_out=out["tau_m"],
+        dt=cfg["dt"],
+        zeta_out=1.0 if out["regular_spike_arrival"] else None,
+        dtype=dtype,
+    )
     return ep.cells.stack(lif, readout)
 
 
@@ -329,8 +345,10 @@ def nest_problem(name: str, dtype=np.float64):
     """``(case, params, inputs (1, T, n_in), targets)``; the learning window is the mask of the targets."""
     case = nest_fixture()["cases"][name]
     w = case["weights_before"]
-    params = ({"w_in": jnp.asarray(np.asarray(w["w_in"], dtype)), "w_rec": jnp.asarray(np.asarray(w["w_rec"], dtype))},
-              {"w_out": jnp.asarray(np.asarray(w["w_out"], dtype))})
+    params = (
+        {"w_in": jnp.asarray(np.asarray(w["w_in"], dtype)), "w_rec": jnp.asarray(np.asarray(w["w_rec"], dtype))},
+        {"w_out": jnp.asarray(np.asarray(w["w_out"], dtype))},
+    )
     time, window = case["config"]["T"], case["config"]["learning_window"]
     inputs = np.asarray(case["inputs"]["x"], dtype)[None]
     mask = (np.arange(time) >= time - window).astype(dtype)[None]
@@ -349,11 +367,14 @@ def nest_rule_fn(rule: str, dtype=np.float64, variant: str = "plain"):
         make = RULES[rule]
 
         if variant == "plain":
+
             def fn(n_ref, params, inputs, targets):
                 return make(nest_model(case, dtype, n_ref), mse)(params, inputs, targets)
         else:
+
             def fn(n_ref, params, B, inputs, targets):
                 return make(nest_model(case, dtype, n_ref), mse, feedback=B)(params, inputs, targets)
+
         _CACHE[key] = jax.jit(fn)
     return _CACHE[key]
 

@@ -38,7 +38,7 @@ def test_useful_work_of_rtrl(cell):
     batch, carry, _ = influence_shape(online.init(prob.params, BATCH))
     states = {"lif": 1, "gru": 1, "lstm": 2}[cell]  # the leaky readout adds its 2 outputs to the carry
     assert (batch, carry) == (BATCH, states * HIDDEN + 2)
-    flops = 2.0 * BATCH * ravel_pytree(prob.params)[0].size * carry ** 2
+    flops = 2.0 * BATCH * ravel_pytree(prob.params)[0].size * carry**2
     assert useful_work(online, prob, spec.kind)["flops"] == flops
 
 

@@ -4,9 +4,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import Config, loss_fn, mse, problem, run
 
 import eproptax as ep
-from helpers import Config, loss_fn, mse, problem, run
 
 F64 = jnp.float64
 N_IN, N = 3, 4
@@ -85,8 +85,12 @@ LEAKY = {
     "lif": (lambda: ep.cells.lif(N_IN, N, tau_mem=15.0, dt=1.5, dtype=F64), 15.0, 1.5, None),
     "lif_zeta_1": (lambda: ep.cells.lif(N_IN, N, tau_mem=20.0, zeta=1.0, dtype=F64), 20.0, 1.0, 1.0),
     "leaky_readout": (lambda: ep.cells.leaky_readout(N_IN, N, tau_out=30.0, dtype=F64), 30.0, 1.0, None),
-    "leaky_readout_zeta": (lambda: ep.cells.leaky_readout(N_IN, N, tau_out=7.0, zeta_out=0.5, dtype=F64),
-                           7.0, 1.0, 0.5),
+    "leaky_readout_zeta": (
+        lambda: ep.cells.leaky_readout(N_IN, N, tau_out=7.0, zeta_out=0.5, dtype=F64),
+        7.0,
+        1.0,
+        0.5,
+    ),
 }
 
 
@@ -131,14 +135,22 @@ def test_alif_declares_its_membrane_leak(keys):
     assert ep.cells.alif(N_IN, N, detach_reset=False, dtype=F64).leak is None
 
 
-@pytest.mark.parametrize("leak,k,message", [(((0.9, 0.1),), 1, "one pair or None per differentiable state variable"),
-                                            ((0.9, 0.1), 3, "k = 3")])
+@pytest.mark.parametrize(
+    "leak,k,message",
+    [(((0.9, 0.1),), 1, "one pair or None per differentiable state variable"), ((0.9, 0.1), 3, "k = 3")],
+)
 def test_bad_leak_is_named(leak, k, message):
     rnn = ep.cells.rnn(N_IN, N, dtype=F64)
-    cell = ep.cells.make_cell(n_in=N_IN, n_out=N, init=rnn.init, init_carry=lambda p: (jnp.zeros(N, F64),) * 2,
-                              synapse=lambda p, x, z: jnp.tile(rnn.synapse(p, x, z), (1, k)),
-                              dynamics=lambda h, a: (0.9 * h[0] + 0.1 * a[:, 0], h[1] + a[:, -1]),
-                              output=lambda h: jnp.tanh(h[0]), leak=leak if k == 1 else ((0.9, 0.1), None))
+    cell = ep.cells.make_cell(
+        n_in=N_IN,
+        n_out=N,
+        init=rnn.init,
+        init_carry=lambda p: (jnp.zeros(N, F64),) * 2,
+        synapse=lambda p, x, z: jnp.tile(rnn.synapse(p, x, z), (1, k)),
+        dynamics=lambda h, a: (0.9 * h[0] + 0.1 * a[:, 0], h[1] + a[:, -1]),
+        output=lambda h: jnp.tanh(h[0]),
+        leak=leak if k == 1 else ((0.9, 0.1), None),
+    )
     model = ep.cells.stack(cell, ep.cells.readout(N, 2, dtype=F64))
     with pytest.raises(ValueError, match=message):
         ep.online.eprop(model, mse).init(model.init(jax.random.key(0)), 1)
@@ -237,8 +249,9 @@ def test_surrogate_pseudo_derivative(shape):
 @pytest.mark.parametrize("shape", list(SHAPES))
 def test_lif_output_derivative_uses_its_surrogate(shape):
     threshold, height, width = 0.03, 3.0, 0.02
-    cell = ep.cells.lif(N_IN, N, threshold=threshold, surrogate=shape, surrogate_height=height,
-                        surrogate_width=width, dtype=F64)
+    cell = ep.cells.lif(
+        N_IN, N, threshold=threshold, surrogate=shape, surrogate_height=height, surrogate_width=width, dtype=F64
+    )
     v = jnp.array([0.0, 0.025, 0.031, 0.06], F64)
     refractory = jnp.array([0, 0, 1, 0], jnp.int32)
     psi = jax.jvp(lambda vv: cell.output(ep.cells.LIFState(vv, refractory)), (v,), (jnp.ones_like(v),))[1]

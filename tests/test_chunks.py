@@ -4,10 +4,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import Config, assert_close, model_of, mse, opcodes, problem
 
 import eproptax as ep
 from eproptax._chunks import advance
-from helpers import Config, assert_close, model_of, mse, opcodes, problem
 
 # ----------------------------------------------------------------------------------------------------------
 # The algebra alone, against stepping the recursion of _chunks' docstring
@@ -66,12 +66,22 @@ CASES = {
     # a shared zbar, a compact trace reading it, the filter and the regulariser's sum
     "alif+leaky reg": (Config(cells=("alif",), readout="leaky"), "eprop", {"reg": ep.FiringRateReg(0.5, 0.05)}),
     # two compact traces, random feedback
-    "alif(generic)+linear feedback": (Config(cells=("alif",), readout="linear", generic=True), "eprop", {"feedback": True}),
+    "alif(generic)+linear feedback": (
+        Config(cells=("alif",), readout="linear", generic=True),
+        "eprop",
+        {"feedback": True},
+    ),
     # two layers, each with a cascade of two filter stages below (the LIF layer's leak and the readout's)
-    "gru+lif collapsed reg": (Config(cells=("gru", "lif"), sizes=(4, 3), readout="leaky"), "deep_eprop",
-                              {"depth": "collapsed", "reg": ep.FiringRateReg(0.5, 0.05)}),
-    "lif+alif spatial": (Config(cells=("lif", "alif"), sizes=(4, 3), readout="leaky"), "deep_eprop",
-                         {"depth": "spatial"}),
+    "gru+lif collapsed reg": (
+        Config(cells=("gru", "lif"), sizes=(4, 3), readout="leaky"),
+        "deep_eprop",
+        {"depth": "collapsed", "reg": ep.FiringRateReg(0.5, 0.05)},
+    ),
+    "lif+alif spatial": (
+        Config(cells=("lif", "alif"), sizes=(4, 3), readout="leaky"),
+        "deep_eprop",
+        {"depth": "spatial"},
+    ),
 }
 
 
@@ -102,8 +112,9 @@ def test_chunked_eprop_without_recurrence_is_bptt():
     cfg = Config(cells=("gru",), readout="leaky")
     prob = problem(cfg)
     params = list(prob.params)
-    params[0] = {k: ({**v, "kernel": jnp.zeros_like(v["kernel"])} if k.startswith("h") else v)
-                 for k, v in params[0].items()}
+    params[0] = {
+        k: ({**v, "kernel": jnp.zeros_like(v["kernel"])} if k.startswith("h") else v) for k, v in params[0].items()
+    }
     params = tuple(params)
     _, grads = _build("eprop", cfg, {}, chunk=3)(params, prob.inputs, prob.targets)
     _, exact = jax.jit(ep.bptt(prob.model, mse))(params, prob.inputs, prob.targets)

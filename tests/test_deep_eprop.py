@@ -18,17 +18,31 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import (
+    CELLS,
+    SPIKING,
+    Config,
+    assert_close,
+    cosine,
+    flat,
+    model_of,
+    mse,
+    problem,
+    rel_err,
+    rule_fn,
+    spike_counts,
+    vmap_matches_loop,
+    zero_recurrent,
+)
 
 import eproptax as ep
-from helpers import (CELLS, SPIKING, Config, assert_close, cosine, flat, model_of, mse, problem, rel_err, rule_fn, vmap_matches_loop,
-                     spike_counts, zero_recurrent)
 
 
 def _stack(cells, readout, **kw) -> Config:
     return Config(cells=tuple(cells), readout=readout, sizes=(4,) * len(cells), **kw)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _deep(cfg: Config, depth: str = "full", order: int = 0):
     """``jax.jit(ep.deep_eprop(model, mse, depth=depth, order=order))``, compiled once per session."""
     return jax.jit(ep.deep_eprop(model_of(cfg), mse, depth=depth, order=order))
@@ -84,7 +98,9 @@ DEEP_LIF = _stack(("lif",) * 3, "leaky")
 DEEP_GRU = _stack(("gru",) * 3, "leaky")
 GRU_LSTM = _stack(("gru", "lstm"), "leaky")
 ZERO_R_CASES = [
-    DEEP_LIF, DEEP_GRU, GRU_LSTM,
+    DEEP_LIF,
+    DEEP_GRU,
+    GRU_LSTM,
     _stack(("alif", "alif"), "linear"),
     _stack(("rnn", "rnn", "rnn"), "linear"),
     _stack(("lstm", "lstm"), "linear"),
@@ -170,15 +186,19 @@ def alignment_problem(cfg: Config, seed: int):
             offset = (0.3 if i == 0 else 0.8) / np.sqrt(p["w_in"].shape[1])
             params[i] = {**p, "w_in": 0.3 * p["w_in"] + offset, "w_rec": ALIGN_GAIN * p["w_rec"]}
         else:
-            params[i] = {k: ({**v, "kernel": ALIGN_GAIN * v["kernel"]} if k.startswith("h") else v)
-                         for k, v in p.items()}
+            params[i] = {
+                k: ({**v, "kernel": ALIGN_GAIN * v["kernel"]} if k.startswith("h") else v) for k, v in p.items()
+            }
     shape = (cfg.batch, cfg.time, cfg.n_in)
     if cfg.cells[0] in SPIKING:
         inputs = (jax.random.uniform(k_in, shape) < 0.3).astype(dtype)
     else:
         inputs = jax.random.normal(k_in, shape, dtype)
-    y = jnp.zeros((cfg.batch, cfg.time, cfg.n_out), dtype).at[:, ALIGN_DELAY:].set(
-        inputs[:, :-ALIGN_DELAY, :cfg.n_out])
+    y = (
+        jnp.zeros((cfg.batch, cfg.time, cfg.n_out), dtype)
+        .at[:, ALIGN_DELAY:]
+        .set(inputs[:, :-ALIGN_DELAY, : cfg.n_out])
+    )
     mask = jnp.zeros((cfg.batch, cfg.time), dtype).at[:, ALIGN_DELAY:].set(1.0)
     return tuple(params), inputs, {"y": y, "mask": mask}
 
@@ -208,9 +228,11 @@ def test_full_at_least_as_aligned_as_spatial(cfg):
             # documented: with no leaky hidden layer, "collapsed" is "spatial"
             assert_close(grads["collapsed"], grads["spatial"], 1e-12, "collapsed vs spatial, no leaky layer")
     whole, hidden, first = (np.mean(a, axis=0) for a in (whole, hidden, first))
-    print(f"\n{cfg.id}: mean cosine to BPTT over {len(ALIGN_SEEDS)} seeds, {DEPTHS}: whole {np.round(whole, 4)}, "
-          f"hidden layers {np.round(hidden, 4)}, first layer {np.round(first, 4)}; seeds whose first-layer "
-          f"estimate is exactly zero: {dead}")
+    print(
+        f"\n{cfg.id}: mean cosine to BPTT over {len(ALIGN_SEEDS)} seeds, {DEPTHS}: whole {np.round(whole, 4)}, "
+        f"hidden layers {np.round(hidden, 4)}, first layer {np.round(first, 4)}; seeds whose first-layer "
+        f"estimate is exactly zero: {dead}"
+    )
     spatial, full = DEPTHS.index("spatial"), DEPTHS.index("full")
     for cos in (whole, hidden, first):
         assert cos[full] >= cos[spatial] - 1e-12, cos

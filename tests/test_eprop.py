@@ -5,11 +5,29 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import (
+    CELLS,
+    READOUTS,
+    SPIKING,
+    Config,
+    assert_close,
+    cosine,
+    layer_outputs,
+    loss_fn,
+    model_of,
+    mse,
+    nest_fixture,
+    nest_problem,
+    nest_refractory,
+    nest_rule_fn,
+    problem,
+    rel_err,
+    run,
+    spike_counts,
+    zero_recurrent,
+)
 
 import eproptax as ep
-from helpers import (CELLS, READOUTS, SPIKING, Config, assert_close, cosine, layer_outputs, loss_fn, model_of,
-                     mse, nest_fixture, nest_problem, nest_refractory, nest_rule_fn, problem, rel_err, run, spike_counts,
-                     zero_recurrent)
 
 STANDARD = [Config(cells=(cell,), readout=readout) for cell in CELLS for readout in READOUTS]
 ids = lambda cfg: cfg.id
@@ -68,9 +86,16 @@ def test_factorised_path_equals_generic_path(cell, readout):
 def _detached(layer):
     """The layer with its recurrent input cut from autodiff: BPTT through it keeps only the paths through
     each neuron's own state, which is what e-prop's eligibility traces carry."""
-    return ep.cells.make_cell(n_in=layer.n_in, n_out=layer.n_out, init=layer.init, init_carry=layer.init_carry,
-                              synapse=lambda p, x, z: layer.synapse(p, x, jax.lax.stop_gradient(z)),
-                              dynamics=layer.dynamics, output=layer.output, leak=layer.leak)
+    return ep.cells.make_cell(
+        n_in=layer.n_in,
+        n_out=layer.n_out,
+        init=layer.init,
+        init_carry=layer.init_carry,
+        synapse=lambda p, x, z: layer.synapse(p, x, jax.lax.stop_gradient(z)),
+        dynamics=layer.dynamics,
+        output=layer.output,
+        leak=layer.leak,
+    )
 
 
 DETACHED = [Config(cells=(cell,), readout=readout) for cell in ("lif", "alif", "lstm") for readout in READOUTS]
@@ -85,7 +110,8 @@ def test_eprop_is_bptt_with_the_recurrent_input_detached(cfg):
     layer, readout = model_of(cfg).layers
     _spiking_check(cfg, prob.params)
     value_d, grads_d = jax.jit(ep.bptt(ep.cells.stack(_detached(layer), readout), mse))(
-        prob.params, prob.inputs, prob.targets)
+        prob.params, prob.inputs, prob.targets
+    )
     value_e, grads_e = run("eprop", cfg)
     np.testing.assert_allclose(value_e, value_d, rtol=1e-12)
     assert_close(grads_e, grads_d, 1e-10, f"eprop vs detached bptt [{cfg.id}]")
@@ -96,22 +122,31 @@ def _pass_through(n_in, n, dtype):
     """A leaky tanh unit with a second state variable that ``dynamics`` passes through unchanged (no
     equation reads it: it is read only in being returned)."""
     rnn = ep.cells.rnn(n_in, n, dtype=dtype)
-    return ep.cells.make_cell(n_in=n_in, n_out=n, init=rnn.init,
-                              init_carry=lambda p: (jnp.zeros(n, dtype), jnp.ones(n, dtype)),
-                              synapse=rnn.synapse, dynamics=lambda h, a: (0.9 * h[0] + 0.1 * a[:, 0], h[1]),
-                              output=lambda h: jnp.tanh(h[0]))
+    return ep.cells.make_cell(
+        n_in=n_in,
+        n_out=n,
+        init=rnn.init,
+        init_carry=lambda p: (jnp.zeros(n, dtype), jnp.ones(n, dtype)),
+        synapse=rnn.synapse,
+        dynamics=lambda h, a: (0.9 * h[0] + 0.1 * a[:, 0], h[1]),
+        output=lambda h: jnp.tanh(h[0]),
+    )
 
 
-@pytest.mark.parametrize("cell,order,count", [("lstm", 0, 1), ("lstm", 1, 2), ("alif", 0, 1), ("lif", 0, 0),
-                                              ("rnn", 0, 0), ("pass", 0, 2)])
+@pytest.mark.parametrize(
+    "cell,order,count", [("lstm", 0, 1), ("lstm", 1, 2), ("alif", 0, 1), ("lif", 0, 0), ("rnn", 0, 0), ("pass", 0, 2)]
+)
 def test_eprop_carries_only_the_traces_it_reads(cell, order, count):
     """A layer's own trace of a state variable that ``dynamics`` never reads (an LSTM's ``h``, a function of
     the new ``c`` and gates) has no effect on the next step's traces, so order-0 e-prop recomputes it each
     step instead of carrying it (a tanh RNN, ``h = tanh(a)``, carries none); the dense levels of
     ``eprop_m(1)`` read every variable, and a variable passed through unchanged is read. A leaky variable
     (LIF's and ALIF's membrane) carries the presynaptic ``zbar`` instead of a per-synapse trace."""
-    layer = (_pass_through(3, 4, jnp.float64) if cell == "pass"
-             else model_of(Config(cells=(cell,), readout="linear")).layers[0])
+    layer = (
+        _pass_through(3, 4, jnp.float64)
+        if cell == "pass"
+        else model_of(Config(cells=(cell,), readout="linear")).layers[0]
+    )
     model = ep.cells.stack(layer, ep.cells.readout(4, 2, dtype=jnp.float64))
     params = model.init(jax.random.key(0))
     state = jax.eval_shape(lambda p: ep.online.eprop_m(model, mse, order).init(p, 2), params)
@@ -201,8 +236,9 @@ def test_hand_set_feedback_matches_numpy_nest():
     case, params, inputs, targets = nest_problem("lif")
     B = np.random.default_rng(7).standard_normal((5, 2))
     expected = nest_numpy(case, B)
-    _, grads = nest_rule_fn("eprop", variant="feedback")(np.int32(nest_refractory(case)), params, jnp.asarray(B),
-                                                        inputs, targets)
+    _, grads = nest_rule_fn("eprop", variant="feedback")(
+        np.int32(nest_refractory(case)), params, jnp.asarray(B), inputs, targets
+    )
     assert_close(grads, expected, 1e-10, "eprop(feedback=B) vs numpy NEST")
     symmetric = nest_numpy(case, np.asarray(case["weights_before"]["B"]))
     assert rel_err(expected[0], symmetric[0]) > 1e-2  # B really changed the recurrent gradients
@@ -228,8 +264,7 @@ def test_adaptive_feedback_follows_w_out(weight_decay):
         B = ep.adapt_feedback(B, updates[-1]["w_out"], weight_decay=weight_decay)
         updates = (updates[0], {"w_out": updates[-1]["w_out"] - weight_decay * params[-1]["w_out"]})
         params = optax.apply_updates(params, updates)
-        np.testing.assert_allclose(B - params[-1]["w_out"].T, (1.0 - weight_decay) ** k * diff0, rtol=1e-12,
-                                   atol=1e-14)
+        np.testing.assert_allclose(B - params[-1]["w_out"].T, (1.0 - weight_decay) ** k * diff0, rtol=1e-12, atol=1e-14)
     assert rel_err(params[-1]["w_out"], w_out0) > 1e-3  # W_out (and so B) really moved
 
 

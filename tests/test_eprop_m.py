@@ -17,10 +17,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import (
+    CELLS,
+    SPIKING,
+    Config,
+    assert_close,
+    cosine,
+    flat,
+    model_of,
+    mse,
+    problem,
+    rel_err,
+    rule_fn,
+    spike_counts,
+    vmap_matches_loop,
+    zero_recurrent,
+)
 
 import eproptax as ep
-from helpers import (CELLS, SPIKING, Config, assert_close, cosine, flat, model_of, mse, problem, rel_err, rule_fn, vmap_matches_loop,
-                     spike_counts, zero_recurrent)
 
 BASE_T = 8  # helpers' default length: the base configurations share compiled bptt / eprop with other files
 
@@ -29,7 +43,7 @@ def _cfg(cell: str, time: int = BASE_T) -> Config:
     return Config(cells=(cell,), readout="leaky", time=time)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _eprop_m(cfg: Config, order: int):
     """``jax.jit(ep.eprop_m(model, mse, order))`` for a configuration, compiled once per session."""
     return jax.jit(ep.eprop_m(model_of(cfg), mse, order))
@@ -71,7 +85,10 @@ def test_order_zero_is_eprop(cell):
 # (cell, T, orders >= T - 1): T - 1 everywhere, a larger order where T differs from the base length (one more
 # compile per case; the larger orders only add trace levels that stay zero, which these cases check).
 EXACT_CASES = [(cell, BASE_T, (BASE_T - 1,)) for cell in CELLS] + [
-    ("gru", 2, (1, 3)), ("rnn", 30, (29, 31)), ("lif", 30, (29, 40))]
+    ("gru", 2, (1, 3)),
+    ("rnn", 30, (29, 31)),
+    ("lif", 30, (29, 40)),
+]
 
 
 @pytest.mark.parametrize("cell,time,orders", EXACT_CASES, ids=[f"{c}-T{t}" for c, t, _ in EXACT_CASES])
@@ -136,8 +153,11 @@ def alignment_problem(cfg: Config, seed: int):
     else:
         params[0] = {k: ({**v, "kernel": ALIGN_GAIN * v["kernel"]} if k.startswith("h") else v) for k, v in p.items()}
         inputs = jax.random.normal(k_in, shape, dtype)
-    y = jnp.zeros((cfg.batch, cfg.time, cfg.n_out), dtype).at[:, ALIGN_DELAY:].set(
-        inputs[:, :-ALIGN_DELAY, :cfg.n_out])
+    y = (
+        jnp.zeros((cfg.batch, cfg.time, cfg.n_out), dtype)
+        .at[:, ALIGN_DELAY:]
+        .set(inputs[:, :-ALIGN_DELAY, : cfg.n_out])
+    )
     mask = jnp.zeros((cfg.batch, cfg.time), dtype).at[:, ALIGN_DELAY:].set(1.0)
     return tuple(params), inputs, {"y": y, "mask": mask}
 
@@ -164,8 +184,10 @@ def test_alignment_does_not_decrease_with_order(cell):
         whole.append([cosine(g, grads_b) for g in grads])
         recurrent.append([cosine(_recurrent_part(g), _recurrent_part(grads_b)) for g in grads])
     whole, recurrent = np.mean(whole, axis=0), np.mean(recurrent, axis=0)
-    print(f"\n{cell}: mean cosine to BPTT, orders 0 1 2: whole {np.round(whole, 4)}, recurrent layer "
-          f"{np.round(recurrent, 4)}")
+    print(
+        f"\n{cell}: mean cosine to BPTT, orders 0 1 2: whole {np.round(whole, 4)}, recurrent layer "
+        f"{np.round(recurrent, 4)}"
+    )
     assert recurrent[0] < 0.99, "the explicit recurrence does not matter here: the test would be vacuous"
     for cos in (whole, recurrent):
         assert cos[0] <= cos[1] + 1e-12 and cos[1] <= cos[2] + 1e-12, cos

@@ -4,9 +4,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import RULES, Config, mse, problem
 
 import eproptax as ep
-from helpers import RULES, Config, mse, problem
 
 CFG = Config(cells=("lif",), readout="leaky")  # n_in=3, n=4, n_out=2, B=2, T=8
 ALL = list(RULES) + ["sequence_loss"]

@@ -4,17 +4,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import CELLS, SPIKING, Config, assert_close, loss_fn, mse, problem, recurrent_traces, rel_err, run
 from jax.flatten_util import ravel_pytree
 
 import eproptax as ep
-from helpers import CELLS, SPIKING, Config, assert_close, loss_fn, mse, problem, recurrent_traces, rel_err, run
 
 # ----------------------------------------------------------------------------------------------------------
 # bptt against central finite differences (smooth cells)
 # ----------------------------------------------------------------------------------------------------------
 
-FD_CONFIGS = [Config(cells=("rnn",), readout="linear"), Config(cells=("lstm",), readout="leaky"),
-              Config(cells=("gru",), readout="linear")]
+FD_CONFIGS = [
+    Config(cells=("rnn",), readout="linear"),
+    Config(cells=("lstm",), readout="leaky"),
+    Config(cells=("gru",), readout="linear"),
+]
 
 
 @pytest.mark.parametrize("cfg", FD_CONFIGS, ids=lambda c: c.id)
@@ -42,13 +45,24 @@ def _random_config(cells, readout, time, seed):
     """Small random sizes, drawn once per case from its seed."""
     rng = np.random.default_rng(seed)
     sizes = tuple(int(s) for s in rng.integers(2, 6, len(cells)))
-    return Config(cells=tuple(cells), readout=readout, n_in=int(rng.integers(1, 5)), sizes=sizes,
-                  n_out=int(rng.integers(1, 4)), time=time, batch=int(rng.integers(1, 4)), seed=seed)
+    return Config(
+        cells=tuple(cells),
+        readout=readout,
+        n_in=int(rng.integers(1, 5)),
+        sizes=sizes,
+        n_out=int(rng.integers(1, 4)),
+        time=time,
+        batch=int(rng.integers(1, 4)),
+        seed=seed,
+    )
 
 
 _SINGLE_TIMES = {"lif": (7, 2), "alif": (7, 7), "rnn": (2, 7), "lstm": (7, 1), "gru": (1, 2)}
-EXACT_CASES = [_random_config((cell,), readout, _SINGLE_TIMES[cell][i], seed=10 * i + k)
-               for k, cell in enumerate(CELLS) for i, readout in enumerate(("leaky", "linear"))]
+EXACT_CASES = [
+    _random_config((cell,), readout, _SINGLE_TIMES[cell][i], seed=10 * i + k)
+    for k, cell in enumerate(CELLS)
+    for i, readout in enumerate(("leaky", "linear"))
+]
 EXACT_CASES += [
     _random_config(("lif", "alif"), "leaky", 50, seed=101),
     _random_config(("gru", "lstm"), "linear", 7, seed=102),
@@ -65,8 +79,9 @@ def test_rtrl_equals_bptt(cfg):
     prob = problem(cfg)
     model = prob.model
     # one compiled program per case (the sizes are all different): both rules and the spike trains
-    both = jax.jit(lambda p, x, t: (ep.bptt(model, mse)(p, x, t), ep.rtrl(model, mse)(p, x, t),
-                                    recurrent_traces(model, p, x)))
+    both = jax.jit(
+        lambda p, x, t: (ep.bptt(model, mse)(p, x, t), ep.rtrl(model, mse)(p, x, t), recurrent_traces(model, p, x))
+    )
     (value_b, grads_b), (value_r, grads_r), outputs = both(prob.params, prob.inputs, prob.targets)
     for layer, z in zip(cfg.cells, outputs):
         if layer in SPIKING:

@@ -11,7 +11,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from helpers import NEST_CASES, assert_close, nest_model, nest_problem, nest_refractory, nest_rule_fn
 
 RTOL = 1e-10
@@ -19,8 +18,10 @@ RTOL = 1e-10
 
 def nest_gradients(case, dtype=np.float64):
     g = case["gradients"]
-    return ({"w_in": np.asarray(g["w_in"], dtype), "w_rec": np.asarray(g["w_rec"], dtype)},
-            {"w_out": np.asarray(g["w_out"], dtype)})
+    return (
+        {"w_in": np.asarray(g["w_in"], dtype), "w_rec": np.asarray(g["w_rec"], dtype)},
+        {"w_out": np.asarray(g["w_out"], dtype)},
+    )
 
 
 _RECORD = {}
@@ -31,6 +32,7 @@ def recordings(name, dtype=np.float64):
     case, params, inputs, targets = nest_problem(name, dtype)
     key = np.dtype(dtype).name
     if key not in _RECORD:
+
         def record(n_ref, params, inputs, targets):
             model = nest_model(case, dtype, n_ref)
             lif = model.layers[0]
@@ -40,9 +42,14 @@ def recordings(name, dtype=np.float64):
                 h = carry[0]
                 psi = jax.jvp(lambda v: lif.output(h._replace(v=v)), (h.v,), (jnp.ones_like(h.v),))[1]
                 err = (y - xt[1]["y"]) * xt[1]["mask"]
-                return carry, dict(rec_V_m=h.v, rec_spikes=lif.output(h), rec_surrogate_gradient=psi,
-                                   out_V_m=y, out_error_signal=err,
-                                   rec_learning_signal=params[1]["w_out"].T @ err)
+                return carry, dict(
+                    rec_V_m=h.v,
+                    rec_spikes=lif.output(h),
+                    rec_surrogate_gradient=psi,
+                    out_V_m=y,
+                    out_error_signal=err,
+                    rec_learning_signal=params[1]["w_out"].T @ err,
+                )
 
             tree = jax.tree_util.tree_map(lambda a: a[0], targets)
             return jax.lax.scan(body, model.init_carry(params), (inputs[0], tree))[1]
@@ -68,8 +75,10 @@ def test_recordings_match_nest(name):
     _check_recordings(case, rec, RTOL)
     # NEST records the target only inside the learning window: the window is the mask of the targets
     _, _, _, targets = nest_problem(name)
-    np.testing.assert_array_equal(case["recordings"]["out_target_signal"],
-                                  np.asarray(case["inputs"]["y_target"]) * np.asarray(targets["mask"][0])[:, None])
+    np.testing.assert_array_equal(
+        case["recordings"]["out_target_signal"],
+        np.asarray(case["inputs"]["y_target"]) * np.asarray(targets["mask"][0])[:, None],
+    )
 
 
 def test_refractory_case_has_blocked_steps():
@@ -89,7 +98,7 @@ def test_eprop_gradients_match_nest(name):
     loss, grads = nest_rule_fn("eprop")(np.int32(nest_refractory(case)), params, inputs, targets)
     assert_close(grads, nest_gradients(case), RTOL, f"eprop vs NEST[{name}]")
     errors = np.asarray(case["recordings"]["out_error_signal"])
-    np.testing.assert_allclose(loss, 0.5 * np.sum(errors ** 2), rtol=RTOL)
+    np.testing.assert_allclose(loss, 0.5 * np.sum(errors**2), rtol=RTOL)
 
 
 def test_bptt_matches_nest_without_recurrence():

@@ -21,9 +21,15 @@ def test_notebook_runs_in_quick_mode(path, monkeypatch):
     assert any("EPROPTAX_QUICK" in cell.source for cell in notebook.cells), f"{path.name} has no quick mode"
     # kernel "python3" is the interpreter running the tests (jupyter_client maps it to sys.executable);
     # a failing cell raises CellExecutionError with its traceback
-    client = nbclient.NotebookClient(notebook, timeout=600, kernel_name="python3",
-                                     resources={"metadata": {"path": str(path.parent)}})
+    client = nbclient.NotebookClient(
+        notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+    )
     client.execute()
-    errors = [out for cell in notebook.cells if cell.cell_type == "code" for out in cell.get("outputs", [])
-              if out.get("output_type") == "error"]
+    errors = [
+        out
+        for cell in notebook.cells
+        if cell.cell_type == "code"
+        for out in cell.get("outputs", [])
+        if out.get("output_type") == "error"
+    ]
     assert not errors

@@ -3,9 +3,9 @@
 import jax
 import numpy as np
 import pytest
+from helpers import Config, assert_close, mse, problem, run
 
 import eproptax as ep
-from helpers import Config, assert_close, mse, problem, run
 
 ONLINE = {
     "rtrl": lambda model, loss: ep.online.rtrl(model, loss),
@@ -24,8 +24,9 @@ def online(rule, cfg):
     """The online rule with jitted functions (each compiled once per rule and configuration)."""
     if (rule, cfg) not in _STEPS:
         r = ONLINE[rule](problem(cfg).model, mse)
-        _STEPS[(rule, cfg)] = ep.OnlineRule(jax.jit(r.init, static_argnums=1), jax.jit(r.step), jax.jit(r.result),
-                                            jax.jit(r.reset))
+        _STEPS[(rule, cfg)] = ep.OnlineRule(
+            jax.jit(r.init, static_argnums=1), jax.jit(r.step), jax.jit(r.result), jax.jit(r.reset)
+        )
     return _STEPS[(rule, cfg)]
 
 

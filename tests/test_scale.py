@@ -71,8 +71,12 @@ def data(key, dtype=F64, batch=B, time=T, n_in=N_IN, n_out=N_OUT, scale=2.0):
 
 
 def lif_model(tau_mem=20.0, threshold=0.03, width=None, *, layers=1, dtype=F64):
-    recurrent = [ep.cells.lif(N_IN if i == 0 else N_REC, N_REC, tau_mem=tau_mem, threshold=threshold,
-                              surrogate_width=width, dtype=dtype) for i in range(layers)]
+    recurrent = [
+        ep.cells.lif(
+            N_IN if i == 0 else N_REC, N_REC, tau_mem=tau_mem, threshold=threshold, surrogate_width=width, dtype=dtype
+        )
+        for i in range(layers)
+    ]
     return ep.cells.stack(*recurrent, ep.cells.leaky_readout(N_REC, N_OUT, dtype=dtype))
 
 
@@ -87,7 +91,7 @@ INPUTS, TARGETS = data(jax.random.key(1))
 HYPER = jnp.array([[10.0, 0.02, 0.01], [20.0, 0.03, 0.03], [30.0, 0.05, 0.1]], F64)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def swept(name):
     """The vmapped sweep and the Python loop over the same function, for one rule (deep_eprop: 2 layers)."""
     layers = 2 if name == "deep_eprop" else 1
@@ -168,7 +172,7 @@ def time_major(a):
     return jnp.swapaxes(a, 0, 1)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def online(name, with_reg):
     """The online rule and a jitted chunk runner (a ``lax.scan`` of ``rule.step`` over a chunk)."""
     kw = {"reg": REG} if with_reg else {}
@@ -186,7 +190,7 @@ def online(name, with_reg):
 
 
 def chunks(inputs, targets):
-    return [(inputs[:, s:s + CHUNK], targets[:, s:s + CHUNK]) for s in range(0, inputs.shape[1], CHUNK)]
+    return [(inputs[:, s : s + CHUNK], targets[:, s : s + CHUNK]) for s in range(0, inputs.shape[1], CHUNK)]
 
 
 @pytest.mark.parametrize("name", list(ONLINE))
@@ -263,8 +267,9 @@ def test_long_stream_runs_with_constant_memory():
     nbytes = sum(leaf.nbytes for leaf in leaves(state))
     values = []
     for i in range(n_chunks):
-        params, state, value = chunk(params, state, jax.random.fold_in(jax.random.key(3), i),
-                                     jnp.asarray(i * length, jnp.int32))
+        params, state, value = chunk(
+            params, state, jax.random.fold_in(jax.random.key(3), i), jnp.asarray(i * length, jnp.int32)
+        )
         assert sum(leaf.nbytes for leaf in leaves(state)) == nbytes
         values.append(value)
     values = np.asarray(values)
@@ -279,7 +284,7 @@ def test_long_stream_runs_with_constant_memory():
 # ----------------------------------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def low_precision(name, dtype):
     """A rule on the default network (deep_eprop: 2 layers) with params, inputs and targets in ``dtype``."""
     layers = 2 if name == "deep_eprop" else 1
@@ -343,9 +348,11 @@ def flax_cell(api, kind, **kw):
 
 def zero_recurrent(params):
     """Zeroes the recurrent kernels (linen's ``h*``, nnx's ``dense_h`` and ``h*``): e-prop is then exact."""
+
     def zero(path, leaf):
         top = path[0].key
         return jnp.zeros_like(leaf) if top.startswith("h") or top == "dense_h" else leaf
+
     return jax.tree_util.tree_map_with_path(zero, params)
 
 
@@ -372,7 +379,7 @@ def adapt(api, fc):
     return ep.cells.from_nnx(fc)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def flax_case(api, kind, custom):
     fc = flax_cell(api, kind, **({"activation_fn": jax.nn.soft_sign} if custom else {}))
     cell, cell_params = adapt(api, fc)
@@ -383,6 +390,7 @@ def flax_case(api, kind, custom):
     def hidden(params, inputs):  # the adapter run as a cell of this library
         def one(x):
             return jax.lax.scan(lambda c, xt: cell.apply(params, c, xt), cell.init_carry(params), x)[1]
+
         return jax.vmap(one)(inputs)
 
     def ref_objective(params, inputs, targets):  # the same objective through flax's own code
@@ -392,9 +400,12 @@ def flax_case(api, kind, custom):
 
     @jax.jit
     def run(params):
-        got = {"hidden": hidden(params[0], INPUTS), "flax_hidden": reference(params[0], INPUTS),
-               "flax_grad": jax.value_and_grad(ref_objective)(params, INPUTS, TARGETS),
-               "bptt": ep.bptt(model, loss)(params, INPUTS, TARGETS)}
+        got = {
+            "hidden": hidden(params[0], INPUTS),
+            "flax_hidden": reference(params[0], INPUTS),
+            "flax_grad": jax.value_and_grad(ref_objective)(params, INPUTS, TARGETS),
+            "bptt": ep.bptt(model, loss)(params, INPUTS, TARGETS),
+        }
         if api == "linen":  # rtrl is generic (no split): once per cell kind is enough
             got["rtrl"] = ep.rtrl(model, loss)(params, INPUTS, TARGETS)
         if cell.synapse is not None:
@@ -414,8 +425,11 @@ def test_flax_adapter(api, kind):
     assert cell.synapse is not None  # a neuron cell: every rule applies
     # same parameter tree as flax: linen's "params" collection, nnx's Param state as a pure dict
     fc = flax_cell(api, kind)
-    flax_params = (fc.init(jax.random.key(5), fc.initialize_carry(jax.random.key(0), (N_IN,)), INPUTS[0, 0])["params"]
-                   if api == "linen" else nnx.to_pure_dict(nnx.state(fc, nnx.Param)))
+    flax_params = (
+        fc.init(jax.random.key(5), fc.initialize_carry(jax.random.key(0), (N_IN,)), INPUTS[0, 0])["params"]
+        if api == "linen"
+        else nnx.to_pure_dict(nnx.state(fc, nnx.Param))
+    )
     assert jax.tree_util.tree_structure(params[0]) == jax.tree_util.tree_structure(flax_params)
     assert max_rel(params[0], flax_params) == 0.0
     # outputs equal flax's own over a sequence; bptt equals jax.grad through flax; rtrl equals bptt
@@ -471,7 +485,7 @@ def test_from_flax_bad_arguments():
 # ----------------------------------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def checked_eprop():
     model = lif_model()
     return model.init(jax.random.key(0)), jax.jit(ep.check_finite(ep.eprop(model, loss)))

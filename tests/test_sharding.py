@@ -85,7 +85,8 @@ def run_online(devices):
 
     hlo = chunk.lower(params, state, inputs, targets).compile().as_text()
     state, result = chunk(params, state, inputs, targets)
-    sharded = all(not leaf.sharding.is_fully_replicated for leaf in jax.tree_util.tree_leaves((state.carry, state.traces)))
+    leaves = jax.tree_util.tree_leaves((state.carry, state.traces))
+    sharded = all(not leaf.sharding.is_fully_replicated for leaf in leaves)
     return jax.device_get(result), (sharded, "all-reduce" in hlo, "all-gather" in hlo)
 
 
@@ -117,7 +118,7 @@ def report():
     proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     line = [l for l in proc.stdout.splitlines() if l.startswith("REPORT ")][-1]
-    return json.loads(line[len("REPORT "):])
+    return json.loads(line[len("REPORT ") :])
 
 
 def test_eight_devices(report):

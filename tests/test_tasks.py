@@ -172,8 +172,12 @@ def test_losses_and_window_accuracy():
     assert float(se) == pytest.approx(2.5)
     mask = jnp.array([[0.0, 0.5, 0.5], [0.0, 0.5, 0.5]])
     label = jnp.array([[0, 0, 0], [1, 1, 1]])
-    outputs = jnp.array([[[9.0, 0.0], [1.0, 0.0], [1.0, 0.0]],     # first step (masked out) is ignored
-                         [[0.0, 9.0], [1.0, 0.0], [1.0, 0.0]]])
+    outputs = jnp.array(
+        [
+            [[9.0, 0.0], [1.0, 0.0], [1.0, 0.0]],  # first step (masked out) is ignored
+            [[0.0, 9.0], [1.0, 0.0], [1.0, 0.0]],
+        ]
+    )
     assert float(tasks.window_accuracy(outputs, {"label": label, "mask": mask})) == 0.5
     assert float(tasks.step_accuracy(outputs, {"label": label, "mask": mask})) == 0.5
 
@@ -213,8 +217,9 @@ STEPS = 25
 
 def _tiny(layers):
     task = SMALL["pattern"]()
-    model, params = task.network(jax.random.key(0), n_rec=6, layers=layers, input_scale=3.0 if layers == 1 else 2.0,
-                                 tau_out=5.0)
+    model, params = task.network(
+        jax.random.key(0), n_rec=6, layers=layers, input_scale=3.0 if layers == 1 else 2.0, tau_out=5.0
+    )
     return task, model, params
 
 
@@ -241,8 +246,17 @@ def test_training_lowers_the_loss(rule, standard_promotion):
     layers, make = RULES[rule]
     task, model, params = _tiny(layers)
     sampler, calls = _counting(task)
-    new, history = ep.train(make(model, task.loss), sampler, params, optax.adam(2e-2), steps=STEPS,
-                            key=jax.random.key(1), model=model, metric=task.metric, progress=False)
+    new, history = ep.train(
+        make(model, task.loss),
+        sampler,
+        params,
+        optax.adam(2e-2),
+        steps=STEPS,
+        key=jax.random.key(1),
+        model=model,
+        metric=task.metric,
+        progress=False,
+    )
     assert len(calls) == 1  # one compilation for all the steps
     loss, metric = history["loss"], history["metric"]
     assert loss.shape == metric.shape == (STEPS,)
@@ -258,8 +272,17 @@ def test_online_training_every_k_steps(standard_promotion, capsys):
     task, model, params = _tiny(1)
     sampler, calls = _counting(task)
     # every = 5 does not divide T = 24: four windows of 5 steps and a last one of 4
-    new, history = ep.train(ep.online.eprop(model, task.loss), sampler, params, optax.adam(2e-2), steps=STEPS,
-                            key=jax.random.key(1), metric=task.metric, online_every=5, desc="online")
+    new, history = ep.train(
+        ep.online.eprop(model, task.loss),
+        sampler,
+        params,
+        optax.adam(2e-2),
+        steps=STEPS,
+        key=jax.random.key(1),
+        metric=task.metric,
+        online_every=5,
+        desc="online",
+    )
     assert len(calls) == 1
     assert history["loss"][-1] < 0.5 * history["loss"][0]
     assert np.isfinite(history["metric"]).all()
@@ -270,8 +293,17 @@ def test_online_windows_cover_the_sequence_once(standard_promotion):
     # with a zero learning rate the windows' losses add up to the sequence loss, and the outputs seen
     # while stepping are the forward pass's
     task, model, params = _tiny(1)
-    _, history = ep.train(ep.online.eprop(model, task.loss), task, params, optax.sgd(0.0), steps=1,
-                          key=jax.random.key(1), batch_size=1, online_every=5, progress=False)
+    _, history = ep.train(
+        ep.online.eprop(model, task.loss),
+        task,
+        params,
+        optax.sgd(0.0),
+        steps=1,
+        key=jax.random.key(1),
+        batch_size=1,
+        online_every=5,
+        progress=False,
+    )
     inputs, targets = task.sample(jax.random.key(0), 1)
     expected = ep.sequence_loss(model, task.loss)(params, inputs, targets)
     assert history["loss"][0] == pytest.approx(float(expected), rel=1e-5)
@@ -293,8 +325,9 @@ def test_train_checks_its_arguments(standard_promotion):
 def test_train_with_a_sampler_and_no_metric(standard_promotion):
     task, model, params = _tiny(1)
     sampler = lambda key: task.sample(key, 1)
-    _, history = ep.train(ep.bptt(model, task.loss), sampler, params, optax.adam(1e-2), steps=2,
-                          key=jax.random.key(0), progress=False)
+    _, history = ep.train(
+        ep.bptt(model, task.loss), sampler, params, optax.adam(1e-2), steps=2, key=jax.random.key(0), progress=False
+    )
     assert np.isnan(history["metric"]).all() and np.isfinite(history["loss"]).all()
 
 
@@ -302,9 +335,32 @@ def test_cli_train_writes_history_and_figures(tmp_path, standard_promotion, caps
     from eproptax._cli import main
 
     out = tmp_path / "run"
-    code = main(["train", "--task", "copy", "--rule", "eprop_m", "--order", "1", "--hidden", "4", "--steps", "3",
-                 "--batch", "2", "--eval-batch", "4", "--task-option", "length=2", "--task-option", "delay=1",
-                 "--out", str(out), "--no-progress"])
+    code = main(
+        [
+            "train",
+            "--task",
+            "copy",
+            "--rule",
+            "eprop_m",
+            "--order",
+            "1",
+            "--hidden",
+            "4",
+            "--steps",
+            "3",
+            "--batch",
+            "2",
+            "--eval-batch",
+            "4",
+            "--task-option",
+            "length=2",
+            "--task-option",
+            "delay=1",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert code == 0
     record = json.loads((out / "history.json").read_text())
     assert len(record["loss"]) == 3 and record["metric_name"] == "accuracy"

@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import FEEDBACK_RULES, RULES, Config, assert_close, mse, opcodes, problem, rel_err, run
 
 import eproptax as ep
-from helpers import FEEDBACK_RULES, RULES, Config, assert_close, mse, opcodes, problem, rel_err, run
 
 F64 = jnp.float64
 LIF = Config(cells=("lif",), readout="leaky")
@@ -39,8 +39,7 @@ def test_vmap_over_a_hyperparameter(rule):
         return RULES[rule](model, mse)(params, inputs, targets)
 
     taus = jnp.array([5.0, 20.0, 60.0], F64)
-    values, grads = jax.jit(jax.vmap(fn, in_axes=(0, None, None, None)))(taus, prob.params, prob.inputs,
-                                                                          prob.targets)
+    values, grads = jax.jit(jax.vmap(fn, in_axes=(0, None, None, None)))(taus, prob.params, prob.inputs, prob.targets)
     one = jax.jit(fn)
     for i, tau in enumerate(taus):
         value_i, grads_i = one(tau, prob.params, prob.inputs, prob.targets)
@@ -63,8 +62,7 @@ def test_vmap_over_the_feedback_seed(rule):
         return RULES[rule](prob.model, mse, feedback=B)(params, inputs, targets)
 
     keys = jax.random.split(jax.random.key(11), 3)
-    values, grads = jax.jit(jax.vmap(fn, in_axes=(0, None, None, None)))(keys, prob.params, prob.inputs,
-                                                                          prob.targets)
+    values, grads = jax.jit(jax.vmap(fn, in_axes=(0, None, None, None)))(keys, prob.params, prob.inputs, prob.targets)
     for i in range(len(keys)):
         B = ep.random_feedback(keys[i], 4, 2, F64)
         assert B.shape == (4, 2) and B.dtype == F64
@@ -102,8 +100,10 @@ def test_optax_step_under_jit_traces_once(rule):
     assert rel_err(new_params, params) > 1e-4
     rng = np.random.default_rng(1)
     inputs2 = jnp.asarray(rng.standard_normal(prob.inputs.shape).astype(np.float32))
-    targets2 = {"y": jnp.asarray(rng.standard_normal(prob.targets["y"].shape).astype(np.float32)),
-                "mask": prob.targets["mask"]}
+    targets2 = {
+        "y": jnp.asarray(rng.standard_normal(prob.targets["y"].shape).astype(np.float32)),
+        "mask": prob.targets["mask"],
+    }
     with jax.numpy_dtype_promotion("standard"):
         newer, _, loss2, grads2 = train_step(new_params, opt_state, inputs2, targets2)  # raises if re-traced
     assert _finite((loss2, grads2, newer)) and float(loss2) != float(loss)
@@ -113,8 +113,12 @@ def test_optax_step_under_jit_traces_once(rule):
 # Strict promotion: the target configuration of conftest.py (this test pins what fails until then)
 # ----------------------------------------------------------------------------------------------------------
 
-STRICT_CONFIGS = [Config(cells=("lif",), readout="leaky"), Config(cells=("lif",), readout="linear"),
-                  Config(cells=("gru",), readout="leaky"), Config(cells=("lif",), readout="leaky", dtype="float32")]
+STRICT_CONFIGS = [
+    Config(cells=("lif",), readout="leaky"),
+    Config(cells=("lif",), readout="linear"),
+    Config(cells=("gru",), readout="leaky"),
+    Config(cells=("lif",), readout="leaky", dtype="float32"),
+]
 
 
 def _where(error):
@@ -125,8 +129,10 @@ def _where(error):
     return f"{f.filename.split('eproptax')[-1].lstrip('/')}:{f.lineno}: {f.line}"
 
 
-PROMOTION = {"rank_raise": lambda: jax.numpy_rank_promotion("raise"),
-             "dtype_strict": lambda: jax.numpy_dtype_promotion("strict")}
+PROMOTION = {
+    "rank_raise": lambda: jax.numpy_rank_promotion("raise"),
+    "dtype_strict": lambda: jax.numpy_dtype_promotion("strict"),
+}
 
 
 @pytest.mark.parametrize("mode", list(PROMOTION))
@@ -143,8 +149,10 @@ def test_runs_under_strict_promotion(rule, mode):
                     jax.eval_shape(RULES[rule](prob.model, mse, **kwargs), prob.params, prob.inputs, prob.targets)
             except Exception as error:  # noqa: BLE001 - every failure is reported below
                 message = str(error).splitlines()[0][:100]
-                failures.append(f"{cfg.id} {cfg.dtype}{' reg' if reg else ''}: {type(error).__name__} at "
-                                f"{_where(error)} ({message})")
+                failures.append(
+                    f"{cfg.id} {cfg.dtype}{' reg' if reg else ''}: {type(error).__name__} at "
+                    f"{_where(error)} ({message})"
+                )
     assert not failures, "\n".join(failures)
 
 

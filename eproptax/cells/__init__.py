@@ -3,6 +3,8 @@
 from .._cell import Cell as Cell
 from .._cell import make_cell as make_cell
 from .._cell import stack as stack
+from .._flax import from_flax as from_flax
+from .._flax import from_nnx as from_nnx
 from ._classic import GRUState as GRUState
 from ._classic import LSTMState as LSTMState
 from ._classic import RNNState as RNNState
@@ -18,5 +20,3 @@ from ._spiking import alif as alif
 from ._spiking import lif as lif
 from ._surrogate import SURROGATES as SURROGATES
 from ._surrogate import spike_fn as spike_fn
-from .._flax import from_flax as from_flax
-from .._flax import from_nnx as from_nnx

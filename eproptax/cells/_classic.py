@@ -78,9 +78,15 @@ def rnn(n_in: int, n_rec: int, *, dtype=jnp.float32) -> Cell:
     def synapse(params, x, z_prev):
         return (_dense(params, "i", x) + _dense(params, "h", z_prev))[:, None]
 
-    return make_cell(n_in=n_in, n_out=n_rec, init=_dense_init({"i": True, "h": False}, n_in, n_rec, dtype),
-                     init_carry=_state_carry(RNNState, 1, n_rec, "i"), synapse=synapse,
-                     dynamics=lambda h, a: RNNState(jnp.tanh(a[:, 0]).astype(h.h.dtype)), output=lambda h: h.h)
+    return make_cell(
+        n_in=n_in,
+        n_out=n_rec,
+        init=_dense_init({"i": True, "h": False}, n_in, n_rec, dtype),
+        init_carry=_state_carry(RNNState, 1, n_rec, "i"),
+        synapse=synapse,
+        dynamics=lambda h, a: RNNState(jnp.tanh(a[:, 0]).astype(h.h.dtype)),
+        output=lambda h: h.h,
+    )
 
 
 def lstm(n_in: int, n_rec: int, *, dtype=jnp.float32) -> Cell:
@@ -95,8 +101,10 @@ def lstm(n_in: int, n_rec: int, *, dtype=jnp.float32) -> Cell:
     gates = "ifgo"
 
     def synapse(params, x, z_prev):
-        return (_dense_group(params, tuple("i" + g for g in gates), x)
-                + _dense_group(params, tuple("h" + g for g in gates), z_prev)).T
+        return (
+            _dense_group(params, tuple("i" + g for g in gates), x)
+            + _dense_group(params, tuple("h" + g for g in gates), z_prev)
+        ).T
 
     def dynamics(h, a):
         i, f, g, o = jax.nn.sigmoid(a[:, 0]), jax.nn.sigmoid(a[:, 1]), jnp.tanh(a[:, 2]), jax.nn.sigmoid(a[:, 3])
@@ -104,8 +112,15 @@ def lstm(n_in: int, n_rec: int, *, dtype=jnp.float32) -> Cell:
         return LSTMState(c.astype(h.c.dtype), (o * jnp.tanh(c)).astype(h.h.dtype))
 
     init = _dense_init({**{"i" + g: False for g in gates}, **{"h" + g: True for g in gates}}, n_in, n_rec, dtype)
-    return make_cell(n_in=n_in, n_out=n_rec, init=init, init_carry=_state_carry(LSTMState, 2, n_rec, "hi"),
-                     synapse=synapse, dynamics=dynamics, output=lambda h: h.h)
+    return make_cell(
+        n_in=n_in,
+        n_out=n_rec,
+        init=init,
+        init_carry=_state_carry(LSTMState, 2, n_rec, "hi"),
+        synapse=synapse,
+        dynamics=dynamics,
+        output=lambda h: h.h,
+    )
 
 
 def gru(n_in: int, n_rec: int, *, dtype=jnp.float32) -> Cell:
@@ -130,5 +145,12 @@ def gru(n_in: int, n_rec: int, *, dtype=jnp.float32) -> Cell:
         return GRUState(((1.0 - u) * n + u * h.h).astype(h.h.dtype))
 
     init = _dense_init({"ir": True, "iz": True, "in": True, "hr": False, "hz": False, "hn": True}, n_in, n_rec, dtype)
-    return make_cell(n_in=n_in, n_out=n_rec, init=init, init_carry=_state_carry(GRUState, 1, n_rec, "hr"),
-                     synapse=synapse, dynamics=dynamics, output=lambda h: h.h)
+    return make_cell(
+        n_in=n_in,
+        n_out=n_rec,
+        init=init,
+        init_carry=_state_carry(GRUState, 1, n_rec, "hr"),
+        synapse=synapse,
+        dynamics=dynamics,
+        output=lambda h: h.h,
+    )

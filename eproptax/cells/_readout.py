@@ -36,8 +36,9 @@ def _readout_carry(n_out):
     return lambda params: ReadoutState(jnp.zeros(n_out, params["w_out"].dtype))
 
 
-def leaky_readout(n_in: int, n_out: int, *, tau_out=30.0, dt=1.0, zeta_out=None, bias: bool = False,
-                  dtype=jnp.float32) -> Cell:
+def leaky_readout(
+    n_in: int, n_out: int, *, tau_out=30.0, dt=1.0, zeta_out=None, bias: bool = False, dtype=jnp.float32
+) -> Cell:
     """Leaky integrator readout neurons (e-prop's output neurons, NEST's ``eprop_readout_bsshslm_2020``).
 
     With ``kappa = exp(-dt / tau_out)`` and ``zeta_out = 1 - kappa`` by default::
@@ -57,9 +58,16 @@ def leaky_readout(n_in: int, n_out: int, *, tau_out=30.0, dt=1.0, zeta_out=None,
     def dynamics(h, a):
         return ReadoutState((kappa * h.y + gain * a[:, 0]).astype(h.y.dtype))
 
-    return make_cell(n_in=n_in, n_out=n_out, init=_readout_init(n_in, n_out, bias, dtype),
-                     init_carry=_readout_carry(n_out), synapse=_readout_synapse, dynamics=dynamics,
-                     output=lambda h: h.y, leak=(kappa, gain))
+    return make_cell(
+        n_in=n_in,
+        n_out=n_out,
+        init=_readout_init(n_in, n_out, bias, dtype),
+        init_carry=_readout_carry(n_out),
+        synapse=_readout_synapse,
+        dynamics=dynamics,
+        output=lambda h: h.y,
+        leak=(kappa, gain),
+    )
 
 
 def readout(n_in: int, n_out: int, *, bias: bool = True, dtype=jnp.float32) -> Cell:
@@ -71,6 +79,12 @@ def readout(n_in: int, n_out: int, *, bias: bool = True, dtype=jnp.float32) -> C
     Returns:
       A neuron :class:`Cell` with params ``{"w_out": (n_out, n_in), "b_out": (n_out,)}``.
     """
-    return make_cell(n_in=n_in, n_out=n_out, init=_readout_init(n_in, n_out, bias, dtype),
-                     init_carry=_readout_carry(n_out), synapse=_readout_synapse,
-                     dynamics=lambda h, a: ReadoutState(a[:, 0].astype(h.y.dtype)), output=lambda h: h.y)
+    return make_cell(
+        n_in=n_in,
+        n_out=n_out,
+        init=_readout_init(n_in, n_out, bias, dtype),
+        init_carry=_readout_carry(n_out),
+        synapse=_readout_synapse,
+        dynamics=lambda h, a: ReadoutState(a[:, 0].astype(h.y.dtype)),
+        output=lambda h: h.y,
+    )

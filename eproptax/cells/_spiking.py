@@ -135,9 +135,15 @@ def lif(
         return LIFState(jnp.zeros(n_rec, dt_), jnp.zeros(n_rec, jnp.int32))
 
     return make_cell(
-        n_in=n_in, n_out=n_rec, init=_recurrent_init(n_in, n_rec, autapses, dtype), init_carry=init_carry,
-        synapse=_recurrent_synapse(n_rec, autapses), dynamics=dynamics, output=output,
-        leak=(alpha, gain) if detach_reset else None)
+        n_in=n_in,
+        n_out=n_rec,
+        init=_recurrent_init(n_in, n_rec, autapses, dtype),
+        init_carry=init_carry,
+        synapse=_recurrent_synapse(n_rec, autapses),
+        dynamics=dynamics,
+        output=output,
+        leak=(alpha, gain) if detach_reset else None,
+    )
 
 
 def alif(
@@ -196,14 +202,21 @@ def alif(
         reset = jax.lax.stop_gradient(z_prev) if detach_reset else z_prev
         v = alpha * h.v + gain * a[:, 0] - threshold * reset
         adapt = rho * h.a + z_prev
-        return ALIFState(v.astype(h.v.dtype), adapt.astype(h.a.dtype),
-                         _refractory_counter(z_prev, h.refractory, n_refractory))
+        return ALIFState(
+            v.astype(h.v.dtype), adapt.astype(h.a.dtype), _refractory_counter(z_prev, h.refractory, n_refractory)
+        )
 
     def init_carry(params):
         dt_ = params["w_in"].dtype
         return ALIFState(jnp.zeros(n_rec, dt_), jnp.zeros(n_rec, dt_), jnp.zeros(n_rec, jnp.int32))
 
     return make_cell(
-        n_in=n_in, n_out=n_rec, init=_recurrent_init(n_in, n_rec, autapses, dtype), init_carry=init_carry,
-        synapse=_recurrent_synapse(n_rec, autapses), dynamics=dynamics, output=output,
-        leak=((alpha, gain), None) if detach_reset else None)
+        n_in=n_in,
+        n_out=n_rec,
+        init=_recurrent_init(n_in, n_rec, autapses, dtype),
+        init_carry=init_carry,
+        synapse=_recurrent_synapse(n_rec, autapses),
+        dynamics=dynamics,
+        output=output,
+        leak=((alpha, gain), None) if detach_reset else None,
+    )

@@ -4,7 +4,7 @@ Written with ``jax.custom_jvp`` (never ``custom_vjp``) so that forward-mode rule
 through a spike and reverse mode transposes the same linear rule.
 """
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

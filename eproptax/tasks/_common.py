@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Optional
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -47,7 +48,7 @@ class Task(NamedTuple):
     n_out: int
     time_steps: int
     metric_name: str
-    reg: Optional[FiringRateReg] = None
+    reg: FiringRateReg | None = None
 
     @property
     def higher_is_better(self) -> bool:
@@ -131,9 +132,22 @@ def mse(outputs: Array, targets: Targets) -> Array:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def network(key: PRNGKey, n_in: int, n_out: int, *, cell: str = "lif", n_rec: int = 64, layers: int = 1,
-            readout: Optional[str] = None, tau_out=20.0, input_scale=1.0, rec_scale=1.0,
-            adaptive_fraction: float = 1.0, dtype=jnp.float32, **cell_options) -> tuple[Cell, Params]:
+def network(
+    key: PRNGKey,
+    n_in: int,
+    n_out: int,
+    *,
+    cell: str = "lif",
+    n_rec: int = 64,
+    layers: int = 1,
+    readout: str | None = None,
+    tau_out=20.0,
+    input_scale=1.0,
+    rec_scale=1.0,
+    adaptive_fraction: float = 1.0,
+    dtype=jnp.float32,
+    **cell_options,
+) -> tuple[Cell, Params]:
     """A stack of ``layers`` recurrent layers and a readout, and its initial parameters.
 
     Args:
@@ -189,14 +203,30 @@ def network(key: PRNGKey, n_in: int, n_out: int, *, cell: str = "lif", n_rec: in
     model = cells.stack(*stack)
     params = model.init(key)
     if cell in SPIKING:
-        params = tuple({**p, "w_in": p["w_in"] * jnp.asarray(input_scale, dtype),
-                        "w_rec": p["w_rec"] * jnp.asarray(rec_scale, dtype)} if "w_rec" in p else p
-                       for p in params)
+        params = tuple(
+            {
+                **p,
+                "w_in": p["w_in"] * jnp.asarray(input_scale, dtype),
+                "w_rec": p["w_rec"] * jnp.asarray(rec_scale, dtype),
+            }
+            if "w_rec" in p
+            else p
+            for p in params
+        )
     return model, params
 
 
-NETWORK_OPTIONS = ("cell", "n_rec", "layers", "readout", "tau_out", "input_scale", "rec_scale", "adaptive_fraction",
-                   "dtype")
+NETWORK_OPTIONS = (
+    "cell",
+    "n_rec",
+    "layers",
+    "readout",
+    "tau_out",
+    "input_scale",
+    "rec_scale",
+    "adaptive_fraction",
+    "dtype",
+)
 ALIF_ONLY = ("beta", "tau_adapt")
 
 
@@ -210,8 +240,11 @@ def with_defaults(n_in: int, n_out: int, **defaults):
 
     def build(key, **options):
         cell = options.get("cell", defaults.get("cell"))
-        kept = {k: v for k, v in defaults.items()
-                if k in NETWORK_OPTIONS or (cell in SPIKING and (cell == "alif" or k not in ALIF_ONLY))}
+        kept = {
+            k: v
+            for k, v in defaults.items()
+            if k in NETWORK_OPTIONS or (cell in SPIKING and (cell == "alif" or k not in ALIF_ONLY))
+        }
         return network(key, n_in, n_out, **{**kept, **options})
 
     return build

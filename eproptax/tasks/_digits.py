@@ -16,15 +16,25 @@ def _load_digits():
     try:
         from sklearn.datasets import load_digits
     except ImportError as error:  # pragma: no cover - depends on the environment
-        raise ImportError("tasks.digits needs scikit-learn, which ships the 8x8 digits: "
-                          "pip install 'eproptax[datasets]' (or pip install scikit-learn).") from error
+        raise ImportError(
+            "tasks.digits needs scikit-learn, which ships the 8x8 digits: "
+            "pip install 'eproptax[datasets]' (or pip install scikit-learn)."
+        ) from error
     data = load_digits()
     order = np.random.RandomState(0).permutation(len(data.target))
     return data.images[order] / 16.0, data.target[order]
 
 
-def digits(*, split: str = "train", encoding: str = "spikes", row_steps: int = 5, recall_steps: int = 10,
-           max_rate: float = 0.5, n_population: int = 4, dtype=jnp.float32) -> Task:
+def digits(
+    *,
+    split: str = "train",
+    encoding: str = "spikes",
+    row_steps: int = 5,
+    recall_steps: int = 10,
+    max_rate: float = 0.5,
+    n_population: int = 4,
+    dtype=jnp.float32,
+) -> Task:
     """The 8x8 handwritten digits read row by row, as spikes or as analog values, classified at the end.
 
     Each image (scikit-learn's ``load_digits``: 1797 images of 8 x 8 pixels with 17 grey levels, bundled
@@ -81,9 +91,22 @@ def digits(*, split: str = "train", encoding: str = "spikes", row_steps: int = 5
         return jax.vmap(sample_one)(jax.random.split(key, batch_size))
 
     if encoding == "spikes":
-        network = with_defaults(n_in, 10, cell="alif", n_rec=100, adaptive_fraction=0.5, tau_out=10.0,
-                                input_scale=0.3, dtype=dtype, tau_mem=20.0, tau_adapt=float(time_steps), beta=0.05,
-                                threshold=0.6, zeta=1.0, surrogate_height=0.3 / 0.6)
+        network = with_defaults(
+            n_in,
+            10,
+            cell="alif",
+            n_rec=100,
+            adaptive_fraction=0.5,
+            tau_out=10.0,
+            input_scale=0.3,
+            dtype=dtype,
+            tau_mem=20.0,
+            tau_adapt=float(time_steps),
+            beta=0.05,
+            threshold=0.6,
+            zeta=1.0,
+            surrogate_height=0.3 / 0.6,
+        )
         reg = FiringRateReg(c_reg=1.0, f_target=0.02)
     else:
         network = with_defaults(n_in, 10, cell="lstm", n_rec=64, dtype=dtype)

@@ -9,10 +9,20 @@ from .._engine import FiringRateReg
 from ._common import Task, batched, cross_entropy, poisson, window_accuracy, window_mask, with_defaults
 
 
-def evidence_accumulation(*, n_cues: int = 7, dt: float = 1.0, cue_ms: float = 100.0, spacing_ms: float = 50.0,
-                          delay_ms: float = 1050.0, recall_ms: float = 150.0, rate_hz: float = 40.0,
-                          noise_hz: float = 10.0, prob_minority: float = 0.3, n_population: int = 10,
-                          dtype=jnp.float32) -> Task:
+def evidence_accumulation(
+    *,
+    n_cues: int = 7,
+    dt: float = 1.0,
+    cue_ms: float = 100.0,
+    spacing_ms: float = 50.0,
+    delay_ms: float = 1050.0,
+    recall_ms: float = 150.0,
+    rate_hz: float = 40.0,
+    noise_hz: float = 10.0,
+    prob_minority: float = 0.3,
+    n_population: int = 10,
+    dtype=jnp.float32,
+) -> Task:
     """Evidence accumulation: count left and right cues over seconds, answer after a delay.
 
     A virtual agent runs along a corridor and sees ``n_cues`` cues, each on its left or its right; after a
@@ -84,9 +94,23 @@ def evidence_accumulation(*, n_cues: int = 7, dt: float = 1.0, cue_ms: float = 1
     alpha = 1.0 - float(jnp.exp(-dt / 20.0))
     rho = 1.0 - float(jnp.exp(-dt / tau_adapt))
     network = with_defaults(
-        n_in, 2, cell="alif", n_rec=100, adaptive_fraction=0.5, tau_out=20.0, dtype=dtype, dt=dt, tau_mem=20.0,
-        tau_adapt=tau_adapt, beta=1.7 * rho / alpha, threshold=0.6, zeta=1.0, surrogate_height=0.3 / 0.6,
-        n_refractory=max(int(round(5.0 / dt)) - 1, 0))
+        n_in,
+        2,
+        cell="alif",
+        n_rec=100,
+        adaptive_fraction=0.5,
+        tau_out=20.0,
+        dtype=dtype,
+        dt=dt,
+        tau_mem=20.0,
+        tau_adapt=tau_adapt,
+        beta=1.7 * rho / alpha,
+        threshold=0.6,
+        zeta=1.0,
+        surrogate_height=0.3 / 0.6,
+        n_refractory=max(int(round(5.0 / dt)) - 1, 0),
+    )
     reg = FiringRateReg(c_reg=1.0, f_target=10.0 * dt / 1000.0)
-    return Task("evidence", batched(sample_one), cross_entropy, window_accuracy, network, n_in, 2, time_steps,
-                "accuracy", reg)
+    return Task(
+        "evidence", batched(sample_one), cross_entropy, window_accuracy, network, n_in, 2, time_steps, "accuracy", reg
+    )

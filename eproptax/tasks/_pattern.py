@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -11,9 +11,16 @@ from .._engine import FiringRateReg
 from ._common import Task, nmse, poisson, squared_error, with_defaults
 
 
-def pattern_generation(*, n_in: int = 100, n_out: int = 1, time_steps: int = 1000, rate: float = 0.05,
-                       periods: Sequence[float] = (1000.0, 500.0, 333.0, 200.0), seed: int = 0,
-                       dtype=jnp.float32) -> Task:
+def pattern_generation(
+    *,
+    n_in: int = 100,
+    n_out: int = 1,
+    time_steps: int = 1000,
+    rate: float = 0.05,
+    periods: Sequence[float] = (1000.0, 500.0, 333.0, 200.0),
+    seed: int = 0,
+    dtype=jnp.float32,
+) -> Task:
     """Pattern generation: a recurrent network turns one frozen input spike pattern into a fixed signal.
 
     The input is a frozen Poisson pattern, ``n_in`` neurons firing with probability ``rate`` per step, the
@@ -60,7 +67,6 @@ def pattern_generation(*, n_in: int = 100, n_out: int = 1, time_steps: int = 100
         tile = lambda a: jnp.broadcast_to(a[None], (batch_size,) + a.shape)
         return tile(inputs), {"y": tile(y), "mask": tile(mask)}
 
-    network = with_defaults(n_in, n_out, cell="lif", n_rec=100, tau_out=30.0, tau_mem=30.0, threshold=0.03,
-                            dtype=dtype)
+    network = with_defaults(n_in, n_out, cell="lif", n_rec=100, tau_out=30.0, tau_mem=30.0, threshold=0.03, dtype=dtype)
     reg = FiringRateReg(c_reg=0.1, f_target=0.01)
     return Task("pattern", sample, squared_error, nmse, network, n_in, n_out, time_steps, "nmse", reg)

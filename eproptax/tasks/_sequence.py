@@ -44,8 +44,9 @@ def delayed_copy(*, n_symbols: int = 4, length: int = 5, delay: int = 10, dtype=
         return inputs, {"label": label, "mask": window_mask(recall, dtype)}
 
     network = with_defaults(n_in, n_symbols, cell="lstm", n_rec=32, dtype=dtype)
-    return Task("copy", batched(sample_one), cross_entropy, step_accuracy, network, n_in, n_symbols, time_steps,
-                "accuracy")
+    return Task(
+        "copy", batched(sample_one), cross_entropy, step_accuracy, network, n_in, n_symbols, time_steps, "accuracy"
+    )
 
 
 def adding(*, time_steps: int = 30, dtype=jnp.float32) -> Task:

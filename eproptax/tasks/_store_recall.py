@@ -9,8 +9,15 @@ from .._engine import FiringRateReg
 from ._common import Task, batched, cross_entropy, poisson, window_accuracy, window_mask, with_defaults
 
 
-def store_recall(*, n_periods: int = 8, period_steps: int = 20, rate: float = 0.2, noise_rate: float = 0.01,
-                 n_population: int = 10, dtype=jnp.float32) -> Task:
+def store_recall(
+    *,
+    n_periods: int = 8,
+    period_steps: int = 20,
+    rate: float = 0.2,
+    noise_rate: float = 0.01,
+    n_population: int = 10,
+    dtype=jnp.float32,
+) -> Task:
     """Store-recall: remember the bit shown at the STORE command, report it at the RECALL command.
 
     The sequence has ``n_periods`` periods of ``period_steps`` steps (Bellec et al. 2018, Fig. 2, in the
@@ -59,9 +66,32 @@ def store_recall(*, n_periods: int = 8, period_steps: int = 20, rate: float = 0.
         targets = {"label": jnp.full((time_steps,), label, jnp.int32), "mask": window_mask(period == recall, dtype)}
         return inputs, targets
 
-    network = with_defaults(n_in, 2, cell="alif", n_rec=60, adaptive_fraction=0.5, tau_out=20.0, input_scale=0.3,
-                            dtype=dtype, tau_mem=20.0, tau_adapt=float(time_steps), beta=0.1, threshold=0.6,
-                            zeta=1.0, surrogate_height=0.3 / 0.6)
+    network = with_defaults(
+        n_in,
+        2,
+        cell="alif",
+        n_rec=60,
+        adaptive_fraction=0.5,
+        tau_out=20.0,
+        input_scale=0.3,
+        dtype=dtype,
+        tau_mem=20.0,
+        tau_adapt=float(time_steps),
+        beta=0.1,
+        threshold=0.6,
+        zeta=1.0,
+        surrogate_height=0.3 / 0.6,
+    )
     reg = FiringRateReg(c_reg=1.0, f_target=0.02)
-    return Task("store_recall", batched(sample_one), cross_entropy, window_accuracy, network, n_in, 2, time_steps,
-                "accuracy", reg)
+    return Task(
+        "store_recall",
+        batched(sample_one),
+        cross_entropy,
+        window_accuracy,
+        network,
+        n_in,
+        2,
+        time_steps,
+        "accuracy",
+        reg,
+    )
