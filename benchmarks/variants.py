@@ -26,7 +26,7 @@ import jax
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import interleaved_slopes, parser, results_dir, save  # noqa: E402
 
-import eproptax._traces as _traces  # noqa: E402
+import eproptax._tricks as _tricks  # noqa: E402
 from eproptax._bench import RULES, build, problem  # noqa: E402
 
 SPECS = {spec.name: spec for spec in RULES}
@@ -35,12 +35,12 @@ LENGTHS = (10, 40)
 
 @contextlib.contextmanager
 def without_formed_once():
-    saved = _traces.formed_once
-    _traces.formed_once = lambda tree: tree
+    saved = _tricks.formed_once
+    _tricks.formed_once = lambda tree: tree
     try:
         yield
     finally:
-        _traces.formed_once = saved
+        _tricks.formed_once = saved
 
 
 def variants(name):

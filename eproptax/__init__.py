@@ -7,8 +7,6 @@ from ._bptt import bptt as bptt
 from ._cell import Cell as Cell
 from ._checks import check_finite as check_finite
 from ._deep_eprop import deep_eprop as deep_eprop
-from ._engine import DEFAULT_CHUNK as DEFAULT_CHUNK
-from ._engine import DEFAULT_UNROLL as DEFAULT_UNROLL
 from ._engine import FiringRateReg as FiringRateReg
 from ._engine import OnlineRule as OnlineRule
 from ._engine import OnlineState as OnlineState
@@ -19,5 +17,7 @@ from ._eprop import random_feedback as random_feedback
 from ._eprop_m import eprop_m as eprop_m
 from ._rtrl import rtrl as rtrl
 from ._train import train as train
+from ._tricks import DEFAULT_CHUNK as DEFAULT_CHUNK
+from ._tricks import DEFAULT_UNROLL as DEFAULT_UNROLL
 
 __version__ = "0.1.0"

@@ -33,17 +33,17 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.flatten_util import ravel_pytree
 
 from . import cells
 from ._bptt import bptt
 from ._cell import layers_of
 from ._compare import Problem, alignment, spiking_problem
 from ._deep_eprop import deep_eprop, online_deep_eprop
-from ._engine import DEFAULT_UNROLL, sequence_loss
+from ._engine import accum_dtype, sequence_loss
 from ._eprop import eprop, online_eprop
 from ._eprop_m import eprop_m, online_eprop_m
 from ._rtrl import online_rtrl, rtrl
+from ._tricks import DEFAULT_UNROLL
 
 CELLS = ("lif", "alif", "lstm", "gru")
 MIB = 2.0**20
@@ -341,47 +341,17 @@ def influence_shape(state) -> tuple[int, int, int]:
 
 
 def useful_work(online, prob: Problem, kind: str) -> dict:
-    """The minimum work of one step of an online rule: bytes it must move and matmul FLOPs it must do.
-
-    * bytes: the online state (traces, gradient accumulators, carry) is read and written once per step,
-      ``2 * |state|``. That is the whole cost of a trace update (e-prop's traces are elementwise updates).
-    * FLOPs: RTRL's influence update is the product of the dense ``C x C`` carry Jacobian with the
-      ``C x |theta|`` influence matrix, ``2 B |theta| C^2``. A dense level of eprop_m (order >= 1) or deep
-      e-prop's cross-layer influence, ``n_l`` rows of ``P`` columns (stored ``(n_l, s_l, n_p, k_p, m_p)``),
-      receives each source level through a synapse of ``k_l`` gates: a product, ``2 B n_l k_l P n_src``,
-      when the source is itself dense; when it is a compact own level-0 trace (level 1 from level 0, or
-      layer ``p + 1``'s level 0 from layer ``p``'s), each synapse moves only its own neuron and the push is
-      an elementwise scaling, which the bytes already count.
-    """
-    state = jax.eval_shape(lambda params: online.init(params, prob.inputs.shape[0]), prob.params)
-    nbytes = 2 * _tree_bytes(state)
-    flops = 0.0
-    if kind == "rtrl":
-        batch, n_carry, _ = influence_shape(state)
-        flops = 2.0 * batch * ravel_pytree(prob.params)[0].size * n_carry**2
-    elif kind == "traces":
-        recurrent = layers_of(prob.model)[:-1]
-        influence = state.traces.influence
-        is_dense = lambda level: not isinstance(level, tuple)  # own level-0 traces are tuples of arrays
-        for (l, p), levels in influence.items():
-            n = recurrent[l].n_out
-            a = jax.eval_shape(
-                recurrent[l].synapse,
-                prob.params[l],
-                jax.ShapeDtypeStruct((recurrent[l].n_in,), prob.inputs.dtype),
-                jax.ShapeDtypeStruct((n,), prob.inputs.dtype),
-            )
-            k = a.shape[1]
-            for order, level in enumerate(levels):
-                if not is_dense(level):
-                    continue
-                batch, rows, columns = level.shape[0], level.shape[1], math.prod(level.shape[3:])
-                # its sources: level order - 1 of (l, p) (the explicit edge), level order of (l - 1, p) (below)
-                if order >= 1 and is_dense(levels[order - 1]):
-                    flops += 2.0 * batch * rows * k * columns * n
-                if l > p and is_dense(influence[(l - 1, p)][order]):
-                    flops += 2.0 * batch * rows * k * columns * recurrent[l - 1].n_out
-    return dict(state_bytes=nbytes // 2, bytes=nbytes, flops=flops)
+    """The minimum work of one step of an online rule, as its plan reports it (``online.plan.cost``): the
+    bytes it must move (its state read and written once) and the matmul FLOPs it must do (RTRL's
+    ``2 B |theta| C^2``; a dense level of the e-prop family pushed from a dense source, ``2 B n_l k_l P
+    n_src``; 0 for elementwise trace updates). ``kind`` is kept for the callers; a rule without a plan
+    counts its state's bytes and no FLOPs."""
+    batch, itemsize = prob.inputs.shape[0], jnp.dtype(accum_dtype(prob.params)).itemsize
+    if online.plan is not None:
+        cost = online.plan.cost(batch, itemsize)
+        return dict(state_bytes=cost.state_bytes, bytes=cost.bytes, flops=cost.flops)
+    state = jax.eval_shape(lambda params: online.init(params, batch), prob.params)
+    return dict(state_bytes=_tree_bytes(state), bytes=2 * _tree_bytes(state), flops=0.0)
 
 
 def roofline(online, prob: Problem, kind: str, per_step_s: float | None, hw: dict) -> dict:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ._cell import Cell
 from ._engine import FiringRateReg, OnlineRule, scan_rule
-from ._traces import gated, online_traces
+from ._traces import online_traces
 from ._typing import GradFn, LossFn
 
 DEPTHS = ("full", "collapsed", "spatial")
@@ -101,5 +101,4 @@ def deep_eprop(
         online_deep_eprop(model, loss, depth=depth, order=order, feedback=feedback, reg=reg),
         unroll,
         chunk,
-        gated(model),
     )

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import _tricks as tricks
 from ._cell import Cell, is_neuron, layers_of
 from ._typing import Array, LossFn, Params
 
@@ -45,6 +46,8 @@ class OnlineState(NamedTuple):
       reg_traces: per-example sums of the rule's estimate of d outputs / d params (for the regulariser),
         or ``()``.
       steps: number of steps accumulated since the last reset.
+      key: the random key of a rule that draws noise (``init(..., key=key)``), split by its ``step``;
+        ``None`` for a rule given none. It is not batched: one key serves the whole batch.
     """
 
     carry: Any
@@ -54,13 +57,15 @@ class OnlineState(NamedTuple):
     spikes: Any
     reg_traces: Any
     steps: Array
+    key: Any = None
 
 
 class OnlineRule(NamedTuple):
     """The per-step form of a forward-mode rule (``ep.online.*``).
 
     Attributes:
-      init: ``init(params, batch_size) -> OnlineState``.
+      init: ``init(params, batch_size, key=None) -> OnlineState``; ``key``, a ``jax.random.key``, is kept in
+        the state (``state.key``) for a rule that draws noise, and may be left out by any other.
       step: ``step(params, state, inputs_t, targets_t) -> (state, outputs_t)`` with ``inputs_t`` of
         shape ``(batch, n_in)`` and ``targets_t`` a pytree of leaves with leading axis ``batch``.
       result: ``result(params, state) -> (loss, grads)``: the accumulated loss and its gradient estimate,
@@ -75,6 +80,9 @@ class OnlineRule(NamedTuple):
         (``inputs`` ``(batch, K, n_in)``, target leaves ``(batch, K, ...)``), the state that ``K`` calls of
         ``step`` reach, up to rounding; ``None`` for a rule without that form. The whole-sequence view
         runs its sequence in chunks of its ``chunk`` steps with it (:func:`scan_rule`).
+      plan: the rule's static plan (for the e-prop family a :class:`~eproptax._plan.TracePlan`), or
+        ``None``: printed, it shows what the rule carries, and ``plan.cost(batch_size)`` the least work of one
+        step (:class:`~eproptax._plan.StepCost`), which ``eproptax bench`` reads.
     """
 
     init: Callable[[Params, int], OnlineState]
@@ -83,6 +91,7 @@ class OnlineRule(NamedTuple):
     reset: Callable[[OnlineState], OnlineState]
     batch_axes: Callable[[OnlineState], Any] = None
     chunk: Callable[[Params, OnlineState, Array, Any], OnlineState] = None
+    plan: Any = None
 
     def axes(self, state: OnlineState) -> Any:
         """``batch_axes(state)``, or the default (batch first on every per-example leaf) when unset."""
@@ -92,7 +101,9 @@ class OnlineRule(NamedTuple):
 def leading_batch_axes(state: OnlineState, traces: Any = 0, reg_traces: Any = 0) -> OnlineState:
     """The batch axes of an online state (see :class:`OnlineRule`): first on every per-example leaf, or as
     ``traces`` and ``reg_traces`` say."""
-    return OnlineState(carry=0, traces=traces, grads=None, loss=None, spikes=0, reg_traces=reg_traces, steps=None)
+    return OnlineState(
+        carry=0, traces=traces, grads=None, loss=None, spikes=0, reg_traces=reg_traces, steps=None, key=None
+    )
 
 
 def batch_sharding(rule: OnlineRule, state: OnlineState, mesh: jax.sharding.Mesh, axis_name: str) -> OnlineState:
@@ -114,7 +125,8 @@ def batch_sharding(rule: OnlineRule, state: OnlineState, mesh: jax.sharding.Mesh
 
 
 def reset(state: OnlineState) -> OnlineState:
-    """Zeroes the accumulators of an online state (see :class:`OnlineRule`)."""
+    """Zeroes the accumulators of an online state (see :class:`OnlineRule`); the carry, the traces and the
+    key go on."""
     zeros = lambda tree: jax.tree_util.tree_map(jnp.zeros_like, tree)
     return state._replace(
         grads=zeros(state.grads),
@@ -200,7 +212,7 @@ def sequence_loss(model: Cell, loss: LossFn, *, reg: FiringRateReg | None = None
                 z = recurrent_outputs(model, carry) if reg is not None else ()
                 return carry, (loss(out, xt[1]), z)
 
-            _, (losses, zs) = scan(body, model.init_carry(params), (x_seq, target_seq), unroll=unroll)
+            _, (losses, zs) = tricks.scan(body, model.init_carry(params), (x_seq, target_seq), unroll=unroll)
             dtype = accum_dtype(params)
             total = jnp.sum(losses.astype(dtype))
             if reg is not None:
@@ -311,39 +323,8 @@ def check_loss(where: str, model: Cell, loss: LossFn, params: Params, target_t: 
 
 
 def time_major(tree: Any) -> Any:
+    """Every leaf with its first two axes swapped: ``(B, T, ...)`` as ``(T, B, ...)``."""
     return jax.tree_util.tree_map(lambda a: jnp.swapaxes(a, 0, 1), tree)
-
-
-# Time steps per iteration of the scan for ``unroll=None``, per platform (``lax.platform_dependent``'s names),
-# 1 on the others. Measured in interleaved rounds (docs/design.md): on the CPU every value above 1 loses
-# somewhere (``benchmarks/unroll.py``, up to 2.7x slower); on an H200 4 made every measured rule 1.2x to
-# 2.0x faster (``benchmarks/variants.py``), for about 3x the compile time and up to 2.8x the online rules'
-# peak memory (pass ``unroll=1`` where those bind). TPU and ROCm are unmeasured. Read when a rule is
-# traced: setting an entry (``ep.DEFAULT_UNROLL["tpu"] = 8``) changes the default of the functions traced
-# afterwards.
-DEFAULT_UNROLL = {"cpu": 1, "cuda": 4}
-
-
-def scan(f: Callable, init, xs, length: int | None = None, unroll: int | None = None):
-    """``lax.scan(f, init, xs, length, unroll)``; ``unroll=None`` takes the lowering platform's
-    :data:`DEFAULT_UNROLL`. Each distinct value is staged out (``lax.platform_dependent``, with ``f`` traced
-    once) and the choice is made when the function is lowered, so a compiled program holds one loop."""
-    if unroll is not None:
-        return jax.lax.scan(f, init, xs, length=length, unroll=unroll)
-
-    def with_unroll(u):
-        return lambda init, xs: jax.lax.scan(f, init, xs, length=length, unroll=u)
-
-    branches = {platform: with_unroll(u) for platform, u in DEFAULT_UNROLL.items() if u != 1}  # 1: the default
-    return jax.lax.platform_dependent(init, xs, default=with_unroll(1), **branches)
-
-
-# Time steps per chunk for ``chunk=None`` (:func:`scan_rule`), per platform as :data:`DEFAULT_UNROLL`, 1 (no
-# chunks) on the others, for the networks with a gated recurrent layer (GRU, LSTM; ``_traces.gated``) only.
-# On the CPU 64 steps made every gated network measured 1.05x to 2.1x faster (hidden 16 to 256, batch 1 to
-# 32) but LIF and ALIF networks of 32 0.85x as fast (benchmarks/chunking.py, benchmarks/README.md). No
-# accelerator has measured it. Read when a rule is traced, as DEFAULT_UNROLL.
-DEFAULT_CHUNK = {"cpu": 64}
 
 
 def check_chunk(where: str, chunk, online: OnlineRule) -> None:
@@ -366,60 +347,63 @@ def scan_rule(
     online: OnlineRule,
     unroll: int | None = None,
     chunk: int | None = None,
-    default_chunks: bool = False,
 ):
     """The whole-sequence view of an online rule: ``init``, a ``lax.scan`` over the steps, ``result``.
 
     ``unroll`` time steps run per iteration of the scan (``lax.scan``'s ``unroll``): XLA may then fuse work
     across steps and the loop's per-iteration cost is paid once per ``unroll`` steps. It changes the
     speed, the compile time and the peak memory, not the result (up to rounding); ``None`` takes the
-    platform's :data:`DEFAULT_UNROLL`.
+    platform's :data:`~eproptax.DEFAULT_UNROLL`.
 
     ``chunk``: with ``chunk = K > 1`` (a rule whose :class:`OnlineRule` has a ``chunk`` form) the scan runs
     over chunks of ``K`` steps, each advanced at once, and the last ``T mod K`` steps one at a time. Also
     the speed and the memory (``K`` steps of per-neuron coefficients), not the result; ``None`` takes the
-    platform's :data:`DEFAULT_CHUNK` where the rule has the form and ``default_chunks`` is set, else 1.
+    platform's :data:`~eproptax.DEFAULT_CHUNK` where the rule has the form and its plan says the network is
+    gated (``online.plan.gated``: a GRU or LSTM layer), else 1.
+
+    The returned ``grad_fn(params, inputs, targets, *, key=None)`` hands ``key`` to ``online.init``: a rule
+    that draws noise draws it from that key (another key, other noise), and ``jax.vmap`` over keys works.
     """
     check_unroll(where, unroll)
     check_chunk(where, chunk, online)
 
-    def grad_fn(params, inputs, targets):
+    def grad_fn(params, inputs, targets, *, key=None):
         check_inputs(where, model, loss, params, inputs, targets)
-        state = online.init(params, np.shape(inputs)[0])
-        time = np.shape(inputs)[1]
+        batch, time = np.shape(inputs)[:2]
+        state = online.init(params, batch) if key is None else online.init(params, batch, key=key)
+        run = lambda K: lambda state: _run_sequence(online, params, state, inputs, targets, K, unroll)
+        if chunk is not None or online.chunk is None or not getattr(online.plan, "gated", False):
+            state = run(chunk or 1)(state)
+        else:
+            state = tricks.by_platform_chunk(run, state, time)
+        return online.result(params, state)
 
-        # Index the batch-major arrays at the state's own step counter inside the scan rather than scanning
-        # over a transposed copy: the copy was the only temporary that grew with T.
+    return grad_fn
+
+
+def _run_sequence(online: OnlineRule, params, state, inputs, targets, K: int, unroll):
+    """The state after every step of ``inputs``: chunks of ``K`` steps at once (``K > 1``), then one at a time.
+
+    The batch-major arrays are indexed at the state's own step counter inside the scan rather than scanned
+    over as a transposed copy, which would be a temporary that grows with ``T``."""
+    time = np.shape(inputs)[1]
+    chunks = time // K if K > 1 else 0
+    if chunks:
+
+        def chunk_body(state, _):
+            at = lambda a: jax.lax.dynamic_slice_in_dim(a, state.steps, K, axis=1)
+            return online.chunk(params, state, at(inputs), jax.tree_util.tree_map(at, targets)), None
+
+        state, _ = jax.lax.scan(chunk_body, state, None, length=chunks)
+    if time - chunks * K:
+
         def body(state, _):
             at_t = lambda a: jax.lax.dynamic_index_in_dim(a, state.steps, axis=1, keepdims=False)
             state, _ = online.step(params, state, at_t(inputs), jax.tree_util.tree_map(at_t, targets))
             return state, None
 
-        def run(K):
-            def whole(state):
-                chunks = time // K if K > 1 else 0
-                if chunks:
-
-                    def chunk_body(state, _):
-                        at = lambda a: jax.lax.dynamic_slice_in_dim(a, state.steps, K, axis=1)
-                        return online.chunk(params, state, at(inputs), jax.tree_util.tree_map(at, targets)), None
-
-                    state, _ = jax.lax.scan(chunk_body, state, None, length=chunks)
-                if time - chunks * K:
-                    state, _ = scan(body, state, None, length=time - chunks * K, unroll=unroll)
-                return state
-
-            return whole
-
-        if chunk is not None or online.chunk is None or not default_chunks:
-            state = run(chunk or 1)(state)
-        else:
-            # a chunk longer than the sequence steps it: no branch to stage
-            branches = {platform: run(K) for platform, K in DEFAULT_CHUNK.items() if 1 < K <= time}
-            state = jax.lax.platform_dependent(state, default=run(1), **branches) if branches else run(1)(state)
-        return online.result(params, state)
-
-    return grad_fn
+        state, _ = tricks.scan(body, state, None, length=time - chunks * K, unroll=unroll)
+    return state
 
 
 def batch_init_carry(model: Cell, params: Params, batch_size: int) -> Any:
@@ -438,8 +422,16 @@ def accum_dtype(params: Params):
 
 
 def new_state(
-    model: Cell, params: Params, batch_size: int, traces: Any, grads: Any, reg: FiringRateReg | None, reg_traces: Any
+    model: Cell,
+    params: Params,
+    batch_size: int,
+    traces: Any,
+    grads: Any,
+    reg: FiringRateReg | None,
+    reg_traces: Any,
+    key: Any = None,
 ) -> OnlineState:
+    """A fresh :class:`OnlineState`: the model's initial carry over the batch, zero accumulators, ``key``."""
     dtype = accum_dtype(params)
     spikes = ()
     if reg is not None:
@@ -453,4 +445,5 @@ def new_state(
         spikes,
         reg_traces if reg is not None else (),
         jnp.zeros((), jnp.int32),
+        key,
     )

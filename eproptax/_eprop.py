@@ -7,7 +7,7 @@ import jax.numpy as jnp
 
 from ._cell import Cell
 from ._engine import FiringRateReg, OnlineRule, scan_rule
-from ._traces import gated, online_traces
+from ._traces import online_traces
 from ._typing import GradFn, LossFn
 
 
@@ -92,9 +92,7 @@ def eprop(
       Bellec, Scherr, Subramoney, Hajek, Salaj, Legenstein, Maass. "A solution to the learning dilemma for
       recurrent networks of spiking neurons", Nature Communications 11, 3625 (2020).
     """
-    return scan_rule(
-        "eprop", model, loss, online_eprop(model, loss, feedback=feedback, reg=reg), unroll, chunk, gated(model)
-    )
+    return scan_rule("eprop", model, loss, online_eprop(model, loss, feedback=feedback, reg=reg), unroll, chunk)
 
 
 def random_feedback(key, n_rec: int, n_out: int, dtype=jnp.float32) -> jax.Array:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ._cell import Cell
 from ._engine import FiringRateReg, OnlineRule, scan_rule
-from ._traces import gated, online_traces
+from ._traces import online_traces
 from ._typing import GradFn, LossFn
 
 
@@ -74,5 +74,4 @@ def eprop_m(
         online_eprop_m(model, loss, order, feedback=feedback, reg=reg),
         unroll,
         chunk,
-        gated(model),
     )

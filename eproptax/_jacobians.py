@@ -9,11 +9,9 @@ and ``z = output(h)``, every neuron ``j`` has small dense blocks (``s`` differen
 * ``dgdh[j] = d z_j / d h_j``, shape ``(s,)``.
 
 Each is a few ``jax.jvp`` calls with one-hot tangents broadcast over the neurons (the dynamics are
-neuron-wise, so one jvp yields a column of every neuron's block). A cell whose whole state
-is one leaky variable (``leak = (decay, gain)``) skips them: ``D = decay``, ``dfda = gain``.
-The explicit recurrence and the
-same-step edge from the layer below go through the synaptic stage, pushed with ``jax.jvp`` (vmapped over
-tangent directions) rather than formed as matrices.
+neuron-wise, so one jvp yields a column of every neuron's block). A cell whose whole state is one leaky
+variable (``leak = (decay, gain)``) skips them: ``D = decay``, ``dfda = gain``. The explicit recurrence and
+the same-step edge from the layer below go through the synaptic stage (``_dense.push``).
 """
 
 from __future__ import annotations
@@ -65,25 +63,6 @@ def blocks(layer: Cell, h_prev, a: jax.Array, h) -> Blocks:
         D = _columns(lambda v: float_state(layer.dynamics(with_float_state(h_prev, v), a)), hf_prev, s)
         dfda = _columns(lambda b: float_state(layer.dynamics(h_prev, b)), a, a.shape[-1])
     return Blocks(D, dfda, output_jacobian(layer, h))
-
-
-def formed_once(tree):
-    """``tree`` unchanged in value, but formed once, at its own size, by XLA's CPU backend.
-
-    Per-neuron blocks feed per-synapse passes that broadcast them over ``k m`` (or ``B k m``) elements. XLA's
-    CPU fusion fuses a cheap producer into such a consumer and evaluates it again for every element: a
-    GRU's trace update evaluated its gate derivatives 63 times per trace element (``benchmarks/profile.py``).
-    It does not do so with a producer it counts as expensive, a floating-point division, so each leaf
-    ``a`` is divided by a one that XLA cannot fold, ``1 + 0 * a`` (``a`` with its non-finite values
-    zeroed): exact for every value, and the passes then read the blocks (GRU(128) batch 1: 9 operations
-    per element). It is applied on every platform: on an H200 it made level-0 e-prop 1.09x to 1.29x faster
-    at hidden 256 (``benchmarks/variants.py``).
-    """
-
-    def once(a):
-        return a / (1 + 0 * jnp.where(jnp.isfinite(a), a, jnp.zeros_like(a)))
-
-    return jax.tree_util.tree_map(once, tree)
 
 
 def read_states(layer: Cell, h_prev, a) -> tuple[bool, ...]:

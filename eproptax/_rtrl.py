@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +23,7 @@ from ._engine import (
     scan_rule,
 )
 from ._jacobians import effective_shape, pull_back, synapse_struct
+from ._plan import StepCost
 from ._typing import GradFn, LossFn
 
 
@@ -38,111 +40,87 @@ def _ravel_float(tree):
     return vec, unravel_full
 
 
+class RtrlPlan(NamedTuple):
+    """RTRL's static sizes: the influence is ``carry x columns`` per example.
+
+    Attributes:
+      carry: ``C``, the floating state variables of one example.
+      columns: per layer, the influence block's columns (a neuron layer's effective weights ``(n, k, m)``).
+      theta: ``|theta|``, the number of parameters.
+      carry_bytes: the model's carry for one example, in bytes.
+      recurrent: the recurrent layers' outputs (the regulariser's sums), or 0 without it.
+    """
+
+    carry: int
+    columns: tuple
+    theta: int
+    carry_bytes: int
+    recurrent: int
+
+    def cost(self, batch_size: int, itemsize: int = 4) -> StepCost:
+        """The least work of one step: the state read and written once, and the product of the dense
+        ``C x C`` carry Jacobian with the ``C x |theta|`` influence, ``2 B |theta| C^2`` FLOPs."""
+        P = sum(math.prod(c) for c in self.columns)
+        floats = batch_size * self.carry * P + P + 1 + batch_size * self.recurrent * (1 + P)
+        state = batch_size * self.carry_bytes + itemsize * floats + 4
+        return StepCost(state, 2 * state, 2.0 * batch_size * self.theta * self.carry**2)
+
+
+def _plan(model: Cell, columns, reg: bool) -> RtrlPlan:
+    params = jax.eval_shape(model.init, jax.random.key(0))
+    carry = jax.eval_shape(model.init_carry, params)
+    floats = [leaf for leaf in jax.tree_util.tree_leaves(carry) if jnp.issubdtype(leaf.dtype, jnp.inexact)]
+    recurrent = jax.eval_shape(lambda p: recurrent_outputs(model, model.init_carry(p)), params).shape[0] if reg else 0
+    return RtrlPlan(
+        carry=sum(leaf.size for leaf in floats),
+        columns=tuple(columns),
+        theta=sum(leaf.size for leaf in jax.tree_util.tree_leaves(params)),
+        carry_bytes=sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree_util.tree_leaves(carry)),
+        recurrent=recurrent,
+    )
+
+
+def _as_layers(model: Cell, tree) -> tuple:
+    return tuple(tree) if model.layers else (tree,)
+
+
+def _from_layers(model: Cell, seq):
+    return tuple(seq) if model.layers else seq[0]
+
+
+def _columns(model: Cell, params) -> list:
+    """The influence's columns per layer: the effective weights' shape ``(n, k, m)`` (neuron layer), or
+    ``(|theta^l|,)``."""
+    dtype = jax.tree_util.tree_leaves(params)[0].dtype
+    out = []
+    for layer, p in zip(layers_of(model), _as_layers(model, params)):
+        if is_neuron(layer):
+            out.append(effective_shape(layer, p, dtype))
+        else:
+            out.append((ravel_pytree(p)[0].size,))
+    return out
+
+
 def online_rtrl(model: Cell, loss: LossFn, *, reg: FiringRateReg | None = None) -> OnlineRule:
     """The per-step form of :func:`rtrl` (see there); ``ep.online.rtrl``."""
-    layers = layers_of(model)
-    as_layers = (lambda tree: tuple(tree)) if model.layers else (lambda tree: (tree,))
-    from_layers = (lambda seq: tuple(seq)) if model.layers else (lambda seq: seq[0])
 
-    def columns(params):
-        """The influence's columns per layer: the effective weights' shape ``(n, k, m)`` (neuron layer), or
-        ``(|theta^l|,)``."""
-        dtype = jax.tree_util.tree_leaves(params)[0].dtype
-        out = []
-        for layer, p in zip(layers, as_layers(params)):
-            if is_neuron(layer):
-                out.append(effective_shape(layer, p, dtype))
-            else:
-                out.append((ravel_pytree(p)[0].size,))
-        return out
-
-    def init(params, batch_size):
+    def init(params, batch_size, key=None):
         c_vec, _ = _ravel_float(model.init_carry(params))
         dtype = accum_dtype(params)
-        cols = columns(params)
+        cols = _columns(model, params)
         influence = tuple(jnp.zeros((batch_size, c_vec.size) + P, dtype) for P in cols)  # M^T per layer
         sizes = [math.prod(P) for P in cols]
         reg_traces = None
         if reg is not None:
             n = jax.eval_shape(lambda p: recurrent_outputs(model, model.init_carry(p)), params).shape[0]
             reg_traces = tuple(jnp.zeros((batch_size, n, P), dtype) for P in sizes)
-        return new_state(
-            model, params, batch_size, influence, tuple(jnp.zeros((P,), dtype) for P in sizes), reg, reg_traces
-        )
-
-    def example(params, carry, influence, x, target):
-        c_vec, unravel_c = _ravel_float(carry)
-        layer_params = as_layers(params)
-        # One variable per layer to differentiate along: a neuron layer's synaptic vector, through a zero
-        # offset ``eps`` added to ``a`` (``d/d W_eff[j, g, i] = d/d a[j, g] * v[i]``: the synapse is affine,
-        # ``a = W_eff v``); any other layer's raveled parameters.
-        eps = tuple(
-            jnp.zeros(a.shape, a.dtype)
-            for a in (synapse_struct(layer, p, x.dtype) for layer, p in zip(layers, layer_params) if is_neuron(layer))
-        )
-        raveled = [ravel_pytree(p) for layer, p in zip(layers, layer_params) if not is_neuron(layer)]
-        ths, unravels = tuple(th for th, _ in raveled), tuple(unravel for _, unravel in raveled)
-
-        def run(c, eps, ths):
-            eps, opaque, u, new, vs = iter(eps), iter(zip(ths, unravels)), x, [], []
-            for layer, p, h in zip(layers, layer_params, as_layers(unravel_c(c))):
-                if is_neuron(layer):
-                    z_prev = layer.output(h)
-                    vs.append(jnp.concatenate([u, z_prev, jnp.ones((1,), u.dtype)]))
-                    h = layer.dynamics(h, layer.synapse(p, u, z_prev) + next(eps))
-                    u = layer.output(h)
-                else:
-                    th, unravel_p = next(opaque)
-                    h, u = layer.apply(unravel_p(th), h, u)
-                new.append(h)
-            return from_layers(new), u, vs
-
-        def new_c(c, eps, ths):
-            return _ravel_float(run(c, eps, ths)[0])[0]
-
-        (value, (out, vs)), (g_c, g_eps, g_th) = jax.value_and_grad(
-            lambda c, e, t: (loss(run(c, e, t)[1], target), run(c, e, t)[1:]), argnums=(0, 1, 2), has_aux=True
-        )(c_vec, eps, ths)
-        # The influence is stored per layer as M^T (|carry| rows of that layer's columns), so that the
-        # product below streams its long rows. d carry^t / d carry^{t-1} comes from jvp along the few state
-        # directions (jacfwd); stacked with d loss_t / d carry^{t-1} as one more row, a single matrix
-        # product gives both the new influence and this step's gradient (d loss_t / d carry^{t-1}) .
-        # M^{t-1}, reading M once. The same jvps along the synaptic vectors give d carry^t / d a (the cell's
-        # derivative, evaluated once, at neuron size), and the immediate term of the effective weights is
-        # its outer product with the presynaptic vector, which XLA forms inside the add: no (C, P) Jacobian
-        # is materialised. Jacobians are taken in the cell's dtype; the influence accumulates in accum_dtype.
-        jac_c, jac_eps = jax.jacfwd(lambda c, e: new_c(c, e, ths), argnums=(0, 1))(c_vec, eps)
-        lhs = jnp.concatenate([jac_c, g_c[None].astype(jac_c.dtype)])
-        jac_th = jax.jacrev(lambda t: new_c(c_vec, eps, t))(ths) if ths else ()
-        dtype = influence[0].dtype
-        neuron, other = iter(zip(jac_eps, g_eps, vs)), iter(zip(jac_th, g_th))
-        new_influence, grads = [], []
-        for layer, M in zip(layers, influence):
-            rows = jnp.tensordot(lhs.astype(dtype), M, 1)
-            if is_neuron(layer):  # rows (C + 1, n, k, m), plus the outer product of [J; g] with v
-                J, g, v = (a.astype(dtype) for a in next(neuron))
-                new_M = rows[:-1] + J[..., None] * v[None, None, None]
-                grad = (rows[-1] + g[..., None] * v[None, None]).reshape(-1)
-            else:
-                J, g = next(other)
-                new_M, grad = rows[:-1] + J.astype(dtype), rows[-1] + g.astype(dtype)
-            new_influence.append(new_M)
-            grads.append(grad)
-        new_carry = run(c_vec, eps, ths)[0]
-        extras = ()
-        if reg is not None:
-            _, unravel_new = _ravel_float(new_carry)
-            z_of = lambda c: recurrent_outputs(model, unravel_new(c))
-            new_vec = new_c(c_vec, eps, ths)
-            dz_dc = jax.jacfwd(z_of)(new_vec).astype(dtype)
-            extras = (z_of(new_vec).astype(dtype), tuple(dz_dc @ M.reshape(M.shape[0], -1) for M in new_influence))
-        return new_carry, tuple(new_influence), value, out, tuple(grads), extras
+        grads = tuple(jnp.zeros((P,), dtype) for P in sizes)
+        return new_state(model, params, batch_size, influence, grads, reg, reg_traces, key)
 
     def step(params, state, x, target):
         check_step("rtrl", model, loss, params, state, x, target)
-        carry, influence, values, out, g, extras = jax.vmap(example, in_axes=(None, 0, 0, 0, 0))(
-            params, state.carry, state.traces, x, target
-        )
+        example = lambda *args: _example(model, loss, reg, params, *args)
+        carry, influence, values, out, g, extras = jax.vmap(example)(state.carry, state.traces, x, target)
         grads = tuple(acc + jnp.sum(gl, 0) / x.shape[0] for acc, gl in zip(state.grads, g))
         state = state._replace(
             carry=carry, traces=influence, grads=grads, loss=state.loss + jnp.mean(values), steps=state.steps + 1
@@ -162,14 +140,89 @@ def online_rtrl(model: Cell, loss: LossFn, *, reg: FiringRateReg | None = None) 
             grads = [g + jnp.einsum("bnp,bn->p", t, weights) for g, t in zip(grads, state.reg_traces)]
             value = value + reg_value(reg, state.spikes, state.steps)
         out = []
-        for layer, p, g in zip(layers, as_layers(params), grads):
+        for layer, p, g in zip(layers_of(model), _as_layers(model, params), grads):
             if is_neuron(layer):  # pulled back from the effective weights to the layer's own parameters
                 out.append(pull_back(layer, p, g, dtype))
             else:
                 out.append(ravel_pytree(p)[1](g.astype(dtype)))
-        return value, from_layers(out)
+        return value, _from_layers(model, out)
 
-    return OnlineRule(init, step, result, reset)
+    plan = _plan(model, _columns(model, jax.eval_shape(model.init, jax.random.key(0))), reg is not None)
+    return OnlineRule(init, step, result, reset, plan=plan)
+
+
+def _one_step(model: Cell, params, unravel_c, x):
+    """The model's step as a function of the variables RTRL differentiates along: ``run(c, eps, ths) ->
+    (new carry, output, presynaptic vectors)`` and the point ``(eps, ths)``. A neuron layer's variable is a
+    zero offset ``eps`` added to its synaptic vector ``a`` (``d/d W_eff[j, g, i] = d/d a[j, g] * v[i]``: the
+    synapse is affine, ``a = W_eff v``); any other layer's is its raveled parameters."""
+    layers, layer_params = layers_of(model), _as_layers(model, params)
+    eps = tuple(
+        jnp.zeros(a.shape, a.dtype)
+        for a in (synapse_struct(layer, p, x.dtype) for layer, p in zip(layers, layer_params) if is_neuron(layer))
+    )
+    raveled = [ravel_pytree(p) for layer, p in zip(layers, layer_params) if not is_neuron(layer)]
+    ths, unravels = tuple(th for th, _ in raveled), tuple(unravel for _, unravel in raveled)
+
+    def run(c, eps, ths):
+        eps, opaque, u, new, vs = iter(eps), iter(zip(ths, unravels)), x, [], []
+        for layer, p, h in zip(layers, layer_params, _as_layers(model, unravel_c(c))):
+            if is_neuron(layer):
+                z_prev = layer.output(h)
+                vs.append(jnp.concatenate([u, z_prev, jnp.ones((1,), u.dtype)]))
+                h = layer.dynamics(h, layer.synapse(p, u, z_prev) + next(eps))
+                u = layer.output(h)
+            else:
+                th, unravel_p = next(opaque)
+                h, u = layer.apply(unravel_p(th), h, u)
+            new.append(h)
+        return _from_layers(model, new), u, vs
+
+    return run, eps, ths
+
+
+def _example(model: Cell, loss: LossFn, reg, params, carry, influence, x, target):
+    """One example's step: ``(carry, influence, loss value, output, grads, regulariser extras)``.
+
+    The influence is stored per layer as ``M^T`` (``|carry|`` rows of that layer's columns), so that the
+    product streams its long rows. ``d carry^t / d carry^{t-1}`` comes from jvp along the few state
+    directions (``jacfwd``); stacked with ``d loss_t / d carry^{t-1}`` as one more row, a single product
+    gives both the new influence and this step's gradient, reading ``M`` once. The same jvps along the
+    synaptic vectors give ``d carry^t / d a`` at neuron size, and the immediate term is its outer product
+    with the presynaptic vector, formed inside the add: no ``(C, P)`` Jacobian is materialised. Jacobians
+    are taken in the cell's dtype; the influence accumulates in the state's."""
+    c_vec, unravel_c = _ravel_float(carry)
+    run, eps, ths = _one_step(model, params, unravel_c, x)
+    new_c = lambda c, eps, ths: _ravel_float(run(c, eps, ths)[0])[0]
+    (value, (out, vs)), (g_c, g_eps, g_th) = jax.value_and_grad(
+        lambda c, e, t: (loss(run(c, e, t)[1], target), run(c, e, t)[1:]), argnums=(0, 1, 2), has_aux=True
+    )(c_vec, eps, ths)
+    jac_c, jac_eps = jax.jacfwd(lambda c, e: new_c(c, e, ths), argnums=(0, 1))(c_vec, eps)
+    lhs = jnp.concatenate([jac_c, g_c[None].astype(jac_c.dtype)])
+    jac_th = jax.jacrev(lambda t: new_c(c_vec, eps, t))(ths) if ths else ()
+    dtype = influence[0].dtype
+    neuron, other = iter(zip(jac_eps, g_eps, vs)), iter(zip(jac_th, g_th))
+    new_influence, grads = [], []
+    for layer, M in zip(layers_of(model), influence):
+        rows = jnp.tensordot(lhs.astype(dtype), M, 1)
+        if is_neuron(layer):  # rows (C + 1, n, k, m), plus the outer product of [J; g] with v
+            J, g, v = (a.astype(dtype) for a in next(neuron))
+            new_M = rows[:-1] + J[..., None] * v[None, None, None]
+            grad = (rows[-1] + g[..., None] * v[None, None]).reshape(-1)
+        else:
+            J, g = next(other)
+            new_M, grad = rows[:-1] + J.astype(dtype), rows[-1] + g.astype(dtype)
+        new_influence.append(new_M)
+        grads.append(grad)
+    new_carry = run(c_vec, eps, ths)[0]
+    extras = ()
+    if reg is not None:
+        _, unravel_new = _ravel_float(new_carry)
+        z_of = lambda c: recurrent_outputs(model, unravel_new(c))
+        new_vec = new_c(c_vec, eps, ths)
+        dz_dc = jax.jacfwd(z_of)(new_vec).astype(dtype)
+        extras = (z_of(new_vec).astype(dtype), tuple(dz_dc @ M.reshape(M.shape[0], -1) for M in new_influence))
+    return new_carry, tuple(new_influence), value, out, tuple(grads), extras
 
 
 def rtrl(model: Cell, loss: LossFn, *, reg: FiringRateReg | None = None, unroll: int | None = None) -> GradFn:

@@ -13,7 +13,8 @@ import numpy as np
 import optax
 
 from ._cell import Cell
-from ._engine import OnlineRule, scan, time_major
+from ._engine import OnlineRule, time_major
+from ._tricks import scan
 from ._typing import GradFn, Params, PRNGKey
 from .tasks._common import Task, forward
 
