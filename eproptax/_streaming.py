@@ -10,7 +10,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-_FORMAT = "eproptax.online_state/1"
+# The format's version. 2: an OnlineState may hold a random key (``.key``, stored as its key data); a state
+# without one has the leaves of version 1, so files of either version load.
+_FORMAT = "eproptax.online_state/2"
+_READS = ("eproptax.online_state/1", _FORMAT)
 _META = "__eproptax__"
 
 
@@ -33,7 +36,7 @@ def _flatten(state: Any) -> list[tuple[str, Any]]:
 def save_state(path: str | os.PathLike, state: Any) -> None:
     """Writes an online rule's state (or any pytree of arrays) to ``path`` as an uncompressed ``.npz``.
 
-    Each leaf is stored under its :func:`jax.tree_util.keystr` path (``.carry[0].v``,
+    Each leaf is stored under its :func:`jax.tree_util.keystr` path (``.carry[0].v``, ``.key``,
     ``.traces.influence[(0, 0)][0]``, ...), with its exact bits: bfloat16 and other non-numpy dtypes are
     stored as unsigned integers of the same width, typed PRNG keys as their key data. The file is written
     to a temporary name and renamed, so an interrupted save never leaves a truncated checkpoint. The tree
@@ -79,14 +82,15 @@ def load_state(path: str | os.PathLike, *, like: Any) -> Any:
       The restored state, with the tree of ``like``.
 
     Raises:
-      ValueError: if the file was not written by :func:`save_state`, or a leaf is missing, has another
-        shape or another dtype than in ``like`` (the message names the leaf).
+      ValueError: if the file was not written by :func:`save_state` (format version 1 or 2), or a leaf is
+        missing, has another shape or another dtype than in ``like`` (the message names the leaf). A state
+        saved without a key (every version-1 file) loads into a ``like`` without one.
     """
     with np.load(os.fspath(path), allow_pickle=False) as data:
-        if _META not in data.files or str(data[_META]) != _FORMAT:
+        if _META not in data.files or str(data[_META]) not in _READS:
             raise ValueError(
                 f"load_state: {os.fspath(path)!r} was not written by ep.online.save_state "
-                f"(no {_META!r} entry with format {_FORMAT!r})."
+                f"(no {_META!r} entry with one of the formats {_READS})."
             )
         flat = _flatten(like)
         expected = {key for key, _ in flat}
