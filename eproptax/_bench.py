@@ -22,6 +22,7 @@ are shared with the scripts in ``benchmarks/``.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -35,14 +36,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import cells
-from ._bptt import bptt
 from ._cell import layers_of
 from ._compare import Problem, alignment, spiking_problem
-from ._deep_eprop import deep_eprop, online_deep_eprop
 from ._engine import accum_dtype, sequence_loss
-from ._eprop import eprop, online_eprop
-from ._eprop_m import eprop_m, online_eprop_m
-from ._rtrl import online_rtrl, rtrl
+from ._registry import RULES as REGISTRY
+from ._registry import make_rule
 from ._tricks import DEFAULT_UNROLL
 
 CELLS = ("lif", "alif", "lstm", "gru")
@@ -379,7 +377,7 @@ class RuleSpec(NamedTuple):
     name: str
     layers: int  # recurrent layers of the network it runs on
     readout: str  # "leaky" or "stateless"
-    kind: str  # "forward", "bptt", "rtrl" or "traces"
+    kind: str  # "forward", "bptt", "rtrl", "traces", or "other" (a rule without a model of its useful work)
     rule: Callable  # (model, loss, **options) -> the public whole-sequence function, with its defaults
     online: Callable | None = None  # (model, loss) -> its online rule (state size and roofline)
 
@@ -391,35 +389,35 @@ def build(spec: RuleSpec, prob: Problem, **options):
     return fn, (spec.online(prob.model, prob.loss) if spec.online else None)
 
 
-def _order(m):
-    return (
-        (lambda model, loss, **kw: eprop_m(model, loss, m, **kw)),
-        (lambda model, loss: online_eprop_m(model, loss, m)),
-    )
+def _spec(name: str, layers: int, readout: str, kind: str, rule: str, **options) -> RuleSpec:
+    """A row running the registered rule ``rule`` with ``options`` (``ep.make_rule``) on a network variant."""
+    grad_fn = functools.partial(make_rule, rule, **options)
+    online = functools.partial(make_rule, rule, online=True, **options) if REGISTRY[rule].online_form else None
+    return RuleSpec(name, layers, readout, kind, grad_fn, online if kind in ("rtrl", "traces") else None)
 
 
-def _depth(d):
-    return (
-        (lambda model, loss, **kw: deep_eprop(model, loss, depth=d, **kw)),
-        (lambda model, loss: online_deep_eprop(model, loss, depth=d)),
-    )
-
-
-RULES = (
+_MEASURED = (
     RuleSpec("forward", 1, "leaky", "forward", sequence_loss),
-    RuleSpec("bptt", 1, "leaky", "bptt", bptt),
-    RuleSpec("rtrl", 1, "leaky", "rtrl", rtrl, online_rtrl),
-    RuleSpec("eprop (leaky readout)", 1, "leaky", "traces", eprop, online_eprop),
+    _spec("bptt", 1, "leaky", "bptt", "bptt"),
+    _spec("rtrl", 1, "leaky", "rtrl", "rtrl"),
+    _spec("eprop (leaky readout)", 1, "leaky", "traces", "eprop"),
     RuleSpec("forward (stateless readout)", 1, "stateless", "forward", sequence_loss),
-    RuleSpec("bptt (stateless readout)", 1, "stateless", "bptt", bptt),
-    RuleSpec("eprop (stateless readout)", 1, "stateless", "traces", eprop, online_eprop),
-    RuleSpec("eprop_m(0)", 1, "leaky", "traces", *_order(0)),
-    RuleSpec("eprop_m(1)", 1, "leaky", "traces", *_order(1)),
-    RuleSpec("eprop_m(2)", 1, "leaky", "traces", *_order(2)),
-    RuleSpec("bptt (2 layers)", 2, "leaky", "bptt", bptt),
-    RuleSpec("deep_eprop(spatial)", 2, "leaky", "traces", *_depth("spatial")),
-    RuleSpec("deep_eprop(full)", 2, "leaky", "traces", *_depth("full")),
+    _spec("bptt (stateless readout)", 1, "stateless", "bptt", "bptt"),
+    _spec("eprop (stateless readout)", 1, "stateless", "traces", "eprop"),
+    *(
+        _spec(REGISTRY["eprop_m"].label({"order": m}, keys=False), 1, "leaky", "traces", "eprop_m", order=m)
+        for m in range(3)
+    ),
+    _spec("bptt (2 layers)", 2, "leaky", "bptt", "bptt"),
+    *(
+        _spec(REGISTRY["deep_eprop"].label({"depth": d}, keys=False), 2, "leaky", "traces", "deep_eprop", depth=d)
+        for d in ("spatial", "full")
+    ),
 )
+_COVERED = {spec.rule.args[0] for spec in _MEASURED if isinstance(spec.rule, functools.partial)}  # rule names
+RULES = _MEASURED + tuple(_spec(name, 1, "leaky", "other", name) for name in REGISTRY if name not in _COVERED)
+"""The benchmark's rows: every rule of ``ep.rules`` (a rule registered without a row here runs at its defaults
+on the one-layer leaky network, without a roofline), with the forward pass and the network variants."""
 
 
 def rule_rows(
@@ -448,59 +446,78 @@ def rule_rows(
         if spec.kind == "rtrl" and hidden > rtrl_max_hidden:
             continue
         variant = (spec.layers, spec.readout)
-        if variant not in probs:
-            probs[variant] = problem(
-                cell,
-                readout=spec.readout,
-                layers=spec.layers,
-                n_in=n_in,
-                hidden=hidden,
-                time_steps=time_steps,
-                batch=batch,
-                seed=seed,
-            )
-        prob = probs[variant]
-        fn, online = build(spec, prob)
-        fig, out = measure(
-            fn,
-            prob.params,
-            prob.inputs,
-            prob.targets,
-            repeats=repeats,
-            steps=time_steps,
-            cache=cache,
-            name=f"{cell}: {spec.name}",
+        prob = _variant_problem(
+            probs, cell, spec, n_in=n_in, hidden=hidden, time_steps=time_steps, batch=batch, seed=seed
         )
-        row = dict(
-            cell=cell,
-            rule=spec.name,
-            kind=spec.kind,
-            layers=spec.layers,
-            readout=spec.readout,
-            n_in=n_in,
-            hidden=hidden,
-            time_steps=time_steps,
-            batch=batch,
-            dtype=str(prob.inputs.dtype),
-            **fig,
+        row, out, online = _measure_row(
+            cell, spec, prob, n_in=n_in, hidden=hidden, time_steps=time_steps, batch=batch, repeats=repeats, cache=cache
         )
-        if spec.kind == "forward":
-            refs[variant + ("forward",)] = row
-        elif spec.kind == "bptt":
-            refs[variant + ("bptt",)] = row
-            refs[variant + ("grads",)] = out[1]
-        if spec.kind not in ("forward",) and variant + ("grads",) in refs:
-            row["cosine"], row["rel_error"] = alignment(out[1], refs[variant + ("grads",)])
-        fwd = refs.get(variant + ("forward",), refs.get((1, "leaky", "forward")))
-        ref_bptt = refs.get(variant + ("bptt",))
-        row["x_forward"] = row["per_step_s"] / fwd["per_step_s"] if fwd else None
-        row["x_bptt"] = row["per_step_s"] / ref_bptt["per_step_s"] if ref_bptt else None
+        _attach_references(row, out, spec.kind, variant, refs)
         if online is not None:
             row.update(roofline(online, prob, spec.kind, row["per_step_s"], hw))
         rows.append(row)
         if log:
             log(format_row(row))
     return rows
+
+
+def _variant_problem(probs: dict, cell: str, spec: RuleSpec, **sizes) -> Problem:
+    """The problem of ``spec``'s network variant (layers, readout), built once and kept in ``probs``."""
+    variant = (spec.layers, spec.readout)
+    if variant not in probs:
+        probs[variant] = problem(cell, readout=spec.readout, layers=spec.layers, **sizes)
+    return probs[variant]
+
+
+def _measure_row(
+    cell: str, spec: RuleSpec, prob: Problem, *, n_in, hidden, time_steps, batch, repeats, cache
+) -> tuple[dict, object, object]:
+    """Compiles and times ``spec``'s rule on ``prob``: ``(row, outputs, online form)``, the row without references."""
+    fn, online = build(spec, prob)
+    fig, out = measure(
+        fn,
+        prob.params,
+        prob.inputs,
+        prob.targets,
+        repeats=repeats,
+        steps=time_steps,
+        cache=cache,
+        name=f"{cell}: {spec.name}",
+    )
+    row = dict(
+        cell=cell,
+        rule=spec.name,
+        kind=spec.kind,
+        layers=spec.layers,
+        readout=spec.readout,
+        n_in=n_in,
+        hidden=hidden,
+        time_steps=time_steps,
+        batch=batch,
+        dtype=str(prob.inputs.dtype),
+        **fig,
+    )
+    return row, out, online
+
+
+def _attach_references(row: dict, out, kind: str, variant: tuple, refs: dict) -> None:
+    """Compares ``row`` (outputs ``out = (loss, grads)``) with its variant's references in ``refs``, in place.
+
+    A forward or BPTT row becomes the reference of its variant; every other row gets the cosine and relative
+    error of its gradient to BPTT's, and each row its time per step as a multiple of the forward pass (or the
+    one-layer leaky network's) and of BPTT.
+    """
+    if kind == "forward":
+        refs[variant + ("forward",)] = row
+    elif kind == "bptt":
+        refs[variant + ("bptt",)] = row
+        refs[variant + ("grads",)] = out[1]
+    if kind not in ("forward",) and variant + ("grads",) in refs:
+        row["cosine"], row["rel_error"] = alignment(out[1], refs[variant + ("grads",)])
+    fwd = refs.get(variant + ("forward",), refs.get((1, "leaky", "forward")))
+    ref_bptt = refs.get(variant + ("bptt",))
+    row["x_forward"] = row["per_step_s"] / fwd["per_step_s"] if fwd else None
+    row["x_bptt"] = row["per_step_s"] / ref_bptt["per_step_s"] if ref_bptt else None
 
 
 # ----------------------------------------------------------------------------------------------------------

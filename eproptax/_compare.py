@@ -10,11 +10,8 @@ import jax
 import jax.numpy as jnp
 
 from . import cells
-from ._bptt import bptt
-from ._deep_eprop import deep_eprop
-from ._eprop import eprop, random_feedback
-from ._eprop_m import eprop_m
-from ._rtrl import rtrl
+from ._eprop import random_feedback
+from ._registry import RULES, make_rule
 
 
 class Problem(NamedTuple):
@@ -78,24 +75,30 @@ def time_per_step(fn, *args, repeats=3):
 
 
 def rules_for(problem: Problem, *, include_rtrl=True) -> dict:
-    """Every rule of the library, by display name, configured for ``problem``."""
+    """Every rule of the library, by display name, configured for ``problem``, built from the registry.
+
+    The rules of ``ep.rules`` in order, ``eprop`` also with random feedback, ``eprop_m`` at orders 0 to 2,
+    ``deep_eprop`` at each depth on a stack (only ``"full"`` on one layer, where every depth is ``eprop``);
+    a rule registered without an entry here is compared at its defaults.
+    """
     model, loss = problem.model, problem.loss
     depth = len(cells.stack(model).layers) - 1
     n_rec, n_out = model.layers[-2].n_out, model.n_out
-    rules = {"bptt": bptt(model, loss)}
-    if include_rtrl:
-        rules["rtrl"] = rtrl(model, loss)
-    rules["eprop"] = eprop(model, loss)
-    rules["eprop (random B)"] = eprop(
-        model, loss, feedback=random_feedback(jax.random.key(1), n_rec, n_out, problem.inputs.dtype)
-    )
-    for order in (0, 1, 2):
-        rules[f"eprop_m(order={order})"] = eprop_m(model, loss, order)
-    if depth > 1:
-        rules["deep_eprop(spatial)"] = deep_eprop(model, loss, depth="spatial")
-        rules["deep_eprop(collapsed)"] = deep_eprop(model, loss, depth="collapsed")
-    rules["deep_eprop(full)"] = deep_eprop(model, loss, depth="full")
-    return rules
+    random_b = random_feedback(jax.random.key(1), n_rec, n_out, problem.inputs.dtype)
+    variants = {  # rule -> [(display name, options)]
+        "rtrl": [("rtrl", {})] if include_rtrl else [],
+        "eprop": [("eprop", {}), ("eprop (random B)", {"feedback": random_b})],
+        "eprop_m": [(RULES["eprop_m"].label({"order": m}), {"order": m}) for m in (0, 1, 2)],
+        "deep_eprop": [
+            (RULES["deep_eprop"].label({"depth": d}, keys=False), {"depth": d})
+            for d in (("spatial", "collapsed", "full") if depth > 1 else ("full",))
+        ],
+    }
+    return {
+        label: make_rule(name, model, loss, **options)
+        for name, info in RULES.items()
+        for label, options in variants.get(name, [(info.label(), {})])
+    }
 
 
 def compare(problem: Problem, *, include_rtrl=True, repeats=3) -> list[dict]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -14,6 +14,7 @@ import optax
 
 from ._cell import Cell
 from ._engine import OnlineRule, time_major
+from ._registry import RULES, make_rule
 from ._tricks import scan
 from ._typing import GradFn, Params, PRNGKey
 from .tasks._common import Task, forward
@@ -22,7 +23,7 @@ Sampler = Callable[[PRNGKey], tuple[jax.Array, Any]]
 
 
 def train(
-    rule_fn: GradFn | OnlineRule,
+    rule_fn: GradFn | OnlineRule | str,
     task_or_sampler: Task | Sampler,
     params: Params,
     optimizer: optax.GradientTransformation,
@@ -35,6 +36,7 @@ def train(
     online_every: int | None = None,
     progress: bool = True,
     desc: str = "train",
+    rule_options: Mapping[str, Any] | None = None,
 ) -> tuple[Params, dict]:
     """Trains ``params`` for ``steps`` batches with any rule and any optax optimiser.
 
@@ -48,6 +50,9 @@ def train(
       time steps (and at the end of the sequence), the network state and traces carrying on across the
       updates; each sequence starts from a fresh state. The metric comes from the outputs seen while
       learning.
+    * By name (``rule_fn`` a key of ``ep.rules`` such as ``"eprop_m"``, with ``model`` and a task): the rule
+      is built with :func:`~eproptax.make_rule` for ``model`` and the task's loss, with ``rule_options``
+      (``{"order": 2, "reg": task.reg}``), in its online form when ``online_every`` is given.
 
     The semantics, per sequence::
 
@@ -59,8 +64,9 @@ def train(
           params = optax.apply_updates(params, updates)
 
     Args:
-      rule_fn: ``grad_fn(params, inputs, targets) -> (loss, grads)`` (any rule of the library) or an
-        :class:`~eproptax.OnlineRule` (with ``online_every``).
+      rule_fn: ``grad_fn(params, inputs, targets) -> (loss, grads)`` (any rule of the library), an
+        :class:`~eproptax.OnlineRule` (with ``online_every``), or the name of a rule of ``ep.rules`` (with
+        ``model`` and a task).
       task_or_sampler: a :class:`~eproptax.tasks.Task`, or ``sampler(key) -> (inputs, targets)`` returning a
         whole batch (then pass ``metric`` for a metric).
       params: initial parameters.
@@ -73,6 +79,8 @@ def train(
       online_every: update every ``k`` time steps (online rules only).
       progress: show a progress bar with the running loss on stderr.
       desc: label of the progress bar.
+      rule_options: keyword options of a rule given by name (``ep.make_rule``'s: ``order``, ``depth``,
+        ``feedback``, ``reg``, ...); the task's regulariser is not added unless given here as ``reg``.
 
     Returns:
       ``(params, history)`` with ``history = {"loss": (steps,), "metric": (steps,), "metric_name": str,
@@ -84,18 +92,49 @@ def train(
       model, params = task.network(jax.random.key(0))
       params, history = ep.train(ep.eprop(model, task.loss), task, params, optax.adam(3e-3),
                                  steps=200, key=jax.random.key(1), batch_size=1, model=model)
+      # the same by name: ep.train("eprop", task, params, ..., model=model)
+    """
+    sample, metric, metric_name = _sampler(task_or_sampler, metric, batch_size)
+    rule_fn, online = _checked_rule(rule_fn, task_or_sampler, model, rule_options, online_every)
+    if not steps >= 1:
+        raise ValueError(f"train: `steps` must be a positive int, got {steps!r}.")
+    score = metric if (metric is not None and (online or model is not None)) else None
+    step = (
+        _online_step(rule_fn, sample, optimizer, score, int(online_every))
+        if online
+        else _sequence_step(rule_fn, sample, optimizer, score, model)
+    )
+    return _fit(step, params, optimizer, steps=steps, key=key, progress=progress, desc=desc, metric_name=metric_name)
+
+
+def _sampler(task_or_sampler, metric, batch_size: int):
+    """``(sample, metric, metric_name)`` of a task or a sampler, ``sample(key) -> (inputs, targets)`` a batch.
+
+    Raises TypeError for anything else.
     """
     if isinstance(task_or_sampler, Task):
         task = task_or_sampler
         sample = lambda k: task.sample(k, batch_size)
-        metric = metric or task.metric
-        metric_name = task.metric_name
-    elif callable(task_or_sampler):
-        sample, metric_name = task_or_sampler, "metric"
-    else:
-        raise TypeError(
-            f"train: `task_or_sampler` must be a tasks.Task or a function key -> (inputs, targets), "
-            f"got {type(task_or_sampler).__name__}."
+        return sample, metric or task.metric, task.metric_name
+    if callable(task_or_sampler):
+        return task_or_sampler, metric, "metric"
+    raise TypeError(
+        f"train: `task_or_sampler` must be a tasks.Task or a function key -> (inputs, targets), "
+        f"got {type(task_or_sampler).__name__}."
+    )
+
+
+def _checked_rule(rule_fn, task_or_sampler, model, rule_options, online_every):
+    """``(rule, online)``: ``rule_fn`` (built from the registry if a name), checked against ``online_every``.
+
+    Raises ValueError for ``rule_options`` without a rule name, or an ``online_every`` that does not fit the rule.
+    """
+    if isinstance(rule_fn, str):
+        rule_fn = _rule_by_name(rule_fn, task_or_sampler, model, rule_options, online_every)
+    elif rule_options is not None:
+        raise ValueError(
+            f"train: `rule_options` configures a rule given by name (one of {', '.join(RULES)}), got "
+            f"`rule_fn` a {type(rule_fn).__name__}; pass the options to its factory instead."
         )
     online = isinstance(rule_fn, OnlineRule)
     if online_every is not None and not online:
@@ -108,15 +147,11 @@ def train(
             f"train: an OnlineRule needs `online_every`, a positive number of time steps between "
             f"updates, got {online_every!r}."
         )
-    if not steps >= 1:
-        raise ValueError(f"train: `steps` must be a positive int, got {steps!r}.")
-    score = metric if (metric is not None and (online or model is not None)) else None
-    step = (
-        _online_step(rule_fn, sample, optimizer, score, int(online_every))
-        if online
-        else _sequence_step(rule_fn, sample, optimizer, score, model)
-    )
+    return rule_fn, online
 
+
+def _fit(step, params, optimizer, *, steps: int, key, progress: bool, desc: str, metric_name: str):
+    """Runs the compiled ``step`` ``steps`` times from ``optimizer.init(params)``; returns ``(params, history)``."""
     opt_state = optimizer.init(params)
     losses, metrics = [], []
     bar = _Progress(steps, desc, metric_name) if progress else None
@@ -139,6 +174,18 @@ def train(
         "wall_s": wall,
     }
     return params, history
+
+
+def _rule_by_name(name: str, task, model, options, online_every):
+    """The rule ``name`` of the registry for ``model`` and the task's loss (its online form with ``online_every``)."""
+    if model is None:
+        raise ValueError(f"train: a rule given by name ({name!r}) needs `model=`, the model to build it for, got None.")
+    if not isinstance(task, Task):
+        raise ValueError(
+            f"train: a rule given by name ({name!r}) needs a tasks.Task (its loss builds the rule), got "
+            f"{type(task).__name__}; build the rule with ep.make_rule(name, model, loss) and pass it instead."
+        )
+    return make_rule(name, model, task.loss, online=online_every is not None, **dict(options or {}))
 
 
 def _sequence_step(grad_fn, sample, optimizer, metric, model):

@@ -13,38 +13,36 @@ import numpy as np
 import optax
 
 from . import tasks as tasks_lib
-from ._bptt import bptt
-from ._deep_eprop import deep_eprop, online_deep_eprop
-from ._eprop import eprop, online_eprop, random_feedback
-from ._eprop_m import eprop_m, online_eprop_m
-from ._rtrl import online_rtrl, rtrl
+from ._eprop import random_feedback
+from ._registry import RULES, make_rule
 from ._train import train
 
-RULES = ("bptt", "rtrl", "eprop", "eprop_m", "deep_eprop")
+
+def _rule_flags() -> dict:
+    """``{option name: [(rule, Option), ...]}`` for every rule-specific option of the registry (``--order``, ...)."""
+    flags = {}
+    for info in RULES.values():
+        for option in info.options:
+            flags.setdefault(option.name, []).append((info.name, option))
+    return flags
 
 
-def make_rule(name: str, model, loss, *, order=None, depth="full", feedback="symmetric", reg=None, online=False):
-    """The rule ``name`` for ``model``: its whole-sequence ``grad_fn``, or its :class:`OnlineRule` if ``online``.
+def _rule_options(args) -> dict:
+    """The rule-specific options of ``--rule``: those given on the command line, else the registry's defaults.
 
-    ``order`` defaults to 1 for ``eprop_m`` and 0 (deep e-prop proper) for ``deep_eprop``.
+    Raises SystemExit for an option given that the rule does not take.
     """
-    if order is None:
-        order = 1 if name == "eprop_m" else 0
-    if name == "bptt":
-        if online:
-            raise ValueError("train: bptt has no online form (it needs the whole sequence); drop --online-every.")
-        return bptt(model, loss, reg=reg)
-    if name == "rtrl":
-        return (online_rtrl if online else rtrl)(model, loss, reg=reg)
-    if name == "eprop":
-        return (online_eprop if online else eprop)(model, loss, feedback=feedback, reg=reg)
-    if name == "eprop_m":
-        return (online_eprop_m if online else eprop_m)(model, loss, order, feedback=feedback, reg=reg)
-    if name == "deep_eprop":
-        return (online_deep_eprop if online else deep_eprop)(
-            model, loss, depth=depth, order=order, feedback=feedback, reg=reg
-        )
-    raise ValueError(f"train: `rule` must be one of {RULES}, got {name!r}.")
+    info = RULES[args.rule]
+    for name in _rule_flags():
+        if getattr(args, name) is not None and name not in info.defaults:
+            takes = ", ".join(f"--{o.name}" for o in info.options) or "none"
+            raise SystemExit(
+                f"eproptax train: --{name} is not an option of --rule {args.rule} (its options: {takes}); "
+                f"got --{name} {getattr(args, name)}."
+            )
+    return {
+        name: default if getattr(args, name) is None else getattr(args, name) for name, default in info.defaults.items()
+    }
 
 
 def _task_options(pairs) -> dict:
@@ -61,51 +59,29 @@ def _task_options(pairs) -> dict:
 
 
 def run(args) -> int:
+    """Runs ``eproptax train`` with the parsed ``args``: trains, prints the final metric, writes the outputs."""
+    info = RULES[args.rule]
+    _check_rule_args(args, info)
+    options = _rule_options(args)
     task_options = _task_options(args.task_option)
     if args.task == "evidence" and "dt" not in task_options:
         task_options["dt"] = 10.0
         print("evidence accumulation on a 10 ms grid (225 steps); --task-option dt=1 gives the paper's 1 ms grid")
-    dtype = jnp.float64 if args.float64 else jnp.float32
-    if args.float64:
-        jax.config.update("jax_enable_x64", True)
-    make_task = tasks_lib.TASKS[args.task]
-    task = make_task(dtype=dtype, **task_options)
-    test_task = make_task(dtype=dtype, **{**task_options, "split": "test"}) if args.task == "digits" else task
+    task, test_task = _make_tasks(args, task_options)
     net_options = {k: v for k, v in (("cell", args.cell), ("n_rec", args.hidden), ("layers", args.layers)) if v}
     k_net, k_feedback, k_train, k_eval = jax.random.split(jax.random.key(args.seed), 4)
     model, params = task.network(k_net, **net_options)
-    n_rec = model.layers[-2].n_out
-    feedback = "symmetric" if args.feedback == "symmetric" else random_feedback(k_feedback, n_rec, task.n_out, dtype)
-    reg = None if args.no_reg else task.reg
-    online = args.online_every is not None
-    if args.order is None:  # m-order e-prop's first new order; deep e-prop proper keeps none
-        args.order = 1 if args.rule == "eprop_m" else 0
-    rule = make_rule(
-        args.rule, model, task.loss, order=args.order, depth=args.depth, feedback=feedback, reg=reg, online=online
-    )
+    vars(args).update(options)  # the history records the values used
+    rule = _make_rule(args, info, options, task, model, k_feedback)
     batch = args.batch if args.batch else (1 if args.task == "pattern" else 32)
-    label = (
-        args.rule
-        + (f"(order={args.order})" if args.rule == "eprop_m" else "")
-        + (f"(depth={args.depth}, order={args.order})" if args.rule == "deep_eprop" else "")
-    )
-    print(
-        f"eproptax train: task {args.task} ({task.time_steps} steps, {task.n_in} inputs), "
-        f"{len(model.layers) - 1} x {type_name(model)}({n_rec}), rule {label}"
-        f"{f', online every {args.online_every} steps' if online else ''}, adam lr {args.lr} "
-        f"({args.lr_schedule}){f', gradients clipped to norm {args.clip}' if args.clip else ''}, batch {batch}, "
-        f"{args.steps} steps, seed {args.seed}"
-    )
+    label = info.label(options)
+    _print_setup(args, task, model, label, batch)
     start = time.perf_counter()
-    lr = optax.cosine_decay_schedule(args.lr, args.steps) if args.lr_schedule == "cosine" else args.lr
-    optimizer = optax.adam(lr)
-    if args.clip:
-        optimizer = optax.chain(optax.clip_by_global_norm(args.clip), optimizer)
     params, history = train(
         rule,
         task,
         params,
-        optimizer,
+        _optimizer(args),
         steps=args.steps,
         key=k_train,
         batch_size=batch,
@@ -121,9 +97,71 @@ def run(args) -> int:
         f"{final[task.metric_name]:.4f}, loss {final['loss']:.4f}; training took {total:.1f} s "
         f"({history['wall_s']:.1f} s in steps, compilation included)"
     )
-
     out = args.out or os.path.join("runs", f"{args.task}-{args.rule}")
     os.makedirs(out, exist_ok=True)
+    _write_history(os.path.join(out, "history.json"), args, task, task_options, batch, history, final, total)
+    figures = plot_run(out, task, model, params, history, k_eval, title=f"{args.task}, {label}")
+    print(f"wrote {os.path.join(out, 'history.json')}" + "".join(f", {p}" for p in figures))
+    return 0
+
+
+def _check_rule_args(args, info) -> None:
+    """Raises SystemExit for ``--online-every`` or ``--feedback random`` given to a rule that cannot take it."""
+    if args.online_every is not None and not info.online_form:
+        raise SystemExit(
+            f"eproptax train: --rule {args.rule} has no online form (it needs the whole sequence); drop --online-every."
+        )
+    if args.feedback == "random" and not info.feedback:
+        family = ", ".join(name for name, i in RULES.items() if i.feedback)
+        raise SystemExit(
+            f"eproptax train: --feedback random needs a rule that takes feedback ({family}), got --rule {args.rule}."
+        )
+
+
+def _make_tasks(args, task_options: dict):
+    """``(task, test_task)`` of ``--task`` in the dtype of ``--float64`` (the test split for digits, else the task)."""
+    dtype = jnp.float64 if args.float64 else jnp.float32
+    if args.float64:
+        jax.config.update("jax_enable_x64", True)
+    make_task = tasks_lib.TASKS[args.task]
+    task = make_task(dtype=dtype, **task_options)
+    test_task = make_task(dtype=dtype, **{**task_options, "split": "test"}) if args.task == "digits" else task
+    return task, test_task
+
+
+def _make_rule(args, info, options: dict, task, model, key):
+    """The rule of ``--rule`` for ``model``, with its ``options``, the task's regulariser and the feedback asked."""
+    dtype = jnp.float64 if args.float64 else jnp.float32
+    n_rec = model.layers[-2].n_out
+    feedback = "symmetric" if args.feedback == "symmetric" else random_feedback(key, n_rec, task.n_out, dtype)
+    reg = None if args.no_reg else task.reg
+    extra = {"feedback": feedback} if info.feedback else {}
+    return make_rule(args.rule, model, task.loss, online=args.online_every is not None, reg=reg, **extra, **options)
+
+
+def _print_setup(args, task, model, label: str, batch: int) -> None:
+    """Prints the run's settings: task, network, rule, optimiser, batch, steps and seed."""
+    online = args.online_every is not None
+    print(
+        f"eproptax train: task {args.task} ({task.time_steps} steps, {task.n_in} inputs), "
+        f"{len(model.layers) - 1} x {type_name(model)}({model.layers[-2].n_out}), rule {label}"
+        f"{f', online every {args.online_every} steps' if online else ''}, adam lr {args.lr} "
+        f"({args.lr_schedule}){f', gradients clipped to norm {args.clip}' if args.clip else ''}, batch {batch}, "
+        f"{args.steps} steps, seed {args.seed}"
+    )
+
+
+def _optimizer(args):
+    """``optax.adam`` at ``--lr`` (constant or cosine-decayed), after clipping to ``--clip`` if given."""
+    lr = optax.cosine_decay_schedule(args.lr, args.steps) if args.lr_schedule == "cosine" else args.lr
+    optimizer = optax.adam(lr)
+    if args.clip:
+        optimizer = optax.chain(optax.clip_by_global_norm(args.clip), optimizer)
+    return optimizer
+
+
+def _write_history(path: str, args, task, task_options: dict, batch: int, history: dict, final: dict, total: float):
+    """Writes ``history.json``: the settings, the loss and metric per step, the final evaluation and the device."""
     record = {
         "settings": {
             **vars(args),
@@ -142,11 +180,8 @@ def run(args) -> int:
         "device": jax.devices()[0].platform,
         "jax": jax.__version__,
     }
-    with open(os.path.join(out, "history.json"), "w") as f:
+    with open(path, "w") as f:
         json.dump(record, f, indent=1, default=str)
-    figures = plot_run(out, task, model, params, history, k_eval, title=f"{args.task}, {label}")
-    print(f"wrote {os.path.join(out, 'history.json')}" + "".join(f", {p}" for p in figures))
-    return 0
 
 
 def type_name(model) -> str:
@@ -275,14 +310,14 @@ def add_parser(sub) -> None:
         metavar="KEY=VALUE",
         help="keyword of the task factory, repeatable (e.g. --task-option dt=10)",
     )
-    p.add_argument("--rule", choices=RULES, default="eprop")
-    p.add_argument(
-        "--order",
-        type=int,
-        default=None,
-        help="explicit recurrent edges kept: eprop_m (default 1), deep_eprop (default 0)",
-    )
-    p.add_argument("--depth", choices=["full", "spatial"], default="full", help="deep_eprop's depth treatment")
+    p.add_argument("--rule", choices=list(RULES), default="eprop", help="a rule of ep.rules")
+    for name, uses in _rule_flags().items():  # the rules' own options, from the registry
+        first = uses[0][1]
+        choices = list(dict.fromkeys(c for _, o in uses for c in (o.choices or ())))
+        defaults = ", ".join(f"{rule} (default {o.default})" for rule, o in uses)
+        p.add_argument(
+            f"--{name}", type=first.type, choices=choices or None, default=None, help=f"{first.help}: {defaults}"
+        )
     p.add_argument(
         "--feedback", choices=["symmetric", "random"], default="symmetric", help="learning signal of the e-prop family"
     )

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import assert_close
 
 import eproptax as ep
 from eproptax import tasks
@@ -320,6 +321,30 @@ def test_train_checks_its_arguments(standard_promotion):
         ep.train(ep.online.eprop(model, task.loss), task, params, optax.sgd(0.1), steps=1, key=jax.random.key(0))
     with pytest.raises(TypeError, match="task_or_sampler"):
         ep.train(grad_fn, 3, params, optax.sgd(0.1), steps=1, key=jax.random.key(0))
+
+
+def test_train_builds_a_rule_by_name(standard_promotion):
+    task, model, params = _tiny(1)
+    # the same rule and steps by name and by factory: the same parameters
+    run = lambda rule, **kw: ep.train(
+        rule, task, params, optax.adam(2e-2), steps=2, key=jax.random.key(1), batch_size=1, progress=False, **kw
+    )
+    by_name, history = run("eprop_m", model=model, rule_options={"order": 2})
+    direct, _ = run(ep.eprop_m(model, task.loss, 2), model=model)
+    assert_close(by_name, direct, 1e-6, "ep.train('eprop_m')")
+    assert np.isfinite(history["metric"]).all()  # the metric came from model=
+    _, history = run("eprop", model=model, online_every=5)  # the online form
+    assert np.isfinite(history["loss"]).all()
+    with pytest.raises(ValueError, match="needs `model=`"):
+        run("eprop")
+    with pytest.raises(ValueError, match="needs a tasks.Task"):
+        ep.train(
+            "eprop", lambda k: task.sample(k, 1), params, optax.sgd(0.1), steps=1, key=jax.random.key(0), model=model
+        )
+    with pytest.raises(ValueError, match="`rule_options` configures a rule given by name"):
+        run(ep.eprop(model, task.loss), rule_options={"order": 1})
+    with pytest.raises(ValueError, match="eprop takes no option `order`"):
+        run("eprop", model=model, rule_options={"order": 1})
 
 
 def test_train_with_a_sampler_and_no_metric(standard_promotion):

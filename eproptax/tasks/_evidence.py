@@ -90,10 +90,19 @@ def evidence_accumulation(
         targets = {"label": jnp.full((time_steps,), label, jnp.int32), "mask": window_mask(in_recall, dtype)}
         return inputs, targets
 
+    network = _network(n_in, dt, dtype)
+    reg = FiringRateReg(c_reg=1.0, f_target=10.0 * dt / 1000.0)
+    return Task(
+        "evidence", batched(sample_one), cross_entropy, window_accuracy, network, n_in, 2, time_steps, "accuracy", reg
+    )
+
+
+def _network(n_in: int, dt: float, dtype):
+    """The task's network factory: 100 ALIF neurons (half adaptive) with NEST's parameters on a ``dt`` ms grid."""
     tau_adapt = 2000.0
     alpha = 1.0 - float(jnp.exp(-dt / 20.0))
     rho = 1.0 - float(jnp.exp(-dt / tau_adapt))
-    network = with_defaults(
+    return with_defaults(
         n_in,
         2,
         cell="alif",
@@ -109,8 +118,4 @@ def evidence_accumulation(
         zeta=1.0,
         surrogate_height=0.3 / 0.6,
         n_refractory=max(int(round(5.0 / dt)) - 1, 0),
-    )
-    reg = FiringRateReg(c_reg=1.0, f_target=10.0 * dt / 1000.0)
-    return Task(
-        "evidence", batched(sample_one), cross_entropy, window_accuracy, network, n_in, 2, time_steps, "accuracy", reg
     )
