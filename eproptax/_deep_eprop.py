@@ -88,6 +88,12 @@ def deep_eprop(
     Returns:
       ``grad_fn(params, inputs, targets) -> (loss, grads)``.
 
+    Example::
+
+      model = ep.cells.stack(ep.cells.lif(20, 64), ep.cells.lif(64, 64), ep.cells.leaky_readout(64, 2))
+      grad_fn = ep.deep_eprop(model, loss, depth="full")
+      loss_value, grads = jax.jit(grad_fn)(params, inputs, targets)
+
     Warning:
       Biased whenever a recurrent layer has recurrent weights (``J`` is dropped), unless ``order >= T - 1``.
 

@@ -76,12 +76,21 @@ def eprop(
         Changes the speed and the memory (``chunk`` steps of per-neuron coefficients), not the result (up
         to rounding). ``None``, the default: for a network with a gated recurrent layer (GRU, LSTM: several
         synaptic entries per neuron) the platform's :data:`eproptax.DEFAULT_CHUNK` (64 on the CPU, unset
-        elsewhere: 1), else 1. On the CPU ``chunk=64`` made every gated network measured 1.05x to 2.1x
-        faster, ALIF(256) batch 32 1.7x, and LIF and ALIF networks of 32 0.85x as fast
-        (``benchmarks/chunking.py``): pass ``chunk=64`` for large spiking networks, ``chunk=1`` to step.
+        elsewhere: 1), else 1; ``chunk=1`` steps. Whether chunks pay for a network depends on its size
+        (``benchmarks/chunking.py`` measures it; benchmarks/README.md has the tables).
 
     Returns:
       ``grad_fn(params, inputs, targets) -> (loss, grads)``.
+
+    Cost per step and example: ``O(s |theta|)`` memory and ``O(s^2 |theta|)`` time for the per-synapse
+    traces (``s`` the stored state variables), ``O(m)`` where the trace factorises, plus ``O(|theta|)`` for
+    the filtered trace under a leaky readout; memory is independent of ``T``.
+
+    Example::
+
+      grad_fn = ep.eprop(model, loss)          # ep.bptt(model, loss) gives the exact gradient
+      loss_value, grads = jax.jit(grad_fn)(params, inputs, targets)
+      online = ep.online.eprop(model, loss)    # the same rule, one step at a time
 
     Warning:
       Biased whenever the recurrent weights are not zero (and, for several layers, whenever a layer above

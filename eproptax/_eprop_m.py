@@ -60,6 +60,11 @@ def eprop_m(
     Returns:
       ``grad_fn(params, inputs, targets) -> (loss, grads)``.
 
+    Example::
+
+      grad_fn = ep.eprop_m(model, loss, order=1)   # order=0 is ep.eprop
+      loss_value, grads = jax.jit(grad_fn)(params, inputs, targets)
+
     Warning:
       Biased for ``order < T - 1`` whenever the recurrent weights are not zero. On a stack of several
       recurrent layers each layer keeps its own levels (no cross-layer traces; see :func:`deep_eprop`).

@@ -261,6 +261,11 @@ def rtrl(model: Cell, loss: LossFn, *, reg: FiringRateReg | None = None, unroll:
     Returns:
       ``grad_fn(params, inputs, targets) -> (loss, grads)``.
 
+    Example::
+
+      grad_fn = ep.rtrl(model, loss)           # equals ep.bptt(model, loss) to rounding
+      loss_value, grads = jax.jit(grad_fn)(params, inputs, targets)
+
     References:
       Williams and Zipser, "A learning algorithm for continually running fully recurrent neural
       networks", Neural Computation 1(2), 1989.
