@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from ._cell import layers_of
 from ._engine import recurrent_outputs
-from ._jacobians import Blocks, blocks, output_jacobian
+from ._jacobians import Blocks, blocks, output_jacobian, with_self_recurrence
 from ._plan import TracePlan
 
 
@@ -68,6 +68,8 @@ def forward(plan: TracePlan, model, loss, feedback, params, carry, x, target):
         a = layer.synapse(params[l], u, z_prev)
         h = layer.dynamics(h_prev, a)
         blk = blocks(layer, h_prev, a, h)
+        if plan.self_recurrent:  # SnAp-1: the autapse's edge is part of the neuron's own recurrence
+            blk = with_self_recurrence(layer, params[l], u, z_prev, h_prev, blk)
         dgdh_prev = output_jacobian(layer, h_prev) if plan.order > 0 else None
         steps.append(LayerStep(u, z_prev, blk, dgdh_prev, presynaptic(u, z_prev)))
         hs_prev.append(h_prev)

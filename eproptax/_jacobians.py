@@ -65,6 +65,20 @@ def blocks(layer: Cell, h_prev, a: jax.Array, h) -> Blocks:
     return Blocks(D, dfda, output_jacobian(layer, h))
 
 
+def with_self_recurrence(layer: Cell, params, u, z_prev, h_prev, blk: Blocks) -> Blocks:
+    """``blk`` with each neuron's own explicit edge folded into its implicit recurrence (SnAp-1, D-RTRL)::
+
+        D'[j, c, e] = D[j, c, e] + sum_g dfda[j, c, g] W_self[j, g] dgdh_prev[j, e]
+
+    with ``W_self[j, g] = d a[j, g] / d z_prev[j]`` (the autapse of neuron ``j``, the diagonal of the
+    synapse's recurrent matrix, which depends on the parameters only) and ``dgdh_prev = dz/dh`` at
+    ``h_prev``: the whole derivative of neuron ``j``'s new state by its own previous one."""
+    w_rec = jax.jacfwd(lambda zz: layer.synapse(params, u, zz))(z_prev)  # (n, k, n)
+    w_self = jnp.einsum("jgj->jg", w_rec)
+    dgdh_prev = output_jacobian(layer, h_prev)
+    return blk._replace(D=blk.D + jnp.einsum("jcg,jg,je->jce", blk.dfda, w_self.astype(blk.dfda.dtype), dgdh_prev))
+
+
 def read_states(layer: Cell, h_prev, a) -> tuple[bool, ...]:
     """Which floating state variables ``dynamics`` reads (``h_prev`` and ``a`` may be shapes).
 

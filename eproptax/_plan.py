@@ -103,6 +103,8 @@ class TracePlan(NamedTuple):
       reg: whether the firing-rate regulariser's sums are carried.
       carry_bytes: the model's carry for one example, in bytes (in the dtype of ``model.init``).
       top_params: the number of parameters of a readout that is not a neuron cell, else 0.
+      self_recurrent: whether each recurrent neuron's own explicit edge (its autapse) is part of its
+        implicit recurrence ``D`` (SnAp-1); its state variables are then neither leaky nor shared.
     """
 
     order: int
@@ -116,6 +118,7 @@ class TracePlan(NamedTuple):
     reg: bool
     carry_bytes: int
     top_params: int
+    self_recurrent: bool = False
 
     @property
     def R(self) -> int:
@@ -230,12 +233,14 @@ def batch_axes(plan: TracePlan) -> tuple:
     return EpropTraces(influence, filtered, readout), reg
 
 
-def layer_plan(layer: Cell, params, dtype, order: int) -> LayerPlan | None:
+def layer_plan(layer: Cell, params, dtype, order: int, self_recurrent: bool = False) -> LayerPlan | None:
     """A neuron layer's :class:`LayerPlan` (``params`` may be shapes), ``None`` for any other cell.
 
     Only a level-0 update reads the previous own trace, through ``D``; a variable that ``dynamics`` never
     reads (found from its jaxpr: an LSTM's ``h``) has a zero column there, so with ``order=0`` its trace is
-    recomputed every step and never stored. Dense levels read the previous trace of every variable."""
+    recomputed every step and never stored. Dense levels read the previous trace of every variable, and so
+    does a ``D`` that holds the autapse's edge (``self_recurrent``, which also makes no variable leaky:
+    ``D`` then differs from neuron to neuron)."""
     if not is_neuron(layer):
         return None
     carry = jax.eval_shape(layer.init_carry, params)
@@ -244,13 +249,18 @@ def layer_plan(layer: Cell, params, dtype, order: int) -> LayerPlan | None:
     if a.ndim != 2 or a.shape[0] != layer.n_out:
         raise ValueError(f"synapse must return shape (n={layer.n_out}, k), got {a.shape}.")
     leaks = variable_leaks(layer, s, a.shape[1])
+    if self_recurrent:
+        m = layer.n_in + layer.n_out + 1
+        return LayerPlan(layer.n_out, s, a.shape[1], m, (None,) * s, (True,) * s, None)
     read = (True,) * s if all(leaks) else read_states(layer, carry, a)
     read = tuple(r or leak is not None for r, leak in zip(read, leaks))  # a leaky variable reads itself
     stored = read if order == 0 else (True,) * s
     return LayerPlan(layer.n_out, s, a.shape[1], layer.n_in + layer.n_out + 1, leaks, stored, scalar_leak(layer))
 
 
-def make_plan(model: Cell, *, order: int, depth: str, feedback, reg: bool, where: str) -> TracePlan:
+def make_plan(
+    model: Cell, *, order: int, depth: str, feedback, reg: bool, where: str, self_recurrent: bool = False
+) -> TracePlan:
     """Validates a rule's static configuration and resolves its :class:`TracePlan`."""
     if not isinstance(order, (int, np.integer)) or order < 0:
         raise ValueError(f"{where}: `order` must be a non-negative Python int, got {order!r}.")
@@ -260,8 +270,11 @@ def make_plan(model: Cell, *, order: int, depth: str, feedback, reg: bool, where
     layers = layers_of(model)
     params = jax.eval_shape(model.init, jax.random.key(0))
     dtype = jax.tree_util.tree_leaves(params)[0].dtype
-    plans = tuple(layer_plan(layer, p, dtype, order) for layer, p in zip(layers, params))
-    R, full = len(layers) - 1, depth == "full"
+    R = len(layers) - 1
+    plans = tuple(
+        layer_plan(layer, p, dtype, order, self_recurrent and i < R) for i, (layer, p) in enumerate(zip(layers, params))
+    )
+    full = depth == "full"
     filter_top = plans[R] is not None and plans[R].scalar is not None
 
     def filters(p):  # the leaky layers whose scalar leak filters the trace observed for p, bottom to top
@@ -282,6 +295,7 @@ def make_plan(model: Cell, *, order: int, depth: str, feedback, reg: bool, where
         reg=bool(reg),
         carry_bytes=sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree_util.tree_leaves(carry)),
         top_params=0 if plans[R] is not None else sum(leaf.size for leaf in jax.tree_util.tree_leaves(params[R])),
+        self_recurrent=self_recurrent,
     )
 
 

@@ -17,6 +17,7 @@ from ._deep_eprop import DEPTHS, deep_eprop, online_deep_eprop
 from ._eprop import eprop, online_eprop
 from ._eprop_m import eprop_m, online_eprop_m
 from ._rtrl import online_rtrl, rtrl
+from ._snap import online_snap, snap
 
 _NONE: Mapping = types.MappingProxyType({})
 
@@ -117,6 +118,7 @@ _ORDER = "explicit recurrent edges kept"
 _ORDER_M = Option("order", 1, int, None, _ORDER)
 _ORDER_DEEP = Option("order", 0, int, None, _ORDER)
 _DEPTH = Option("depth", "full", str, DEPTHS, "treatment across layers")
+_SNAP_N = Option("n", 1, int, (1,), "steps the influence's sparsity pattern reaches (SnAp-n)")
 
 RULES: Mapping[str, RuleInfo] = types.MappingProxyType(
     {
@@ -203,6 +205,23 @@ RULES: Mapping[str, RuleInfo] = types.MappingProxyType(
                         "as `eprop`, plus one scalar filter per leaky layer",
                     ),
                     Row('depth="spatial"', "as `eprop` on a stack", "as `eprop`", "as `eprop`"),
+                ),
+            ),
+            RuleInfo(
+                "snap",
+                snap,
+                online_snap,
+                (_SNAP_N,),
+                feedback=True,
+                chunk=True,
+                rows=(
+                    Row(
+                        "n=1",
+                        "approximate: drops the explicit recurrence between distinct neurons (SnAp-1, D-RTRL: "
+                        "e-prop plus each neuron's autapse)",
+                        "`O(s |theta|)` traces, every state variable",
+                        "`O(s^2 |theta|)`",
+                    ),
                 ),
             ),
         )

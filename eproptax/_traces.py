@@ -55,9 +55,19 @@ def online_traces(
     feedback="symmetric",
     reg: FiringRateReg | None = None,
     where: str,
+    self_recurrent: bool = False,
 ) -> OnlineRule:
-    """Builds the per-step estimator (see the module docstring) for a plan resolved now."""
-    plan = make_plan(model, order=order, depth=depth, feedback=feedback, reg=reg is not None, where=where)
+    """Builds the per-step estimator (see the module docstring) for a plan resolved now; ``self_recurrent``
+    folds each neuron's autapse into its implicit recurrence (SnAp-1, :func:`~eproptax.snap`)."""
+    plan = make_plan(
+        model,
+        order=order,
+        depth=depth,
+        feedback=feedback,
+        reg=reg is not None,
+        where=where,
+        self_recurrent=self_recurrent,
+    )
     layers = layers_of(model)
     B = None if isinstance(feedback, str) else jnp.asarray(feedback)
     fwd = lambda params, carry, x, target: forward(plan, model, loss, B, params, carry, x, target)

@@ -5,7 +5,8 @@ from .._engine import batch_sharding as batch_sharding
 from .._eprop import online_eprop as eprop
 from .._eprop_m import online_eprop_m as eprop_m
 from .._rtrl import online_rtrl as rtrl
+from .._snap import online_snap as snap
 from .._streaming import load_state as load_state
 from .._streaming import save_state as save_state
 
-__all__ = ["batch_sharding", "deep_eprop", "eprop", "eprop_m", "load_state", "rtrl", "save_state"]
+__all__ = ["batch_sharding", "deep_eprop", "eprop", "eprop_m", "load_state", "rtrl", "save_state", "snap"]
