@@ -17,6 +17,7 @@ import numpy as np
 from . import _tricks as tricks
 from ._cell import Cell, is_neuron, layers_of
 from ._typing import Array, LossFn, Params
+from ._validate import check_chunk, check_inputs, check_unroll
 
 
 class FiringRateReg(NamedTuple):
@@ -226,98 +227,6 @@ def sequence_loss(model: Cell, loss: LossFn, *, reg: FiringRateReg | None = None
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Checks: every message names the argument, what was expected and what was received
-# ----------------------------------------------------------------------------------------------------------
-
-
-def _shape_str(x) -> str:
-    return str(tuple(np.shape(x)))
-
-
-def check_unroll(where: str, unroll) -> None:
-    if unroll is not None and (isinstance(unroll, bool) or not isinstance(unroll, (int, np.integer)) or unroll < 1):
-        raise ValueError(
-            f"{where}: `unroll` must be a positive int (time steps per iteration of the scan) "
-            f"or None (the platform's default), got {unroll!r}."
-        )
-
-
-def check_params(where: str, model: Cell, params: Params) -> None:
-    expected = jax.eval_shape(model.init, jax.random.key(0))
-    exp_def, got_def = jax.tree_util.tree_structure(expected), jax.tree_util.tree_structure(params)
-    if exp_def != got_def:
-        raise ValueError(
-            f"{where}: `params` does not match the model: expected the tree {exp_def}, got "
-            f"{got_def}. Make params with model.init(key)."
-        )
-    for path, (e, g) in zip(
-        jax.tree_util.tree_flatten_with_path(expected)[0],
-        zip(jax.tree_util.tree_leaves(expected), jax.tree_util.tree_leaves(params)),
-    ):
-        if tuple(e.shape) != tuple(np.shape(g)):
-            raise ValueError(
-                f"{where}: `params` leaf {jax.tree_util.keystr(path[0])} has shape "
-                f"{_shape_str(g)}, expected {tuple(e.shape)}."
-            )
-
-
-def check_inputs(where: str, model: Cell, loss: LossFn, params: Params, inputs: Array, targets: Any) -> None:
-    """Validates a whole-sequence call (shapes are static, so this runs once per trace)."""
-    check_params(where, model, params)
-    if np.ndim(inputs) != 3:
-        raise ValueError(
-            f"{where}: `inputs` must have shape (batch, time, n_in={model.n_in}), got "
-            f"{_shape_str(inputs)}. Add a batch axis with inputs[None] or a time axis with "
-            "inputs[:, None]."
-        )
-    batch, time, width = np.shape(inputs)
-    if model.n_in is not None and width != model.n_in:
-        raise ValueError(
-            f"{where}: `inputs` must have n_in={model.n_in} features on its last axis, got shape {_shape_str(inputs)}."
-        )
-    for path, leaf in jax.tree_util.tree_flatten_with_path(targets)[0]:
-        if np.ndim(leaf) < 2 or tuple(np.shape(leaf)[:2]) != (batch, time):
-            raise ValueError(
-                f"{where}: `targets` leaf {jax.tree_util.keystr(path) or '(root)'} must have "
-                f"leading axes (batch, time) = ({batch}, {time}) like `inputs`, got shape "
-                f"{_shape_str(leaf)}."
-            )
-    check_loss(where, model, loss, params, jax.tree_util.tree_map(lambda a: a[0, 0], targets))
-
-
-def check_step(
-    where: str, model: Cell, loss: LossFn, params: Params, state: OnlineState, x: Array, target: Any
-) -> None:
-    """Validates an online step."""
-    batch = jax.tree_util.tree_leaves(state.carry)[0].shape[0] if jax.tree_util.tree_leaves(state.carry) else None
-    if np.ndim(x) != 2 or np.shape(x)[-1] != model.n_in or (batch is not None and np.shape(x)[0] != batch):
-        raise ValueError(
-            f"{where}: `inputs_t` must have shape (batch={batch}, n_in={model.n_in}), got {_shape_str(x)}."
-        )
-    for path, leaf in jax.tree_util.tree_flatten_with_path(target)[0]:
-        if np.ndim(leaf) < 1 or np.shape(leaf)[0] != np.shape(x)[0]:
-            raise ValueError(
-                f"{where}: `targets_t` leaf {jax.tree_util.keystr(path) or '(root)'} must have a "
-                f"leading batch axis of {np.shape(x)[0]}, got shape {_shape_str(leaf)}."
-            )
-    check_loss(where, model, loss, params, jax.tree_util.tree_map(lambda a: a[0], target))
-
-
-def check_loss(where: str, model: Cell, loss: LossFn, params: Params, target_t: Any) -> None:
-    def out_fn(p, t):
-        carry = model.init_carry(p)
-        _, out = model.apply(p, carry, jnp.zeros((model.n_in,), jax.tree_util.tree_leaves(p)[0].dtype))
-        return loss(out, t)
-
-    value = jax.eval_shape(out_fn, params, target_t)
-    if value.shape != ():
-        raise ValueError(
-            f"{where}: `loss(outputs_t, targets_t)` must return a scalar for one example and one "
-            f"step, got shape {tuple(value.shape)}. Sum or average inside the loss."
-        )
-
-
-# ----------------------------------------------------------------------------------------------------------
 # The two views
 # ----------------------------------------------------------------------------------------------------------
 
@@ -325,19 +234,6 @@ def check_loss(where: str, model: Cell, loss: LossFn, params: Params, target_t: 
 def time_major(tree: Any) -> Any:
     """Every leaf with its first two axes swapped: ``(B, T, ...)`` as ``(T, B, ...)``."""
     return jax.tree_util.tree_map(lambda a: jnp.swapaxes(a, 0, 1), tree)
-
-
-def check_chunk(where: str, chunk, online: OnlineRule) -> None:
-    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1):
-        raise ValueError(
-            f"{where}: `chunk` must be a positive int (time steps advanced at once) or None (the "
-            f"platform's default), got {chunk!r}."
-        )
-    if chunk is not None and chunk > 1 and online.chunk is None:
-        raise ValueError(
-            f"{where}: `chunk={chunk}` needs a rule with a chunked form: level-0 traces only "
-            "(order=0, depth='spatial' or 'collapsed'); pass chunk=1 or None."
-        )
 
 
 def scan_rule(

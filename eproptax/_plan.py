@@ -8,8 +8,11 @@ batch axes, and the work and memory of one step. The stages (``_forward``, ``_le
 ``_contract``, ``_chunks``) are functions of ``(plan, arrays)``; printing a plan shows what a rule
 carries::
 
-    >>> ep.online.eprop(model, loss).plan
-    TracePlan(order=0, depth='spatial', layers=(LayerPlan(n=32, s=1, k=1, m=53, ...), ...), ...)
+    >>> ep.online.eprop(model, loss).plan        # an ALIF(32) layer and a leaky readout
+    TracePlan(order=0, depth='spatial', feedback='symmetric', reg=False, self_recurrent=False, neuron_major=True,
+      layer 0: n=32 s=2 k=1 m=53 leaky=[0] stored=[0, 1]
+      layer 1: n=2 s=1 k=1 m=35 leaky=[0] stored=[0] (a scalar filter)
+      pairs=((0, 0),), observed=(0,), filters=((1,),))
 
 Representations. A layer's own level-0 trace is a tuple with one array per *stored* state variable (with
 ``order=0``, the variables that ``dynamics`` reads; every variable otherwise). A leaky variable's trace is
@@ -119,6 +122,21 @@ class TracePlan(NamedTuple):
     carry_bytes: int
     top_params: int
     self_recurrent: bool = False
+
+    def __repr__(self) -> str:
+        def layer(i, d):
+            if d is None:
+                return f"  layer {i}: not a neuron cell (differentiated at the same step)"
+            leaky = [c for c, leak in enumerate(d.leaks) if leak is not None]
+            role = " (a scalar filter)" if d.scalar is not None else ""
+            return f"  layer {i}: n={d.n} s={d.s} k={d.k} m={d.m} leaky={leaky} stored={d.kept}{role}"
+
+        head = (
+            f"TracePlan(order={self.order}, depth={self.depth!r}, feedback={self.feedback!r}, reg={self.reg}, "
+            f"self_recurrent={self.self_recurrent}, neuron_major={self.neuron_major},"
+        )
+        tail = f"  pairs={self.pairs}, observed={self.observed}, filters={self.filters})"
+        return "\n".join([head] + [layer(i, d) for i, d in enumerate(self.layers)] + [tail])
 
     @property
     def R(self) -> int:

@@ -14,7 +14,6 @@ from ._engine import (
     FiringRateReg,
     OnlineRule,
     accum_dtype,
-    check_step,
     new_state,
     recurrent_outputs,
     reg_value,
@@ -25,6 +24,7 @@ from ._engine import (
 from ._jacobians import effective_shape, pull_back, synapse_struct
 from ._plan import StepCost
 from ._typing import GradFn, LossFn
+from ._validate import check_step
 
 
 def _ravel_float(tree):

@@ -39,11 +39,12 @@ from ._cell import Cell, layers_of
 from ._chunks import chunk_step
 from ._contract import contract_h, contract_mixed, contract_z, filter_stages, result
 from ._dense import dense_example
-from ._engine import FiringRateReg, OnlineRule, accum_dtype, check_step, leading_batch_axes, new_state, reset
+from ._engine import FiringRateReg, OnlineRule, accum_dtype, leading_batch_axes, new_state, reset
 from ._forward import forward
 from ._level0 import compact_layout, own_update, own_view, own_z
 from ._plan import EpropTraces, TracePlan, batch_axes, make_plan, state_shapes
 from ._typing import LossFn
+from ._validate import check_step
 
 
 def online_traces(
