@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -42,6 +43,9 @@ def train(
 
     Each training step draws a fresh batch from the task (inside the compiled step), computes the rule's
     loss and gradient and applies one optax update. The step is compiled once: ``steps`` calls reuse it.
+    A rule that takes a key (``grad_fn(..., key=)``, ``init(..., key=)``: every rule of the library) gets a
+    fresh one at every training step, ``jax.random.fold_in`` of the step's key, so a rule that draws noise
+    draws new noise each step.
 
     * Per sequence (``rule_fn`` a whole-sequence rule such as ``ep.eprop(model, loss)``): one update per
       batch of sequences. Pass ``model`` to get the task's metric (one extra forward pass per step).
@@ -188,11 +192,27 @@ def _rule_by_name(name: str, task, model, options, online_every):
     return make_rule(name, model, task.loss, online=online_every is not None, **dict(options or {}))
 
 
+def _takes_key(fn) -> bool:
+    """Whether ``fn`` takes a ``key`` keyword (the engine's rules do; a hand-written rule may not)."""
+    try:
+        return "key" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _rule_key(key):
+    """The key a rule that draws noise gets at a training step: apart from the batch's ``sample(key)``."""
+    return jax.random.fold_in(key, 1)
+
+
 def _sequence_step(grad_fn, sample, optimizer, metric, model):
+    keyed = _takes_key(grad_fn)
+
     @jax.jit
     def step(params, opt_state, key):
         inputs, targets = sample(key)
-        loss, grads = grad_fn(params, inputs, targets)
+        extra = {"key": _rule_key(key)} if keyed else {}
+        loss, grads = grad_fn(params, inputs, targets, **extra)
         value = jnp.full((), jnp.nan, loss.dtype)
         if metric is not None:
             value = metric(forward(model, params, inputs)[0], targets).astype(loss.dtype)
@@ -203,6 +223,8 @@ def _sequence_step(grad_fn, sample, optimizer, metric, model):
 
 
 def _online_step(rule: OnlineRule, sample, optimizer, metric, every: int):
+    keyed = _takes_key(rule.init)
+
     @jax.jit
     def step(params, opt_state, key):
         inputs, targets = sample(key)
@@ -217,7 +239,7 @@ def _online_step(rule: OnlineRule, sample, optimizer, metric, every: int):
             params = optax.apply_updates(params, updates)
             return (params, opt_state, rule.reset(state), total + loss), outputs
 
-        state = rule.init(params, batch)
+        state = rule.init(params, batch, key=_rule_key(key)) if keyed else rule.init(params, batch)
         carry = (params, opt_state, state, jnp.zeros((), state.loss.dtype))
         n_windows, rest = divmod(time_steps, every)
         chunks = jax.tree_util.tree_map(lambda a: a[: n_windows * every].reshape((n_windows, every) + a.shape[1:]), xs)

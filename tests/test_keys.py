@@ -126,3 +126,18 @@ def test_a_state_saved_in_format_1_still_loads():
 
 def _data(leaf):
     return jax.random.key_data(leaf) if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key) else leaf
+
+
+@pytest.mark.parametrize("online", [False, True], ids=["per-sequence", "online"])
+def test_train_gives_a_rule_that_draws_noise_a_fresh_key_every_step(noisy, online):
+    """``ep.train`` hands a key to a rule that takes one (the rule raises without it): the same training key
+    gives the same parameters, another gives others."""
+    import optax
+
+    rule, grad_fn, (params, inputs, targets) = noisy
+    sampler = lambda key: (inputs, targets)  # the same batch every step: only the rule's noise varies
+    kwargs = dict(steps=2, batch_size=2, progress=False, online_every=5 if online else None)
+    fit = lambda key: ep.train(rule if online else grad_fn, sampler, params, optax.sgd(1.0), key=key, **kwargs)[0]
+    a, b, c = fit(jax.random.key(1)), fit(jax.random.key(2)), fit(jax.random.key(1))
+    chex.assert_trees_all_equal(a, c)
+    assert not np.allclose(a[0]["w_in"], b[0]["w_in"])
