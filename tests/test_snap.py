@@ -50,39 +50,38 @@ def owners(layer, params, theta_of):
     return jnp.any(jac != 0, axis=1)
 
 
-def masked_rtrl(model, params, x_seq, y_seq):
-    """One example's gradient for the recurrent layer's parameters (SnAp-1 by its definition)."""
+def reference(model, params, inputs, targets):
+    """The batch-mean gradient for the recurrent layer's parameters, SnAp-1 by its definition: a scan over
+    time of RTRL on the flattened state, masked after every step, vmapped over the examples."""
     hidden, top = model.layers
     theta, unravel = ravel_pytree(params[0])
-    h, r = model.init_carry(params)
-    s = float_state(h).shape[-1]
+    h0, r0 = model.init_carry(params)
+    s, r_shape = float_state(h0).shape[-1], float_state(r0).shape
     row_owner = jnp.repeat(owners(hidden, params[0], theta), s, axis=0)  # rows (j, c), neuron-major
-    M = jnp.zeros((N * s, theta.size), F64)
-    Y, grad = None, jnp.zeros_like(theta)
-    for t in range(T):
-        hv = float_state(h).reshape(-1)
-        step = lambda v, th: float_state(hidden.apply(unravel(th), with_float_state(h, v.reshape(N, s)), x_seq[t])[0])
-        J_h, J_th = jax.jacfwd(lambda v, th: step(v, th).reshape(-1), argnums=(0, 1))(hv, theta)
+
+    def step(carry, xy):
+        h, r, M, Y, grad = carry
+        x, y_t = xy
+        f = lambda v, th: float_state(hidden.apply(unravel(th), with_float_state(h, v.reshape(N, s)), x)[0])
+        J_h, J_th = jax.jacfwd(lambda v, th: f(v, th).reshape(-1), argnums=(0, 1))(float_state(h).reshape(-1), theta)
         M = jnp.where(row_owner, J_h @ M + J_th, 0.0)
-        h = hidden.apply(params[0], h, x_seq[t])[0]
-        hv = float_state(h).reshape(-1)
+        h = hidden.apply(params[0], h, x)[0]
         z_of = lambda v: hidden.output(with_float_state(h, v.reshape(N, s)))
-        r_shape = float_state(r).shape
-        r_new = lambda rv, v: float_state(
-            top.apply(params[1], with_float_state(r, rv.reshape(r_shape)), z_of(v))[0]
-        ).reshape(-1)
-        A, C = jax.jacfwd(r_new, argnums=(0, 1))(float_state(r).reshape(-1), hv)
-        Y = C @ M if Y is None else A @ Y + C @ M
-        r, y = top.apply(params[1], r, z_of(hv))
-        err = jax.grad(mse)(y, y_seq[t])
+        r_new = lambda rv, v: float_state(top.apply(params[1], with_float_state(r, rv.reshape(r_shape)), z_of(v))[0])
+        A, C = jax.jacfwd(lambda rv, v: r_new(rv, v).reshape(-1), argnums=(0, 1))(
+            float_state(r).reshape(-1), float_state(h).reshape(-1)
+        )
+        Y = A @ Y + C @ M
+        r, y = top.apply(params[1], r, z_of(float_state(h).reshape(-1)))
         dy_dr = jax.jacfwd(lambda rv: top.output(with_float_state(r, rv.reshape(r_shape))))(float_state(r).reshape(-1))
-        grad = grad + err @ dy_dr @ Y
-    return unravel(grad)
+        return (h, r, M, Y, grad + jax.grad(mse)(y, y_t) @ dy_dr @ Y), None
 
+    def one(x_seq, y_seq):
+        zeros = lambda rows: jnp.zeros((rows, theta.size), F64)
+        init = (h0, r0, zeros(N * s), zeros(float_state(r0).size), jnp.zeros_like(theta))
+        return jax.lax.scan(step, init, (x_seq, y_seq))[0][-1]
 
-def reference(model, params, inputs, targets):
-    grads = [masked_rtrl(model, params, x, y) for x, y in zip(inputs, targets)]
-    return jax.tree_util.tree_map(lambda *g: sum(g) / len(g), *grads)
+    return unravel(jnp.mean(jax.jit(jax.vmap(one))(inputs, targets), axis=0))
 
 
 def assert_tree_close(a, b, tol):
@@ -98,9 +97,8 @@ CASES = [("rnn", "linear"), ("gru", "linear"), ("lstm", "leaky"), ("alif", "leak
 def test_snap1_is_masked_rtrl(cell, readout):
     """Autapses on (the classic cells always have a recurrent diagonal): SnAp-1 equals the masked RTRL."""
     model, params, inputs, targets = network(cell, readout)
-    value, grads = jax.jit(ep.snap(model, mse))(params, inputs, targets)
+    _, grads = jax.jit(ep.snap(model, mse))(params, inputs, targets)
     assert_tree_close(grads[0], reference(model, params, inputs, targets), 1e-10)
-    assert np.isclose(float(value), float(ep.bptt(model, mse)(params, inputs, targets)[0]), rtol=1e-12)
 
 
 @pytest.mark.parametrize("cell, readout", [("lif", "leaky"), ("alif", "linear")], ids=["lif+leaky", "alif+linear"])
