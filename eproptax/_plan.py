@@ -182,13 +182,14 @@ class TracePlan(NamedTuple):
 
     def cost(self, batch_size: int, itemsize: int = 4) -> StepCost:
         """The least work of one step over ``batch_size`` examples, traces in ``itemsize``-byte floats."""
-        shapes = jax.tree_util.tree_leaves(state_shapes(self, batch_size), is_leaf=_is_shape)
+        shapes = jax.tree_util.tree_leaves(state_shapes(self, batch_size), is_leaf=is_shape)
         floats = sum(math.prod(shape) for shape in shapes) + self.top_params + 1  # + the loss
         state = batch_size * self.carry_bytes + itemsize * floats + 4  # + the int32 step counter
         return StepCost(state, 2 * state, _dense_flops(self, batch_size))
 
 
-def _is_shape(x) -> bool:
+def is_shape(x) -> bool:
+    """Whether ``x`` is an array's shape (a non-empty tuple of ints), a leaf of :class:`StateShapes`."""
     return isinstance(x, tuple) and len(x) > 0 and all(isinstance(e, int) for e in x)
 
 
@@ -208,9 +209,18 @@ def _dense_flops(plan: TracePlan, batch: int) -> float:
     return flops
 
 
-def state_shapes(plan: TracePlan, batch: int) -> dict:
+class StateShapes(NamedTuple):
+    """The shapes of the arrays of an online state that the plan decides (over a batch)."""
+
+    traces: EpropTraces  # every level, filter stage and the readout's own trace
+    grads: tuple  # the gradient accumulators of the neuron layers (another readout's follows its parameters)
+    reg_traces: dict | None  # the regulariser's sums, or None without it
+    spikes: tuple | None  # the regulariser's per-example spike sums, or None
+
+
+def state_shapes(plan: TracePlan, batch: int) -> StateShapes:
     """The shapes of every trace, filter stage, gradient accumulator and regulariser sum over ``batch``
-    examples (a neuron readout's gradient included; another readout's follows its parameters)."""
+    examples: what ``init`` allocates and :meth:`TracePlan.cost` counts."""
     batched = lambda shape, axis: shape[:axis] + (batch,) + shape[axis:]
 
     def level(l, p, n):  # an own level: a tuple over the stored variables; a dense level: one array
@@ -234,7 +244,7 @@ def state_shapes(plan: TracePlan, batch: int) -> dict:
     grads = tuple(d.shape for d in plan.layers if d is not None)
     reg = {(l, p): z_sum(l, p) for l, p in plan.pairs} if plan.reg else None
     spikes = (batch, sum(d.n for d in plan.layers[:R])) if plan.reg else None
-    return dict(traces=EpropTraces(influence, filtered, readout), grads=grads, reg_traces=reg, spikes=spikes)
+    return StateShapes(EpropTraces(influence, filtered, readout), grads, reg, spikes)
 
 
 def batch_axes(plan: TracePlan) -> tuple:

@@ -42,7 +42,7 @@ from ._dense import dense_example
 from ._engine import FiringRateReg, OnlineRule, accum_dtype, leading_batch_axes, new_state, reset
 from ._forward import forward
 from ._level0 import compact_layout, own_update, own_view, own_z
-from ._plan import EpropTraces, TracePlan, batch_axes, make_plan, state_shapes
+from ._plan import EpropTraces, TracePlan, batch_axes, is_shape, make_plan, state_shapes
 from ._typing import LossFn
 from ._validate import check_step
 
@@ -103,16 +103,12 @@ def init_state(plan: TracePlan, model: Cell, reg, params, batch_size: int, key=N
     """The zero online state of ``batch_size`` examples, in the plan's shapes (:func:`~eproptax._plan.state_shapes`)."""
     dtype = accum_dtype(params)
     shapes = state_shapes(plan, batch_size)
-    zeros = lambda tree: jax.tree_util.tree_map(lambda s: jnp.zeros(s, dtype), tree, is_leaf=_is_shape)
-    grads = zeros(shapes["grads"])
+    zeros = lambda tree: jax.tree_util.tree_map(lambda s: jnp.zeros(s, dtype), tree, is_leaf=is_shape)
+    grads = zeros(shapes.grads)
     if plan.top is None:  # a readout that is not a neuron cell: its gradient follows its parameters
         grads += (jax.tree_util.tree_map(lambda w: jnp.zeros(w.shape, dtype), params[plan.R]),)
-    traces = zeros(shapes["traces"])
-    return new_state(model, params, batch_size, traces, grads, reg, zeros(shapes["reg_traces"]), key)
-
-
-def _is_shape(x) -> bool:
-    return isinstance(x, tuple) and len(x) > 0 and all(isinstance(e, int) for e in x)
+    traces = zeros(shapes.traces)
+    return new_state(model, params, batch_size, traces, grads, reg, zeros(shapes.reg_traces), key)
 
 
 def trace_step(plan: TracePlan, layers, reg, fwd, params, state, x, target):
