@@ -91,6 +91,7 @@ _MEASURED = (
         _spec(REGISTRY["eprop_m"].label({"order": m}, keys=False), 1, "leaky", "traces", "eprop_m", order=m)
         for m in range(3)
     ),
+    _spec("snap", 1, "leaky", "traces", "snap"),
     _spec("bptt (2 layers)", 2, "leaky", "bptt", "bptt"),
     *(
         _spec(REGISTRY["deep_eprop"].label({"depth": d}, keys=False), 2, "leaky", "traces", "deep_eprop", depth=d)

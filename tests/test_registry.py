@@ -25,7 +25,15 @@ from eproptax._registry import table
 
 README = Path(__file__).parent.parent / "README.md"
 CFG = Config()  # one LIF layer of 4 and a leaky readout, T = 8, batch 2, float64
-DIRECT = {"bptt": "bptt", "rtrl": "rtrl", "eprop": "eprop", "eprop_m": "eprop_m1", "deep_eprop": "deep_eprop"}
+DIRECT = {
+    "bptt": "bptt",
+    "rtrl": "rtrl",
+    "eprop": "eprop",
+    "eprop_m": "eprop_m1",
+    "deep_eprop": "deep_eprop",
+    "snap": "snap",
+}
+FACTORIES = {**RULES, "snap": ep.snap}  # the factories called directly, by the names of DIRECT
 
 
 def test_readme_table_is_the_registry_table():
@@ -41,7 +49,7 @@ def test_readme_table_is_the_registry_table():
 
 
 def test_every_rule_is_exported_under_its_name():
-    assert list(ep.rules) == ["bptt", "rtrl", "eprop", "eprop_m", "deep_eprop"]
+    assert list(ep.rules) == ["bptt", "rtrl", "eprop", "eprop_m", "deep_eprop", "snap"]
     for name, info in ep.rules.items():
         assert info.name == name
         assert getattr(ep, name) is info.grad_fn, f"ep.{name}"
@@ -71,7 +79,7 @@ def test_make_rule_builds_every_rule(name):
     fn = jax.jit(ep.make_rule(name, prob.model, mse))
     # the registry's defaults are the factories' own (eprop_m's order 1, deep_eprop's depth "full", order 0):
     # the same program as the factory called directly
-    assert fn.lower(*args).as_text() == jax.jit(RULES[DIRECT[name]](prob.model, mse)).lower(*args).as_text()
+    assert fn.lower(*args).as_text() == jax.jit(FACTORIES[DIRECT[name]](prob.model, mse)).lower(*args).as_text()
     loss, grads = fn(*args)
     assert np.isfinite(float(loss))
     assert jax.tree_util.tree_structure(grads) == jax.tree_util.tree_structure(prob.params)
@@ -152,9 +160,9 @@ def test_compare_and_bench_names_are_unchanged(monkeypatch):
     problem = lambda layers: _compare.Problem(model(layers), None, jnp.zeros((1, 2, 3)), None, mse)
     one, two = _compare.rules_for(problem(1)), _compare.rules_for(problem(2), include_rtrl=False)
     base = ["bptt", "rtrl", "eprop", "eprop (random B)", "eprop_m(order=0)", "eprop_m(order=1)", "eprop_m(order=2)"]
-    assert list(one) == base + ["deep_eprop(full)"]
+    assert list(one) == base + ["deep_eprop(full)", "snap"]
     deep = ["deep_eprop(spatial)", "deep_eprop(collapsed)", "deep_eprop(full)"]
-    assert list(two) == [n for n in base if n != "rtrl"] + deep
+    assert list(two) == [n for n in base if n != "rtrl"] + deep + ["snap"]
     assert one["eprop_m(order=2)"] == ("eprop_m", {"order": 2})
     assert one["eprop (random B)"][1]["feedback"].shape == (4, 2)
     assert two["deep_eprop(collapsed)"] == ("deep_eprop", {"depth": "collapsed"})
@@ -169,6 +177,7 @@ def test_compare_and_bench_names_are_unchanged(monkeypatch):
         "eprop_m(0)",
         "eprop_m(1)",
         "eprop_m(2)",
+        "snap",
         "bptt (2 layers)",
         "deep_eprop(spatial)",
         "deep_eprop(full)",
