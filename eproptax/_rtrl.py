@@ -66,14 +66,15 @@ class RtrlPlan(NamedTuple):
         return StepCost(state, 2 * state, 2.0 * batch_size * self.theta * self.carry**2)
 
 
-def _plan(model: Cell, columns, reg: bool) -> RtrlPlan:
+def _plan(model: Cell, reg: bool) -> RtrlPlan:
+    """RTRL's sizes for ``model``, from its parameters' and carry's shapes (nothing is run)."""
     params = jax.eval_shape(model.init, jax.random.key(0))
     carry = jax.eval_shape(model.init_carry, params)
     floats = [leaf for leaf in jax.tree_util.tree_leaves(carry) if jnp.issubdtype(leaf.dtype, jnp.inexact)]
     recurrent = jax.eval_shape(lambda p: recurrent_outputs(model, model.init_carry(p)), params).shape[0] if reg else 0
     return RtrlPlan(
         carry=sum(leaf.size for leaf in floats),
-        columns=tuple(columns),
+        columns=tuple(_columns(model, params)),
         theta=sum(leaf.size for leaf in jax.tree_util.tree_leaves(params)),
         carry_bytes=sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree_util.tree_leaves(carry)),
         recurrent=recurrent,
@@ -147,8 +148,7 @@ def online_rtrl(model: Cell, loss: LossFn, *, reg: FiringRateReg | None = None) 
                 out.append(ravel_pytree(p)[1](g.astype(dtype)))
         return value, _from_layers(model, out)
 
-    plan = _plan(model, _columns(model, jax.eval_shape(model.init, jax.random.key(0))), reg is not None)
-    return OnlineRule(init, step, result, reset, plan=plan)
+    return OnlineRule(init, step, result, reset, plan=_plan(model, reg is not None))
 
 
 def _one_step(model: Cell, params, unravel_c, x):
