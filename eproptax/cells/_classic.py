@@ -10,6 +10,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from .. import _hyper
 from .._cell import Cell, make_cell
 
 
@@ -30,6 +31,13 @@ class GRUState(NamedTuple):
     """State of a GRU layer: ``h``, shape ``(n,)``."""
 
     h: jax.Array
+
+
+def _check_sizes(where, n_in, n_rec, dtype):
+    """``n_in`` and ``n_rec`` positive ints, ``dtype`` a floating dtype (a ``ValueError`` names the argument)."""
+    _hyper.positive_int(where, "n_in", n_in)
+    _hyper.positive_int(where, "n_rec", n_rec)
+    _hyper.floating_dtype(where, "dtype", dtype)
 
 
 def _dense_init(names_with_bias, n_in, n_rec, dtype):
@@ -72,8 +80,9 @@ def rnn(n_in: int, n_rec: int, *, dtype=jnp.float32) -> Cell:
     """An Elman tanh RNN layer (flax ``SimpleCell``): ``h^t = tanh(x^t W_i + b_i + h^{t-1} W_h)``.
 
     Params ``{"i": {"kernel", "bias"}, "h": {"kernel"}}`` (flax's tree); one gate (``k = 1``), no implicit
-    recurrence.
+    recurrence. ``n_in`` and ``n_rec`` are positive ints, ``dtype`` a floating dtype (checked when built).
     """
+    _check_sizes("rnn", n_in, n_rec, dtype)
 
     def synapse(params, x, z_prev):
         return (_dense(params, "i", x) + _dense(params, "h", z_prev))[:, None]
@@ -97,7 +106,9 @@ def lstm(n_in: int, n_rec: int, *, dtype=jnp.float32) -> Cell:
 
     Params ``{"ii", "if", "ig", "io": {"kernel"}, "hi", "hf", "hg", "ho": {"kernel", "bias"}}``; four gates,
     state ``(c, h)``: the implicit recurrence is ``c^{t-1} -> c^t``, the explicit one ``h^{t-1} -> a``.
+    ``n_in``, ``n_rec`` and ``dtype`` as in :func:`rnn`, checked when the cell is built.
     """
+    _check_sizes("lstm", n_in, n_rec, dtype)
     gates = "ifgo"
 
     def synapse(params, x, z_prev):
@@ -132,7 +143,9 @@ def gru(n_in: int, n_rec: int, *, dtype=jnp.float32) -> Cell:
     Params ``{"ir", "iz", "in": {"kernel", "bias"}, "hr", "hz": {"kernel"}, "hn": {"kernel", "bias"}}``.
     The synaptic vector has four entries per neuron: the two gates, and the input and recurrent parts of
     the candidate kept apart (``r`` multiplies only the recurrent part).
+    ``n_in``, ``n_rec`` and ``dtype`` as in :func:`rnn`, checked when the cell is built.
     """
+    _check_sizes("gru", n_in, n_rec, dtype)
 
     def synapse(params, x, z_prev):
         xr, xz, xn = _dense_group(params, ("ir", "iz", "in"), x)

@@ -5,8 +5,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from .. import _hyper
 from .._cell import Cell, make_cell
-from ._surrogate import spike_fn
+from ._surrogate import SURROGATES, spike_fn
 
 
 class LIFState(NamedTuple):
@@ -61,6 +62,25 @@ def _refractory_counter(z_prev, refractory_prev, n_refractory):
     return jnp.maximum(r - 1, 0).astype(jnp.int32)
 
 
+def _check_neuron(where, args):
+    """The hyperparameters of :func:`lif` and :func:`alif` (``args``: the factory's arguments by name); a traced
+    value is skipped and an array is checked in every entry (see ``_hyper``)."""
+    for name in ("n_in", "n_rec"):
+        _hyper.positive_int(where, name, args[name])
+    for name in ("tau_mem", "tau_adapt", "dt", "threshold", "surrogate_height", "surrogate_width"):
+        if args.get(name) is not None:
+            _hyper.positive(where, name, args[name])
+    if args["zeta"] is not None:
+        _hyper.finite(where, "zeta", args["zeta"])
+    if args.get("beta") is not None:
+        _hyper.non_negative(where, "beta", args["beta"])
+    _hyper.non_negative_int(where, "n_refractory", args["n_refractory"])
+    _hyper.boolean(where, "detach_reset", args["detach_reset"])
+    _hyper.boolean(where, "autapses", args["autapses"])
+    _hyper.one_of(where, "surrogate", args["surrogate"], SURROGATES)
+    _hyper.floating_dtype(where, "dtype", args["dtype"])
+
+
 def lif(
     n_in: int,
     n_rec: int,
@@ -97,25 +117,29 @@ def lif(
     Every hyperparameter may be a traced JAX value, so ``jax.vmap`` over, say, ``tau_mem`` works when the
     cell is built inside the vmapped function.
 
+    The hyperparameters are checked when the cell is built (a ``ValueError`` names the argument, the range
+    and the value); a traced value is not checked, and a concrete array is checked in every entry.
+
     Args:
-      n_in: number of inputs.
-      n_rec: number of neurons.
-      tau_mem: membrane time constant (same unit as ``dt``).
-      threshold: spike threshold ``V_th`` (relative to rest).
-      dt: time step.
-      zeta: input gain; ``None`` means ``1 - alpha``.
-      n_refractory: steps blocked after each spike.
-      detach_reset: whether the reset term is excluded from the gradient.
-      autapses: whether neurons connect to themselves.
+      n_in: number of inputs, a positive int.
+      n_rec: number of neurons, a positive int.
+      tau_mem: membrane time constant (same unit as ``dt``), finite and ``> 0``; a scalar or one per neuron.
+      threshold: spike threshold ``V_th`` (relative to rest), finite and ``> 0``.
+      dt: time step, finite and ``> 0``.
+      zeta: input gain, finite; ``None`` means ``1 - alpha``.
+      n_refractory: steps blocked after each spike, an int ``>= 0``.
+      detach_reset: whether the reset term is excluded from the gradient (a bool).
+      autapses: whether neurons connect to themselves (a bool).
       surrogate: ``"piecewise_linear"``, ``"exponential"``, ``"fast_sigmoid"`` or ``"arctan"``.
-      surrogate_height: the pseudo-derivative's height (NEST's ``surrogate_gradient_height``).
-      surrogate_width: the pseudo-derivative's width in voltage; ``None`` means ``threshold``.
-      dtype: dtype of the parameters that ``init`` draws.
+      surrogate_height: the pseudo-derivative's height (NEST's ``surrogate_gradient_height``), finite and ``> 0``.
+      surrogate_width: the pseudo-derivative's width in voltage, finite and ``> 0``; ``None`` means ``threshold``.
+      dtype: floating dtype of the parameters that ``init`` draws.
 
     Returns:
       A neuron :class:`Cell` with params ``{"w_in": (n_rec, n_in), "w_rec": (n_rec, n_rec)}`` (post x
       pre, as NEST) and carry :class:`LIFState`.
     """
+    _check_neuron("lif", locals())  # first: locals() holds the arguments only
     spike = spike_fn(surrogate)
     alpha = jnp.exp(-dt / jnp.asarray(tau_mem))
     gain = 1.0 - alpha if zeta is None else zeta
@@ -183,9 +207,18 @@ def alif(
     e-prop keeps the membrane's trace as the presynaptic ``zbar`` (Bellec et al.'s ``epsilon^v``) and only
     the adaptation's trace per synapse.
 
+    Args:
+      tau_adapt: the adaptation's time constant (same unit as ``dt``), finite and ``> 0``.
+      beta: the adaptation strength, finite and ``>= 0`` (a scalar or one per neuron; ``0`` makes a neuron a
+        LIF neuron). A negative ``beta`` would lower the threshold after each spike, a positive feedback that
+        neither NEST (``adapt_beta >= 0``) nor Bellec et al. use, and is refused. ``None``: the default above.
+      n_in, n_rec, tau_mem, threshold, dt, zeta, n_refractory, detach_reset, autapses, surrogate,
+        surrogate_height, surrogate_width, dtype: as in :func:`lif`, with the same ranges.
+
     Returns:
       A neuron :class:`Cell` with the params of :func:`lif` and carry :class:`ALIFState`.
     """
+    _check_neuron("alif", locals())  # first: locals() holds the arguments only
     spike = spike_fn(surrogate)
     alpha = jnp.exp(-dt / jnp.asarray(tau_mem))
     rho = jnp.exp(-dt / jnp.asarray(tau_adapt))

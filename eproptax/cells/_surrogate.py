@@ -9,6 +9,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from .. import _hyper
+
 _SHAPES: dict[str, Callable] = {
     # psi(u) with u = (v - threshold) / width; the pseudo-derivative is height * psi(u).
     "piecewise_linear": lambda u: jnp.maximum(0.0, 1.0 - jnp.abs(u)),
@@ -44,6 +46,5 @@ def spike_fn(surrogate: str) -> Callable:
     Shapes ``psi(u)``: ``piecewise_linear`` ``max(0, 1 - |u|)`` (NEST's and Bellec et al.'s),
     ``exponential`` ``exp(-|u|)``, ``fast_sigmoid`` ``1 / (1 + |u|)^2`` and ``arctan`` ``1 / (1 + (pi u)^2)``.
     """
-    if surrogate not in _SPIKES:
-        raise ValueError(f"surrogate: expected one of {SURROGATES}, got {surrogate!r}.")
+    _hyper.one_of("spike_fn", "surrogate", surrogate, SURROGATES)
     return _SPIKES[surrogate]

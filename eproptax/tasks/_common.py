@@ -8,7 +8,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from .. import cells
+from .. import _hyper, cells
 from .._cell import Cell, is_neuron, layers_of
 from .._engine import FiringRateReg, sequence_loss
 from .._typing import Array, LossFn, Params, PRNGKey, Targets
@@ -150,32 +150,32 @@ def network(
 ) -> tuple[Cell, Params]:
     """A stack of ``layers`` recurrent layers and a readout, and its initial parameters.
 
+    The options are checked when the network is built: a ``ValueError`` names the option, its range and the
+    value received (the cell factory checks ``cell_options`` the same way).
+
     Args:
       key: PRNG key for the parameters.
-      n_in: input width.
-      n_out: number of readout units.
+      n_in: input width, a positive int.
+      n_out: number of readout units, a positive int.
       cell: ``"lif"``, ``"alif"`` (spiking, see :func:`eproptax.cells.lif`) or ``"rnn"``, ``"lstm"``,
         ``"gru"``.
-      n_rec: neurons per recurrent layer.
-      layers: number of recurrent layers.
+      n_rec: neurons per recurrent layer, a positive int.
+      layers: number of recurrent layers, a positive int.
       readout: ``"leaky"`` (:func:`~eproptax.cells.leaky_readout`, the default for spiking cells) or
         ``"linear"`` (:func:`~eproptax.cells.readout`, the default for the others).
-      tau_out: the leaky readout's time constant (in units of the cell's ``dt``).
-      input_scale: factor on the initial input weights of the spiking layers.
-      rec_scale: factor on the initial recurrent weights of the spiking layers.
-      adaptive_fraction: for ``"alif"``, the fraction of neurons that adapt (the others get ``beta = 0``,
-        i.e. LIF neurons, as the 50 + 50 network of Bellec et al. 2020).
-      dtype: parameter dtype.
+      tau_out: the leaky readout's time constant (in units of the cell's ``dt``), finite and ``> 0``.
+      input_scale: factor on the initial input weights of the spiking layers, finite.
+      rec_scale: factor on the initial recurrent weights of the spiking layers, finite.
+      adaptive_fraction: for ``"alif"``, the fraction of neurons that adapt, in [0, 1] (the others get
+        ``beta = 0``, i.e. LIF neurons, as the 50 + 50 network of Bellec et al. 2020).
+      dtype: parameter dtype, a floating dtype.
       **cell_options: keyword arguments of the cell factory (``tau_mem``, ``threshold``, ``beta``, ...).
 
     Returns:
       ``(model, params)``.
     """
-    if cell not in SPIKING + CLASSIC:
-        raise ValueError(f"network: `cell` must be one of {SPIKING + CLASSIC}, got {cell!r}.")
+    _check_network(n_in, n_out, cell, n_rec, layers, readout, tau_out, input_scale, rec_scale, adaptive_fraction, dtype)
     readout = readout or ("leaky" if cell in SPIKING else "linear")
-    if readout not in ("leaky", "linear"):
-        raise ValueError(f"network: `readout` must be 'leaky' or 'linear', got {readout!r}.")
     if cell not in SPIKING and cell_options:
         raise ValueError(f"network: cell {cell!r} takes no options, got {sorted(cell_options)}.")
     stack = []
@@ -214,6 +214,22 @@ def network(
             for p in params
         )
     return model, params
+
+
+def _check_network(n_in, n_out, cell, n_rec, layers, readout, tau_out, input_scale, rec_scale, fraction, dtype):
+    """The options of :func:`network` that it uses itself (the cell factory checks the cell's own)."""
+    _hyper.positive_int("network", "n_in", n_in)
+    _hyper.positive_int("network", "n_out", n_out)
+    _hyper.one_of("network", "cell", cell, SPIKING + CLASSIC)
+    _hyper.positive_int("network", "n_rec", n_rec)
+    _hyper.positive_int("network", "layers", layers)
+    if readout is not None:
+        _hyper.one_of("network", "readout", readout, ("leaky", "linear"))
+    _hyper.positive("network", "tau_out", tau_out)
+    _hyper.finite("network", "input_scale", input_scale)
+    _hyper.finite("network", "rec_scale", rec_scale)
+    _hyper.probability("network", "adaptive_fraction", fraction)
+    _hyper.floating_dtype("network", "dtype", dtype)
 
 
 NETWORK_OPTIONS = (

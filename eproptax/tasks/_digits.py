@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import _hyper
 from .._engine import FiringRateReg
 from ._common import Task, cross_entropy, poisson, window_accuracy, window_mask, with_defaults
 
@@ -49,23 +50,23 @@ def digits(
 
     Needs scikit-learn (``pip install 'eproptax[datasets]'``), imported when this function is called.
 
+    The options are checked when the task is built, before scikit-learn is imported (a ``ValueError`` names
+    the option, its range and the value received).
+
     Args:
       split: ``"train"`` or ``"test"``.
       encoding: ``"spikes"`` or ``"analog"``.
-      row_steps: steps per image row.
-      recall_steps: steps of the recall window.
-      max_rate: spike probability per step of a pixel of full intensity (``"spikes"``).
-      n_population: input neurons per pixel and for the recall cue (``"spikes"``).
-      dtype: dtype of the inputs and masks.
+      row_steps: steps per image row, a positive int.
+      recall_steps: steps of the recall window, a positive int.
+      max_rate: spike probability per step of a pixel of full intensity (``"spikes"``), in ``[0, 1]``.
+      n_population: input neurons per pixel and for the recall cue (``"spikes"``), a positive int.
+      dtype: floating dtype of the inputs and masks.
 
     Returns:
       A :class:`Task` (``metric_name="accuracy"``) whose ``network`` is 100 ALIF neurons (half adaptive) and
       a leaky readout for spikes, an LSTM of 64 units and a linear readout for analog inputs.
     """
-    if split not in ("train", "test"):
-        raise ValueError(f"digits: `split` must be 'train' or 'test', got {split!r}.")
-    if encoding not in ("spikes", "analog"):
-        raise ValueError(f"digits: `encoding` must be 'spikes' or 'analog', got {encoding!r}.")
+    _check_digits(split, encoding, row_steps, recall_steps, max_rate, n_population, dtype)
     images, labels = _load_digits()
     part = slice(None, -N_TEST) if split == "train" else slice(-N_TEST, None)
     images, labels = jnp.asarray(images[part], dtype), jnp.asarray(labels[part], jnp.int32)
@@ -112,3 +113,13 @@ def digits(
         network = with_defaults(n_in, 10, cell="lstm", n_rec=64, dtype=dtype)
         reg = None
     return Task("digits", sample, cross_entropy, window_accuracy, network, n_in, 10, time_steps, "accuracy", reg)
+
+
+def _check_digits(split, encoding, row_steps, recall_steps, max_rate, n_population, dtype):
+    _hyper.one_of("digits", "split", split, ("train", "test"))
+    _hyper.one_of("digits", "encoding", encoding, ("spikes", "analog"))
+    _hyper.positive_int("digits", "row_steps", row_steps)
+    _hyper.positive_int("digits", "recall_steps", recall_steps)
+    _hyper.probability("digits", "max_rate", max_rate)
+    _hyper.positive_int("digits", "n_population", n_population)
+    _hyper.floating_dtype("digits", "dtype", dtype)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from .. import _hyper
 from .._engine import FiringRateReg
 from ._common import Task, batched, cross_entropy, poisson, window_accuracy, window_mask, with_defaults
 
@@ -41,16 +42,20 @@ def evidence_accumulation(
     ``dt = 1`` are the paper's (2250 steps). A coarser ``dt`` keeps the task and shortens the sequence
     (``dt = 10``: 225 steps) when :attr:`Task.network` builds the network with the same ``dt``.
 
+    The options are checked when the task is built: a ``ValueError`` names the option, its range and the
+    value received.
+
     Args:
-      n_cues: number of cues (odd, so there is no tie).
-      dt: time step in ms.
+      n_cues: number of cues, a positive odd int (so there is no tie).
+      dt: time step in ms, finite and ``> 0``.
       cue_ms, spacing_ms, delay_ms, recall_ms: durations of a cue, of the gap before each cue, of the delay
-        after the last cue and of the recall window.
-      rate_hz: firing rate of an active cue or recall population.
-      noise_hz: firing rate of the background population.
-      prob_minority: probability that a cue falls on the less likely side.
-      n_population: neurons per input population.
-      dtype: dtype of the inputs and masks.
+        after the last cue and of the recall window, each finite and ``> 0`` (each lasts at least one step).
+      rate_hz: firing rate of an active cue or recall population, finite and ``>= 0``; the spike probability
+        per step is ``rate_hz * dt / 1000``, and a rate of ``1000 / dt`` Hz or more fires at every step.
+      noise_hz: firing rate of the background population, finite and ``>= 0`` (saturating as ``rate_hz``).
+      prob_minority: probability that a cue falls on the less likely side, in ``[0, 1]``.
+      n_population: neurons per input population, a positive int.
+      dtype: floating dtype of the inputs and masks.
 
     Returns:
       A :class:`Task` (``metric_name="accuracy"``) whose ``network`` builds 100 recurrent neurons, half LIF
@@ -62,8 +67,8 @@ def evidence_accumulation(
       Bellec et al. "A solution to the learning dilemma for recurrent networks of spiking neurons", Nature
       Communications 11, 3625 (2020).
     """
-    if n_cues < 1 or n_cues % 2 == 0:
-        raise ValueError(f"evidence_accumulation: `n_cues` must be odd and positive, got {n_cues}.")
+    _check_evidence(n_cues, dt, cue_ms, spacing_ms, delay_ms, recall_ms, rate_hz, noise_hz, prob_minority, n_population)
+    _hyper.floating_dtype("evidence_accumulation", "dtype", dtype)
     steps = lambda ms: max(int(round(ms / dt)), 1)
     cue, spacing, delay, recall = steps(cue_ms), steps(spacing_ms), steps(delay_ms), steps(recall_ms)
     period = cue + spacing
@@ -95,6 +100,20 @@ def evidence_accumulation(
     return Task(
         "evidence", batched(sample_one), cross_entropy, window_accuracy, network, n_in, 2, time_steps, "accuracy", reg
     )
+
+
+def _check_evidence(n_cues, dt, cue_ms, spacing_ms, delay_ms, recall_ms, rate_hz, noise_hz, prob_minority, n_pop):
+    where = "evidence_accumulation"
+    _hyper.positive_int(where, "n_cues", n_cues)
+    if n_cues % 2 == 0:
+        raise ValueError(f"{where}: `n_cues` must be odd and positive (so there is no tie), got {n_cues!r}.")
+    _hyper.positive(where, "dt", dt)
+    for name, ms in (("cue_ms", cue_ms), ("spacing_ms", spacing_ms), ("delay_ms", delay_ms), ("recall_ms", recall_ms)):
+        _hyper.positive(where, name, ms)
+    _hyper.non_negative(where, "rate_hz", rate_hz)
+    _hyper.non_negative(where, "noise_hz", noise_hz)
+    _hyper.probability(where, "prob_minority", prob_minority)
+    _hyper.positive_int(where, "n_population", n_pop)
 
 
 def _network(n_in: int, dt: float, dtype):

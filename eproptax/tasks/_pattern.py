@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
+from .. import _hyper
 from .._engine import FiringRateReg
 from ._common import Task, nmse, poisson, squared_error, with_defaults
 
@@ -33,20 +34,23 @@ def pattern_generation(
     The task is one fixed example: ``sample`` ignores its key and repeats the pattern over the batch
     (a deterministic network gives the same output for every copy, so train with ``batch_size=1``).
 
+    The options are checked when the task is built (a ``ValueError`` names the option, its range and the
+    value received).
+
     Args:
-      n_in: input neurons.
-      n_out: target signals (one readout each).
-      time_steps: sequence length.
-      rate: spike probability per step of each input neuron.
-      periods: periods of the sines, in steps.
+      n_in: input neurons, a positive int.
+      n_out: target signals (one readout each), a positive int.
+      time_steps: sequence length, a positive int.
+      rate: spike probability per step of each input neuron, in ``[0, 1]``.
+      periods: periods of the sines, in steps: a non-empty sequence of finite numbers ``> 0``.
       seed: seed of the frozen pattern and targets (a Python int).
-      dtype: dtype of the inputs and targets.
+      dtype: floating dtype of the inputs and targets.
 
     Returns:
       A :class:`Task` (``metric_name="nmse"``) whose ``network`` is 100 LIF neurons (``tau_mem = 30``,
       threshold 0.03, no refractory period) and a leaky readout (``tau_out = 30``), NEST's settings.
     """
-    periods = tuple(float(p) for p in periods)
+    periods = _check_pattern(n_in, n_out, time_steps, rate, periods, seed, dtype)
 
     def pattern():
         k_in, k_amp, k_phase = jax.random.split(jax.random.key(seed), 3)
@@ -70,3 +74,22 @@ def pattern_generation(
     network = with_defaults(n_in, n_out, cell="lif", n_rec=100, tau_out=30.0, tau_mem=30.0, threshold=0.03, dtype=dtype)
     reg = FiringRateReg(c_reg=0.1, f_target=0.01)
     return Task("pattern", sample, squared_error, nmse, network, n_in, n_out, time_steps, "nmse", reg)
+
+
+def _check_pattern(n_in, n_out, time_steps, rate, periods, seed, dtype) -> tuple[float, ...]:
+    """Checks :func:`pattern_generation`'s options; returns the periods as a tuple of floats."""
+    where = "pattern_generation"
+    _hyper.positive_int(where, "n_in", n_in)
+    _hyper.positive_int(where, "n_out", n_out)
+    _hyper.positive_int(where, "time_steps", time_steps)
+    _hyper.probability(where, "rate", rate)
+    try:
+        values = tuple(periods)
+    except TypeError:
+        values = None
+    if not values:
+        raise ValueError(f"{where}: `periods` must be a non-empty sequence of periods in steps, got {periods!r}.")
+    _hyper.positive(where, "periods", values)
+    _hyper.integer(where, "seed", seed)
+    _hyper.floating_dtype(where, "dtype", dtype)
+    return tuple(float(p) for p in values)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from .. import _hyper
 from ._common import Task, batched, cross_entropy, mse, squared_error, step_accuracy, window_mask, with_defaults
 
 
@@ -17,10 +18,10 @@ def delayed_copy(*, n_symbols: int = 4, length: int = 5, delay: int = 10, dtype=
     ``time_steps = 2 * length + delay``; ``n_in = n_symbols + 1``. Chance accuracy is ``1 / n_symbols``.
 
     Args:
-      n_symbols: alphabet size.
-      length: symbols to copy.
-      delay: blank steps between the last symbol and the first GO step.
-      dtype: dtype of the inputs and masks.
+      n_symbols: alphabet size, a positive int.
+      length: symbols to copy, a positive int.
+      delay: blank steps between the last symbol and the first GO step, an int ``>= 0``.
+      dtype: floating dtype of the inputs and masks.
 
     Returns:
       A :class:`Task` (``metric_name="accuracy"``, per symbol) whose ``network`` is an LSTM of 32 units and a
@@ -30,6 +31,10 @@ def delayed_copy(*, n_symbols: int = 4, length: int = 5, delay: int = 10, dtype=
       Hochreiter and Schmidhuber. "Long short-term memory", Neural Computation 9(8), 1997; Arjovsky, Shah,
       Bengio. "Unitary evolution recurrent neural networks", ICML 2016.
     """
+    _hyper.positive_int("delayed_copy", "n_symbols", n_symbols)
+    _hyper.positive_int("delayed_copy", "length", length)
+    _hyper.int_at_least("delayed_copy", "delay", delay, 0)
+    _hyper.floating_dtype("delayed_copy", "dtype", dtype)
     time_steps = 2 * length + delay
     n_in = n_symbols + 1
 
@@ -57,8 +62,8 @@ def adding(*, time_steps: int = 30, dtype=jnp.float32) -> Task:
     marked numbers (squared error). Predicting the mean, 1, gives a mean squared error of 1/6 ~ 0.167.
 
     Args:
-      time_steps: sequence length (at least 2).
-      dtype: dtype of the inputs and targets.
+      time_steps: sequence length, an int ``>= 2``.
+      dtype: floating dtype of the inputs and targets.
 
     Returns:
       A :class:`Task` (``metric_name="mse"``) whose ``network`` is an LSTM of 32 units and a linear readout.
@@ -66,8 +71,8 @@ def adding(*, time_steps: int = 30, dtype=jnp.float32) -> Task:
     References:
       Hochreiter and Schmidhuber. "Long short-term memory", Neural Computation 9(8), 1997.
     """
-    if time_steps < 2:
-        raise ValueError(f"adding: `time_steps` must be at least 2, got {time_steps}.")
+    _hyper.int_at_least("adding", "time_steps", time_steps, 2)
+    _hyper.floating_dtype("adding", "dtype", dtype)
     half = time_steps // 2
 
     def sample_one(key):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from .. import _hyper
 from .._engine import FiringRateReg
 from ._common import Task, batched, cross_entropy, poisson, window_accuracy, window_mask, with_defaults
 
@@ -29,13 +30,16 @@ def store_recall(
     The input has four populations of ``n_population`` neurons (value 0, value 1, store, recall), each also
     firing at ``noise_rate`` at all times.
 
+    The options are checked when the task is built (a ``ValueError`` names the option, its range and the
+    value received).
+
     Args:
-      n_periods: periods per sequence (at least 2).
-      period_steps: steps per period.
-      rate: spike probability per step of an active population.
-      noise_rate: spike probability per step of every input neuron at all times.
-      n_population: neurons per population.
-      dtype: dtype of the inputs and masks.
+      n_periods: periods per sequence, an int ``>= 2``.
+      period_steps: steps per period, a positive int.
+      rate: spike probability per step of an active population, in ``[0, 1]``.
+      noise_rate: spike probability per step of every input neuron at all times, in ``[0, 1]``.
+      n_population: neurons per population, a positive int.
+      dtype: floating dtype of the inputs and masks.
 
     Returns:
       A :class:`Task` (``metric_name="accuracy"``) whose ``network`` is 60 neurons, half of them adaptive
@@ -45,8 +49,7 @@ def store_recall(
       Bellec, Salaj, Subramoney, Legenstein, Maass. "Long short-term memory and learning-to-learn in
       networks of spiking neurons", NeurIPS 2018.
     """
-    if n_periods < 2:
-        raise ValueError(f"store_recall: `n_periods` must be at least 2, got {n_periods}.")
+    _check_store_recall(n_periods, period_steps, rate, noise_rate, n_population, dtype)
     time_steps = n_periods * period_steps
     n_in = 4 * n_population
 
@@ -95,3 +98,12 @@ def store_recall(
         "accuracy",
         reg,
     )
+
+
+def _check_store_recall(n_periods, period_steps, rate, noise_rate, n_population, dtype):
+    _hyper.int_at_least("store_recall", "n_periods", n_periods, 2)
+    _hyper.positive_int("store_recall", "period_steps", period_steps)
+    _hyper.probability("store_recall", "rate", rate)
+    _hyper.probability("store_recall", "noise_rate", noise_rate)
+    _hyper.positive_int("store_recall", "n_population", n_population)
+    _hyper.floating_dtype("store_recall", "dtype", dtype)
