@@ -32,6 +32,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ._cli import HelpFormatter, non_negative_int, positive_int, seed, writable_folder
 from ._compare import Problem, alignment
 from ._engine import sequence_loss
 from ._measure import _best_times as _best_times
@@ -288,7 +289,7 @@ def plot_rows(rows: list[dict], path: str, title: str) -> None:
 
 def run(args) -> int:
     info = device_info()
-    out = args.out or os.path.join("results", f"bench-{info['device']}")
+    out = writable_folder(args.out if args.out is not None else os.path.join("results", f"bench-{info['device']}"))
     start = time.perf_counter()
     print(
         f"eproptax bench on {info['device']} ({info['cpu'] if info['platform'] == 'cpu' else info['device_kind']}),"
@@ -344,19 +345,27 @@ def run(args) -> int:
 
 
 def add_parser(sub) -> None:
+    """Adds ``eproptax bench`` to ``sub``; its sizes are checked while parsing, ``--out`` before the sweep."""
     p = sub.add_parser(
         "bench",
         help="time, memory and gradient quality of every rule on LIF/ALIF/LSTM/GRU "
         "networks, against the forward pass and the machine's limits",
+        description="Time, memory and gradient quality of every rule against the forward pass, BPTT and the "
+        "machine's limits; writes bench.json and bench.png. A misuse exits with status 2 and one error line.",
+        formatter_class=HelpFormatter,
     )
-    p.add_argument("--cells", nargs="+", choices=CELLS, default=list(CELLS))
-    p.add_argument("--hidden", type=int, default=16)
-    p.add_argument("--n-in", type=int, default=16)
-    p.add_argument("--steps", type=int, default=100)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--rtrl-max-hidden", type=int, default=32, help="skip RTRL above this hidden size")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cells", nargs="+", choices=CELLS, default=list(CELLS), help="the networks' cells")
+    p.add_argument("--hidden", type=positive_int, default=16, metavar="N", help="neurons per recurrent layer")
+    p.add_argument("--n-in", type=positive_int, default=16, metavar="N", help="input channels")
+    p.add_argument("--steps", type=positive_int, default=100, metavar="T", help="time steps of the sequence")
+    p.add_argument("--batch", type=positive_int, default=8, metavar="N", help="sequences per batch")
+    p.add_argument(
+        "--repeats", type=positive_int, default=3, metavar="N", help="timed runs per rule (the fastest counts)"
+    )
+    p.add_argument(
+        "--rtrl-max-hidden", type=non_negative_int, default=32, metavar="N", help="skip RTRL above this hidden size"
+    )
+    p.add_argument("--seed", type=seed, default=0, help="jax.random.key seed, 0 to 2**32 - 1")
     p.add_argument(
         "--full",
         action="store_true",
@@ -366,5 +375,7 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--quick", action="store_true", help="one-layer leaky-readout networks only, smaller reference arrays"
     )
-    p.add_argument("--out", default=None, help="results folder (default results/bench-<device>)")
+    p.add_argument(
+        "--out", metavar="DIR", help="results folder, checked before the sweep (default: results/bench-<device>)"
+    )
     p.set_defaults(func=run)

@@ -1,11 +1,25 @@
-"""``eproptax train``: train a network on a task with any rule; write the history and figures."""
+"""``eproptax train``: train a network on a task with any rule; write the history and figures.
+
+Every option is checked before any training (see :mod:`eproptax._cli`): numbers while parsing; then the
+options against each other (an option of another rule, ``--online-every`` for a rule without an online form,
+``--feedback`` for a rule that takes none), each ``--task-option`` against the task factory's signature (its
+keywords, and the types of their defaults) and the ``--out`` folder (created, and a probe file written in it,
+so that a run that could not save its results does not start); then the task, network and rule are built, a
+``ValueError`` of their factories (a task option out of range) becoming the same one-line error (exit
+status 2) and the folder created for the run removed again. ``history.json`` records the settings actually
+used (each once), the eproptax and JAX versions and the device.
+"""
 
 from __future__ import annotations
 
 import ast
+import importlib.metadata
+import inspect
 import json
+import math
 import os
 import time
+import types
 
 import jax
 import jax.numpy as jnp
@@ -13,9 +27,25 @@ import numpy as np
 import optax
 
 from . import tasks as tasks_lib
+from ._cli import (
+    HelpFormatter,
+    UsageError,
+    missing_folders,
+    non_negative_int,
+    one_line,
+    positive_float,
+    positive_int,
+    remove_folders,
+    seed,
+    writable_folder,
+)
 from ._eprop import random_feedback
+from ._figures import plot_run
 from ._registry import RULES, make_rule
 from ._train import train
+
+DEFAULT_TASK = "evidence"
+_CLI_TYPES = {int: non_negative_int}  # a rule's integer options (``--order``) are counts: never negative
 
 
 def _rule_flags() -> dict:
@@ -30,92 +60,180 @@ def _rule_flags() -> dict:
 def _rule_options(args) -> dict:
     """The rule-specific options of ``--rule``: those given on the command line, else the registry's defaults.
 
-    Raises SystemExit for an option given that the rule does not take.
+    Raises UsageError (a SystemExit) for an option given that the rule does not take.
     """
     info = RULES[args.rule]
     for name in _rule_flags():
         if getattr(args, name) is not None and name not in info.defaults:
             takes = ", ".join(f"--{o.name}" for o in info.options) or "none"
-            raise SystemExit(
-                f"eproptax train: --{name} is not an option of --rule {args.rule} (its options: {takes}); "
-                f"got --{name} {getattr(args, name)}."
+            raise UsageError(
+                f"--{name} is not an option of --rule {args.rule} (its options: {takes}); "
+                f"got --{name} {getattr(args, name)}"
             )
     return {
         name: default if getattr(args, name) is None else getattr(args, name) for name, default in info.defaults.items()
     }
 
 
-def _task_options(pairs) -> dict:
-    options = {}
+def _check_rule_args(args, info) -> None:
+    """Raises UsageError for ``--online-every`` or ``--feedback`` given to a rule that cannot take it."""
+    if args.online_every is not None and not info.online_form:
+        raise UsageError(
+            f"--online-every is not an option of --rule {args.rule}, which has no online form (it needs the whole "
+            f"sequence); got --online-every {args.online_every}"
+        )
+    if args.feedback is not None and not info.feedback:
+        family = ", ".join(name for name, i in RULES.items() if i.feedback)
+        raise UsageError(
+            f"--feedback is not an option of --rule {args.rule}, which takes no feedback (the rules that do: "
+            f"{family}); got --feedback {args.feedback}"
+        )
+
+
+# a task option's default's type -> (accepted types, what the message says is expected)
+_VALUE_KINDS = (
+    (bool, (bool,), "True or False"),
+    (int, (int,), "an integer"),
+    (float, (int, float), "a finite number"),
+    ((tuple, list), (tuple, list), "a tuple"),
+)
+
+
+def _task_parameters(task: str) -> dict:
+    """``{keyword: inspect.Parameter}`` of the factory of ``task`` that ``--task-option`` may set."""
+    kinds = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    parameters = inspect.signature(tasks_lib.TASKS[task]).parameters
+    return {name: p for name, p in parameters.items() if p.kind in kinds and name != "dtype"}
+
+
+def _task_value(task: str, name: str, text: str, default):
+    """The value of ``--task-option name=text``, of the type of the factory's ``default`` where it has one."""
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        value = text
+    if isinstance(default, str):
+        return value if isinstance(value, str) else text  # split=test, encoding='analog'
+    for kind, accepted, expected in _VALUE_KINDS:
+        if not isinstance(default, kind):
+            continue
+        wrong = not isinstance(value, accepted) or (isinstance(value, bool) and kind is not bool)
+        if wrong or (kind is float and not math.isfinite(value)):
+            raise UsageError(f"--task-option {name}: expected {expected} ({task}'s `{name}`), got {text!r}")
+        if kind is float:
+            return float(value)
+        return tuple(value) if isinstance(value, list) else value
+    return value
+
+
+def _task_options(pairs, task: str = DEFAULT_TASK) -> dict:
+    """``{keyword: value}`` of the ``--task-option KEY=VALUE`` pairs, checked against the factory of ``task``.
+
+    Raises UsageError for a pair without ``=``, a key the factory does not take (or ``dtype``: see
+    ``--float64``), a key given twice, or a value of another type than the keyword's default (``dt=abc``).
+    """
+    parameters, options = _task_parameters(task), {}
     for pair in pairs or ():
-        if "=" not in pair:
-            raise SystemExit(f"eproptax train: --task-option expects KEY=VALUE, got {pair!r}.")
-        name, value = pair.split("=", 1)
-        try:
-            options[name] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            options[name] = value
+        name, equals, text = pair.partition("=")
+        name = name.strip()
+        if not equals or not name:
+            raise UsageError(f"--task-option: expected KEY=VALUE, got {pair!r}")
+        if name == "dtype":
+            raise UsageError(f"--task-option: the dtype is set by --float64, got {pair!r}")
+        if name not in parameters:
+            raise UsageError(
+                f"--task-option: --task {task} takes no option {name!r} (its options: {', '.join(parameters)}), "
+                f"got {pair!r}"
+            )
+        if name in options:
+            raise UsageError(f"--task-option: {name} given twice, got {pair!r} after {name}={options[name]!r}")
+        options[name] = _task_value(task, name, text, parameters[name].default)
     return options
+
+
+def _prepare(args) -> types.SimpleNamespace:
+    """Checks the options and builds the run (task, network, rule, output folder) before any training.
+
+    Raises UsageError for an option that does not apply, a bad ``--task-option``, an ``--out`` folder that
+    cannot be written, or a ``ValueError`` of a factory (a task option out of range, ...).
+    """
+    info = RULES[args.rule]
+    _check_rule_args(args, info)
+    options = _rule_options(args)
+    if args.task is None:
+        args.task = DEFAULT_TASK
+        print(f"no --task given: training on {DEFAULT_TASK} (the default)")
+    task_options = _task_options(args.task_option, args.task)
+    out = args.out if args.out is not None else os.path.join("runs", f"{args.task}-{args.rule}")
+    created = missing_folders(out)
+    writable_folder(out)  # before the build: a bad --out is refused at once
+    if args.task == "evidence" and "dt" not in task_options:
+        task_options["dt"] = 10.0
+        print("evidence accumulation on a 10 ms grid (225 steps); --task-option dt=1 gives the paper's 1 ms grid")
+    try:
+        run = _build(args, info, options, task_options)
+    except BaseException:
+        remove_folders(created)  # a refused run leaves no folder behind
+        raise
+    pattern = args.task == "pattern"  # one frozen input: a batch of one
+    run.batch = args.batch if args.batch is not None else (1 if pattern else 32)
+    run.eval_batch = args.eval_batch if args.eval_batch is not None else (1 if pattern else 512)
+    run.out, run.task_options, run.info, run.options, run.label = out, task_options, info, options, info.label(options)
+    return run
+
+
+def _build(args, info, options: dict, task_options: dict) -> types.SimpleNamespace:
+    """The task, network and rule of the run, and its keys; a factory's ``ValueError`` becomes a UsageError
+    naming the options it came from."""
+    k_net, k_feedback, k_train, k_eval = jax.random.split(jax.random.key(args.seed), 4)
+    net_options = {"cell": args.cell, "n_rec": args.hidden, "layers": args.layers}
+    net_options = {k: v for k, v in net_options.items() if v is not None}
+    stage = f"--task {args.task}" + (" with --task-option" if args.task_option else "")
+    try:
+        task, test_task = _make_tasks(args, task_options)
+        stage = "the network (--cell, --hidden, --layers)"
+        model, params = task.network(k_net, **net_options)
+        stage = f"--rule {args.rule}"
+        rule = _make_rule(args, info, options, task, model, k_feedback)
+    except ValueError as error:
+        raise UsageError(f"{stage}: {one_line(str(error))}") from None
+    return types.SimpleNamespace(
+        task=task, test_task=test_task, model=model, params=params, rule=rule, k_train=k_train, k_eval=k_eval
+    )
 
 
 def run(args) -> int:
     """Runs ``eproptax train`` with the parsed ``args``: trains, prints the final metric, writes the outputs."""
-    info = RULES[args.rule]
-    _check_rule_args(args, info)
-    options = _rule_options(args)
-    task_options = _task_options(args.task_option)
-    if args.task == "evidence" and "dt" not in task_options:
-        task_options["dt"] = 10.0
-        print("evidence accumulation on a 10 ms grid (225 steps); --task-option dt=1 gives the paper's 1 ms grid")
-    task, test_task = _make_tasks(args, task_options)
-    net_options = {k: v for k, v in (("cell", args.cell), ("n_rec", args.hidden), ("layers", args.layers)) if v}
-    k_net, k_feedback, k_train, k_eval = jax.random.split(jax.random.key(args.seed), 4)
-    model, params = task.network(k_net, **net_options)
-    vars(args).update(options)  # the history records the values used
-    rule = _make_rule(args, info, options, task, model, k_feedback)
-    batch = args.batch if args.batch else (1 if args.task == "pattern" else 32)
-    label = info.label(options)
-    _print_setup(args, task, model, label, batch)
+    setup = _prepare(args)
+    _print_setup(args, setup)
     start = time.perf_counter()
     params, history = train(
-        rule,
-        task,
-        params,
+        setup.rule,
+        setup.task,
+        setup.params,
         _optimizer(args),
         steps=args.steps,
-        key=k_train,
-        batch_size=batch,
-        model=model,
+        key=setup.k_train,
+        batch_size=setup.batch,
+        model=setup.model,
         online_every=args.online_every,
         progress=not args.no_progress,
         desc=args.rule,
     )
     total = time.perf_counter() - start
-    final = tasks_lib.evaluate(test_task, model, params, k_eval, 1 if args.task == "pattern" else args.eval_batch)
+    task, metric = setup.task, setup.task.metric_name
+    final = tasks_lib.evaluate(setup.test_task, setup.model, params, setup.k_eval, setup.eval_batch)
     print(
-        f"final {task.metric_name} ({'test split' if args.task == 'digits' else 'fresh batch'}): "
-        f"{final[task.metric_name]:.4f}, loss {final['loss']:.4f}; training took {total:.1f} s "
-        f"({history['wall_s']:.1f} s in steps, compilation included)"
+        f"final {metric} ({'test split' if args.task == 'digits' else 'fresh batch'}): {final[metric]:.4f}, "
+        f"loss {final['loss']:.4f}; training took {total:.1f} s ({history['wall_s']:.1f} s in steps, "
+        "compilation included)"
     )
-    out = args.out or os.path.join("runs", f"{args.task}-{args.rule}")
-    os.makedirs(out, exist_ok=True)
-    _write_history(os.path.join(out, "history.json"), args, task, task_options, batch, history, final, total)
-    figures = plot_run(out, task, model, params, history, k_eval, title=f"{args.task}, {label}")
-    print(f"wrote {os.path.join(out, 'history.json')}" + "".join(f", {p}" for p in figures))
+    path = os.path.join(setup.out, "history.json")
+    with open(path, "w") as f:
+        json.dump(history_record(settings(args, setup), metric, history, final, total), f, indent=1, default=str)
+    figures = plot_run(setup.out, task, setup.model, params, history, setup.k_eval, title=f"{args.task}, {setup.label}")
+    print(f"wrote {path}" + "".join(f", {p}" for p in figures))
     return 0
-
-
-def _check_rule_args(args, info) -> None:
-    """Raises SystemExit for ``--online-every`` or ``--feedback random`` given to a rule that cannot take it."""
-    if args.online_every is not None and not info.online_form:
-        raise SystemExit(
-            f"eproptax train: --rule {args.rule} has no online form (it needs the whole sequence); drop --online-every."
-        )
-    if args.feedback == "random" and not info.feedback:
-        family = ", ".join(name for name, i in RULES.items() if i.feedback)
-        raise SystemExit(
-            f"eproptax train: --feedback random needs a rule that takes feedback ({family}), got --rule {args.rule}."
-        )
 
 
 def _make_tasks(args, task_options: dict):
@@ -133,21 +251,21 @@ def _make_rule(args, info, options: dict, task, model, key):
     """The rule of ``--rule`` for ``model``, with its ``options``, the task's regulariser and the feedback asked."""
     dtype = jnp.float64 if args.float64 else jnp.float32
     n_rec = model.layers[-2].n_out
-    feedback = "symmetric" if args.feedback == "symmetric" else random_feedback(key, n_rec, task.n_out, dtype)
+    feedback = "symmetric" if args.feedback != "random" else random_feedback(key, n_rec, task.n_out, dtype)
     reg = None if args.no_reg else task.reg
     extra = {"feedback": feedback} if info.feedback else {}
     return make_rule(args.rule, model, task.loss, online=args.online_every is not None, reg=reg, **extra, **options)
 
 
-def _print_setup(args, task, model, label: str, batch: int) -> None:
+def _print_setup(args, setup) -> None:
     """Prints the run's settings: task, network, rule, optimiser, batch, steps and seed."""
-    online = args.online_every is not None
+    task, model = setup.task, setup.model
+    online = f", online every {args.online_every} steps" if args.online_every is not None else ""
+    clip = f", gradients clipped to norm {args.clip}" if args.clip is not None else ""
     print(
         f"eproptax train: task {args.task} ({task.time_steps} steps, {task.n_in} inputs), "
-        f"{len(model.layers) - 1} x {type_name(model)}({model.layers[-2].n_out}), rule {label}"
-        f"{f', online every {args.online_every} steps' if online else ''}, adam lr {args.lr} "
-        f"({args.lr_schedule}){f', gradients clipped to norm {args.clip}' if args.clip else ''}, batch {batch}, "
-        f"{args.steps} steps, seed {args.seed}"
+        f"{len(model.layers) - 1} x {type_name(model)}({model.layers[-2].n_out}), rule {setup.label}{online}, "
+        f"adam lr {args.lr} ({args.lr_schedule}){clip}, batch {setup.batch}, {args.steps} steps, seed {args.seed}"
     )
 
 
@@ -155,33 +273,61 @@ def _optimizer(args):
     """``optax.adam`` at ``--lr`` (constant or cosine-decayed), after clipping to ``--clip`` if given."""
     lr = optax.cosine_decay_schedule(args.lr, args.steps) if args.lr_schedule == "cosine" else args.lr
     optimizer = optax.adam(lr)
-    if args.clip:
+    if args.clip is not None:
         optimizer = optax.chain(optax.clip_by_global_norm(args.clip), optimizer)
     return optimizer
 
 
-def _write_history(path: str, args, task, task_options: dict, batch: int, history: dict, final: dict, total: float):
-    """Writes ``history.json``: the settings, the loss and metric per step, the final evaluation and the device."""
-    record = {
-        "settings": {
-            **vars(args),
-            "func": None,
-            "task_options": task_options,
-            "batch": batch,
-            "time_steps": task.time_steps,
-            "n_in": task.n_in,
-            "n_out": task.n_out,
-        },
-        "metric_name": task.metric_name,
-        "loss": history["loss"].tolist(),
-        "metric": history["metric"].tolist(),
-        "final": final,
-        "wall_s": total,
-        "device": jax.devices()[0].platform,
-        "jax": jax.__version__,
+def settings(args, setup) -> dict:
+    """The settings of a run as used (defaults resolved), each once: ``history.json``'s ``"settings"``."""
+    task, model = setup.task, setup.model
+    return {
+        "task": args.task,
+        "task_options": setup.task_options,
+        "time_steps": task.time_steps,
+        "n_in": task.n_in,
+        "n_out": task.n_out,
+        "cell": type_name(model).lower(),
+        "hidden": model.layers[-2].n_out,
+        "layers": len(model.layers) - 1,
+        "rule": args.rule,
+        "rule_options": setup.options,
+        "feedback": (args.feedback or "symmetric") if setup.info.feedback else None,
+        "online_every": args.online_every,
+        "reg": not args.no_reg and task.reg is not None,
+        "optimizer": "adam",
+        "lr": args.lr,
+        "lr_schedule": args.lr_schedule,
+        "clip": args.clip,
+        "batch": setup.batch,
+        "steps": args.steps,
+        "eval_batch": setup.eval_batch,
+        "seed": args.seed,
+        "dtype": "float64" if args.float64 else "float32",
     }
-    with open(path, "w") as f:
-        json.dump(record, f, indent=1, default=str)
+
+
+def version() -> str:
+    """The installed eproptax's version: ``eproptax.__version__``, else the package metadata's."""
+    import eproptax
+
+    found = getattr(eproptax, "__version__", None)
+    return found if found is not None else importlib.metadata.version("eproptax")
+
+
+def history_record(settings: dict, metric_name: str, history: dict, final: dict, wall_s: float) -> dict:
+    """``history.json``: the settings, the loss and metric per step, the final evaluation, versions and device."""
+    return {
+        "settings": settings,
+        "metric_name": metric_name,
+        "loss": np.asarray(history["loss"]).tolist(),
+        "metric": np.asarray(history["metric"]).tolist(),
+        "final": final,
+        "wall_s": wall_s,
+        "eproptax": version(),
+        "jax": jax.__version__,
+        "device": jax.devices()[0].platform,
+    }
 
 
 def type_name(model) -> str:
@@ -191,151 +337,76 @@ def type_name(model) -> str:
     return type(carry).__name__.replace("State", "") or "cell"
 
 
-def plot_run(out, task, model, params, history, key, *, title="") -> list[str]:
-    """Writes ``learning_curves.png`` and ``raster.png`` (a spike raster with the readout and target) to ``out``."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no figures (pip install 'eproptax[plot]').")
-        return []
-    paths = []
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
-    steps = np.arange(1, len(history["loss"]) + 1)
-    window = max(1, min(50, len(steps) // 10))  # running mean over `window` steps on top of the raw values
-    smooth = lambda v: np.convolve(v, np.ones(window) / window, mode="valid")
-    for ax, values, label in [(axes[0], history["loss"], "loss"), (axes[1], history["metric"], task.metric_name)]:
-        ax.plot(steps, values, lw=0.6, alpha=0.35, color="C0")
-        ax.plot(steps[window - 1 :], smooth(values), lw=1.5, color="C0", label=f"running mean ({window} steps)")
-        ax.set(xlabel="training step", ylabel=label)
-    axes[0].set(yscale="log", title=title)
-    axes[1].legend(fontsize=8)
-    if task.metric_name != "accuracy":
-        axes[1].set_yscale("log")
-    fig.tight_layout()
-    paths.append(os.path.join(out, "learning_curves.png"))
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
-
-    inputs, targets = task.sample(key, 1)
-    outputs, layer_outputs = tasks_lib.forward(model, params, inputs)
-    fig = raster_figure(
-        task,
-        model,
-        inputs[0],
-        layer_outputs[0][0],
-        outputs[0],
-        jax.tree_util.tree_map(lambda a: a[0], targets),
-        title=title,
-    )
-    paths.append(os.path.join(out, "raster.png"))
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
-    return paths
-
-
-def raster_figure(task, model, inputs, activity, outputs, targets, *, title=""):
-    """A figure of one sequence: input raster, recurrent raster (or activations), readout against target.
-
-    Args:
-      task: the :class:`~eproptax.tasks.Task`.
-      model: the model (spiking layers get a raster, others a heat map).
-      inputs: ``(T, n_in)``; activity: the first recurrent layer's outputs ``(T, n_rec)``;
-      outputs: ``(T, n_out)``; targets: one example's targets (leaves ``(T, ...)``).
-    """
-    import matplotlib.pyplot as plt
-
-    inputs, activity, outputs = np.asarray(inputs), np.asarray(activity), np.asarray(outputs)
-    fig, axes = plt.subplots(3, 1, figsize=(8, 6), sharex=True, gridspec_kw={"height_ratios": [1, 2, 1.3]})
-    t_in, i_in = np.nonzero(inputs > 0) if np.all((inputs == 0) | (inputs == 1)) else (None, None)
-    if t_in is not None:
-        axes[0].scatter(t_in, i_in, s=1, marker="|", c="k")
-    else:
-        axes[0].imshow(inputs.T, aspect="auto", origin="lower", cmap="Greys", interpolation="nearest")
-    axes[0].set(ylabel="input", title=title)
-    if tasks_lib.is_spiking(model):
-        t_z, i_z = np.nonzero(activity > 0)
-        axes[1].scatter(t_z, i_z, s=1, marker="|", c="k")
-        axes[1].set(ylabel="recurrent neuron", ylim=(-0.5, activity.shape[1] - 0.5))
-    else:
-        axes[1].imshow(
-            activity.T, aspect="auto", origin="lower", cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest"
-        )
-        axes[1].set(ylabel="recurrent unit")
-    steps = np.arange(outputs.shape[0])
-    mask = np.asarray(targets["mask"]) > 0
-    if "label" in targets:
-        probs = np.asarray(jax.nn.softmax(outputs, axis=-1))
-        label = np.asarray(targets["label"])
-        for k in range(outputs.shape[1]):
-            (line,) = axes[2].plot(steps, probs[:, k], lw=1, label=f"p({k})" if outputs.shape[1] <= 4 else None)
-            axes[2].plot(
-                steps, np.where(mask, (label == k).astype(float), np.nan), lw=3, alpha=0.4, color=line.get_color()
-            )
-        axes[2].set(ylabel="readout (softmax)\nthick: target", ylim=(-0.05, 1.05))
-        if outputs.shape[1] <= 4:
-            axes[2].legend(loc="upper left", fontsize=7, ncol=outputs.shape[1])
-    else:
-        y = np.asarray(targets["y"])
-        for k in range(outputs.shape[1]):
-            (line,) = axes[2].plot(steps, outputs[:, k], lw=1)
-            axes[2].plot(
-                steps,
-                np.where(mask, y[:, k], np.nan),
-                lw=2,
-                ls="--",
-                alpha=0.6,
-                color=line.get_color(),
-                marker="o" if mask.sum() < 5 else None,
-            )
-        axes[2].set(ylabel="readout\ndashed: target")
-    axes[2].set(xlabel="time step")
-    fig.tight_layout()
-    return fig
-
-
 def add_parser(sub) -> None:
+    """Adds ``eproptax train`` to ``sub``: every option checked as :mod:`eproptax._cli` describes."""
     p = sub.add_parser(
         "train",
         help="train a network on a task with any rule; write history.json and figures",
-        description="Train a network on a standard task with any rule of the library, print the "
-        "final metric and write history.json, learning_curves.png and raster.png.",
+        description="Train a network on a standard task with any rule of the library, print the final metric "
+        "and write history.json, learning_curves.png and raster.png. Every option is checked before training: "
+        "a misuse exits with status 2 and one error line.",
+        formatter_class=HelpFormatter,
     )
-    p.add_argument("--task", choices=sorted(tasks_lib.TASKS), default="evidence")
+    p.add_argument("--task", choices=sorted(tasks_lib.TASKS), default=None, help=f"the task (default: {DEFAULT_TASK})")
     p.add_argument(
         "--task-option",
         action="append",
         metavar="KEY=VALUE",
-        help="keyword of the task factory, repeatable (e.g. --task-option dt=10)",
+        help="a keyword of the task factory, repeatable (e.g. --task-option dt=10); checked against the factory's "
+        "keywords and the types of their defaults",
     )
-    p.add_argument("--rule", choices=list(RULES), default="eprop", help="a rule of ep.rules")
-    for name, uses in _rule_flags().items():  # the rules' own options, from the registry
-        first = uses[0][1]
-        choices = list(dict.fromkeys(c for _, o in uses for c in (o.choices or ())))
-        defaults = ", ".join(f"{rule} (default {o.default})" for rule, o in uses)
-        p.add_argument(
-            f"--{name}", type=first.type, choices=choices or None, default=None, help=f"{first.help}: {defaults}"
-        )
-    p.add_argument(
-        "--feedback", choices=["symmetric", "random"], default="symmetric", help="learning signal of the e-prop family"
-    )
-    p.add_argument(
-        "--online-every", type=int, default=None, metavar="K", help="use the online form and update every K time steps"
-    )
+    _add_rule_arguments(p)
     p.add_argument(
         "--cell",
         choices=["lif", "alif", "rnn", "lstm", "gru"],
         default=None,
         help="recurrent cell (default: the task's)",
     )
-    p.add_argument("--hidden", type=int, default=None, help="neurons per recurrent layer (default: the task's)")
-    p.add_argument("--layers", type=int, default=None, help="recurrent layers (default 1)")
-    p.add_argument("--batch", type=int, default=None, help="batch size (default 32, 1 for pattern)")
-    p.add_argument("--eval-batch", type=int, default=512, help="batch size of the final evaluation")
-    p.add_argument("--steps", type=int, default=300, help="training steps (batches)")
-    p.add_argument("--lr", type=float, default=5e-3, help="optax.adam learning rate")
+    p.add_argument("--hidden", type=positive_int, metavar="N", help="neurons per recurrent layer (default: the task's)")
+    p.add_argument("--layers", type=positive_int, metavar="N", help="recurrent layers (default: the task's)")
+    _add_training_arguments(p)
+    p.add_argument("--seed", type=seed, default=0, help="jax.random.key seed, 0 to 2**32 - 1")
+    p.add_argument("--float64", action="store_true", help="train in float64")
+    p.add_argument("--out", metavar="DIR", help="output folder, checked before training (default: runs/<task>-<rule>)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def _add_rule_arguments(p) -> None:
+    """``--rule``, the rules' own options (from the registry), ``--feedback`` and ``--online-every``."""
+    p.add_argument("--rule", choices=list(RULES), default="eprop", help="a rule of ep.rules")
+    for name, uses in _rule_flags().items():  # the rules' own options, from the registry
+        first = uses[0][1]
+        choices = list(dict.fromkeys(c for _, o in uses for c in (o.choices or ())))
+        defaults = ", ".join(f"{rule} (default {o.default})" for rule, o in uses)
+        kind = _CLI_TYPES.get(first.type, first.type)
+        p.add_argument(f"--{name}", type=kind, choices=choices or None, default=None, help=f"{first.help}: {defaults}")
+    p.add_argument(
+        "--feedback",
+        choices=["symmetric", "random"],
+        default=None,
+        help="learning signal of the e-prop family (default: symmetric; only for the rules that take feedback)",
+    )
+    p.add_argument(
+        "--online-every",
+        type=positive_int,
+        default=None,
+        metavar="K",
+        help="use the rule's online form and update every K time steps (default: per sequence; not for bptt)",
+    )
+
+
+def _add_training_arguments(p) -> None:
+    """The batch sizes, steps and optimiser, and ``--no-reg``."""
+    p.add_argument("--batch", type=positive_int, metavar="N", help="batch size (default: 32; 1 for pattern)")
+    p.add_argument(
+        "--eval-batch",
+        type=positive_int,
+        metavar="N",
+        help="batch of the final evaluation (default: 512; 1 for pattern)",
+    )
+    p.add_argument("--steps", type=positive_int, default=300, metavar="N", help="training steps, one batch each")
+    p.add_argument("--lr", type=positive_float, default=5e-3, help="learning rate of optax.adam")
     p.add_argument(
         "--lr-schedule",
         choices=["constant", "cosine"],
@@ -344,14 +415,9 @@ def add_parser(sub) -> None:
     )
     p.add_argument(
         "--clip",
-        type=float,
-        default=None,
+        type=positive_float,
         metavar="NORM",
-        help="clip the gradient's global norm (optax.clip_by_global_norm), e.g. for BPTT on long spiking sequences",
+        help="clip the gradient's global norm (optax.clip_by_global_norm), e.g. for BPTT on long spiking sequences "
+        "(default: no clipping)",
     )
     p.add_argument("--no-reg", action="store_true", help="train without the task's firing-rate regulariser")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--float64", action="store_true", help="train in float64")
-    p.add_argument("--out", default=None, help="output folder (default runs/<task>-<rule>)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=run)
