@@ -3,6 +3,7 @@
 import jax
 
 from ._cell import Cell
+from ._contract_check import check_cell
 from ._engine import FiringRateReg, sequence_loss
 from ._typing import GradFn, LossFn
 
@@ -31,4 +32,5 @@ def bptt(model: Cell, loss: LossFn, *, reg: FiringRateReg | None = None, unroll:
       grad_fn = ep.bptt(model, loss)
       loss_value, grads = jax.jit(grad_fn)(params, inputs, targets)
     """
+    check_cell("bptt", model, "apply")
     return jax.value_and_grad(sequence_loss(model, loss, reg=reg, unroll=unroll))

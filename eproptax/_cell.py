@@ -180,7 +180,10 @@ def variable_leaks(cell: Cell, s: int, k: int) -> tuple:
     leak = cell.leak
     if leak is None:
         return (None,) * s
-    leaks = (tuple(leak),) if _is_pair(leak) else tuple(None if e is None else tuple(e) for e in leak)
+    try:
+        leaks = (tuple(leak),) if _is_pair(leak) else tuple(None if e is None else tuple(e) for e in leak)
+    except TypeError:  # not a pair, nor a sequence of pairs
+        leaks = ()
     if len(leaks) != s or any(e is not None and len(e) != 2 for e in leaks):
         raise ValueError(
             f"leak: expected a pair (decay, gain) for a one-variable state, or one pair or None "

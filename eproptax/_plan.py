@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._cell import Cell, is_neuron, layers_of, scalar_leak, variable_leaks
+from ._contract_check import check_cell
 from ._jacobians import read_states, synapse_struct
 
 
@@ -295,6 +296,7 @@ def make_plan(
     if depth not in ("spatial", "collapsed", "full"):
         raise ValueError(f"{where}: `depth` must be 'spatial', 'collapsed' or 'full', got {depth!r}.")
     check_model(where, model, feedback)
+    check_cell(where, model, "neuron")
     layers = layers_of(model)
     params = jax.eval_shape(model.init, jax.random.key(0))
     dtype = jax.tree_util.tree_leaves(params)[0].dtype

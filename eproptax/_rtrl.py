@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from ._cell import Cell, is_neuron, layers_of
+from ._contract_check import check_cell
 from ._engine import (
     FiringRateReg,
     OnlineRule,
@@ -21,6 +22,7 @@ from ._engine import (
     reset,
     scan_rule,
 )
+from ._hyper import check_reg
 from ._jacobians import effective_shape, pull_back, synapse_struct
 from ._plan import StepCost
 from ._typing import GradFn, LossFn
@@ -104,6 +106,8 @@ def _columns(model: Cell, params) -> list:
 
 def online_rtrl(model: Cell, loss: LossFn, *, reg: FiringRateReg | None = None) -> OnlineRule:
     """The per-step form of :func:`rtrl` (see there); ``ep.online.rtrl``."""
+    check_cell("rtrl", model, "synapse")
+    check_reg("rtrl", reg)
 
     def init(params, batch_size, key=None):
         c_vec, _ = _ravel_float(model.init_carry(params))
@@ -119,12 +123,16 @@ def online_rtrl(model: Cell, loss: LossFn, *, reg: FiringRateReg | None = None) 
         return new_state(model, params, batch_size, influence, grads, reg, reg_traces, key)
 
     def step(params, state, x, target):
-        check_step("rtrl", model, loss, params, state, x, target)
+        x, target = check_step("rtrl", model, loss, params, state, x, target)
         example = lambda *args: _example(model, loss, reg, params, *args)
         carry, influence, values, out, g, extras = jax.vmap(example)(state.carry, state.traces, x, target)
         grads = tuple(acc + jnp.sum(gl, 0) / x.shape[0] for acc, gl in zip(state.grads, g))
         state = state._replace(
-            carry=carry, traces=influence, grads=grads, loss=state.loss + jnp.mean(values), steps=state.steps + 1
+            carry=carry,
+            traces=influence,
+            grads=grads,
+            loss=state.loss + jnp.mean(values).astype(state.loss.dtype),
+            steps=state.steps + 1,
         )
         if reg is not None:
             z, dz = extras

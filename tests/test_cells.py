@@ -337,3 +337,71 @@ def test_alif_threshold_adaptation():
         a_prev, z_prev = a, z_t
     assert z.sum() > 3
     assert blocked_by_adaptation > 0  # the adaptation did suppress spikes
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The contract checks accept every shipped cell, the documented examples and the flax adapters
+# ----------------------------------------------------------------------------------------------------------
+
+
+def leaky_tanh(n_in, n, lam=0.9):
+    """docs/cells.md's "Writing a neuron model" example, as written there."""
+
+    def init(key):
+        k1, k2 = jax.random.split(key)
+        return {"w_in": jax.random.normal(k1, (n, n_in)) / n_in**0.5, "w_rec": jax.random.normal(k2, (n, n)) / n**0.5}
+
+    return ep.cells.make_cell(
+        n_in=n_in,
+        n_out=n,
+        init=init,
+        init_carry=lambda p: jnp.zeros(n, p["w_in"].dtype),
+        synapse=lambda p, x, z: (p["w_in"] @ x + p["w_rec"] @ z)[:, None],
+        dynamics=lambda h, a: lam * h + (1 - lam) * a[:, 0],
+        output=jnp.tanh,
+        leak=(lam, 1 - lam),
+    )
+
+
+ACCEPTED = {
+    **NEURON_CELLS,
+    "alif_autapses_attached_reset": lambda: ep.cells.alif(N_IN, N, autapses=True, detach_reset=False, dtype=F64),
+    "lif_float32": lambda: ep.cells.lif(N_IN, N, surrogate="arctan"),
+    "docs_leaky_tanh": lambda: leaky_tanh(N_IN, N),
+    "stack": lambda: ep.cells.stack(
+        ep.cells.alif(N_IN, N, dtype=F64), ep.cells.gru(N, N, dtype=F64), ep.cells.leaky_readout(N, 2, dtype=F64)
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(ACCEPTED))
+def test_contract_check_accepts_shipped_cells(name):
+    ep.cells.check(ACCEPTED[name]())
+
+
+@pytest.mark.parametrize("api", ["linen", "nnx"])
+def test_contract_check_accepts_flax_adapters(api):
+    flax = pytest.importorskip("flax")
+    del flax
+    from flax import linen, nnx
+
+    for kind in ("SimpleCell", "LSTMCell", "GRUCell"):
+        if api == "linen":
+            cell = ep.cells.from_flax(getattr(linen, kind)(features=N, param_dtype=F64), N_IN)
+        else:
+            cell = ep.cells.from_nnx(getattr(nnx, kind)(N_IN, N, param_dtype=F64, dtype=F64, rngs=nnx.Rngs(0)))[0]
+        assert cell.synapse is not None
+        ep.cells.check(cell)
+
+
+def test_contract_check_skips_probes_of_traced_hyperparameters():
+    """Built inside ``jax.vmap`` over ``tau_mem`` the probes cannot read values: the rule builds (shape checks
+    only) and computes the gradient of each time constant's network."""
+    p = problem(Config(cells=("lif",), readout="leaky"))
+
+    def grads(tau):
+        model = ep.cells.stack(ep.cells.lif(3, 4, tau_mem=tau, dtype=F64), ep.cells.leaky_readout(4, 2, dtype=F64))
+        return ep.eprop(model, mse)(p.params, p.inputs, p.targets)[0]
+
+    losses = jax.vmap(grads)(jnp.array([10.0, 20.0]))
+    assert losses.shape == (2,) and bool(jnp.all(jnp.isfinite(losses))) and losses[0] != losses[1]

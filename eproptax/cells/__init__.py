@@ -3,6 +3,8 @@
 from .._cell import Cell as Cell
 from .._cell import make_cell as make_cell
 from .._cell import stack as stack
+from .._contract_check import ContractError as ContractError
+from .._contract_check import check as check
 from .._flax import from_flax as from_flax
 from .._flax import from_nnx as from_nnx
 from ._classic import GRUState as GRUState
