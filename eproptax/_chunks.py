@@ -195,7 +195,7 @@ def chunk_step(plan, reg, fwd, params, state, inputs, targets):
     if plan.top is None:
         grads[plan.R] = jax.tree_util.tree_map(lambda a, g: a + jnp.sum(g, (0, 1)) / batch, grads[plan.R], sig.g_top)
     traces = state.traces._replace(influence=influence, filtered=filtered, readout=readout)
-    loss = state.loss + jnp.sum(jnp.mean(values, 1))
+    loss = state.loss + jnp.sum(jnp.mean(values, 1)).astype(state.loss.dtype)
     state = state._replace(carry=carry, traces=traces, grads=tuple(grads), loss=loss, steps=state.steps + K)
     if reg is not None:
         state = state._replace(spikes=state.spikes + jnp.sum(sig.z, 0), reg_traces=reg_traces)

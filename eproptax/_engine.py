@@ -14,10 +14,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import _hyper as hyper
 from . import _tricks as tricks
 from ._cell import Cell, is_neuron, layers_of
 from ._typing import Array, LossFn, Params
-from ._validate import check_chunk, check_inputs, check_unroll
+from ._validate import check_chunk, check_inputs, check_online_rule, check_unroll
 
 
 class FiringRateReg(NamedTuple):
@@ -70,7 +71,8 @@ class OnlineRule(NamedTuple):
       step: ``step(params, state, inputs_t, targets_t) -> (state, outputs_t)`` with ``inputs_t`` of
         shape ``(batch, n_in)`` and ``targets_t`` a pytree of leaves with leading axis ``batch``.
       result: ``result(params, state) -> (loss, grads)``: the accumulated loss and its gradient estimate,
-        shaped like ``params``.
+        shaped like ``params``. On an empty window (no ``step`` since ``init`` or ``reset``) it is a zero
+        loss and zero gradients, never NaN.
       reset: ``reset(state) -> state``: zeroes the accumulators and keeps the carry and traces, to start a
         new window after an update.
       batch_axes: ``batch_axes(state) -> tree``: where each per-example leaf of ``state`` keeps its batch
@@ -116,6 +118,7 @@ def batch_sharding(rule: OnlineRule, state: OnlineState, mesh: jax.sharding.Mesh
       state = rule.init(params, batch_size)
       state = jax.device_put(state, ep.online.batch_sharding(rule, state, mesh, "batch"))
     """
+    check_online_rule("batch_sharding", rule)
     P = jax.sharding.PartitionSpec
 
     def place(axis, subtree):
@@ -165,16 +168,19 @@ def recurrent_outputs(model: Cell, carry: Any) -> Array:
 
 
 def reg_value(reg: FiringRateReg, spikes: Array, steps: Array) -> Array:
-    """Batch mean of ``(c_reg / 2) sum_j (r_j - f_target)^2`` from per-example spike sums ``(B, n)``."""
-    rate = spikes / steps.astype(spikes.dtype)
-    return jnp.mean(0.5 * reg.c_reg * jnp.sum((rate - reg.f_target) ** 2, axis=-1))
+    """Batch mean of ``(c_reg / 2) sum_j (r_j - f_target)^2`` from per-example spike sums ``(B, n)``; 0 after no
+    step (the rate of an empty window is undefined: an online ``result`` before any ``step`` is zero)."""
+    rate = spikes / jnp.maximum(steps, 1).astype(spikes.dtype)
+    value = jnp.mean(0.5 * reg.c_reg * jnp.sum((rate - reg.f_target) ** 2, axis=-1))
+    return jnp.where(steps > 0, value, jnp.zeros_like(value))
 
 
 def reg_weights(reg: FiringRateReg, spikes: Array, steps: Array) -> Array:
-    """``d reg / d (sum_t z_j^t)`` per example, divided by the batch size: ``c_reg (r_j - f*) / (T B)``."""
-    steps = steps.astype(spikes.dtype)
-    rate = spikes / steps
-    return reg.c_reg * (rate - reg.f_target) / steps / spikes.shape[0]
+    """``d reg / d (sum_t z_j^t)`` per example, divided by the batch size: ``c_reg (r_j - f*) / (T B)``; 0 after
+    no step."""
+    n = jnp.maximum(steps, 1).astype(spikes.dtype)
+    weights = reg.c_reg * (spikes / n - reg.f_target) / n / spikes.shape[0]
+    return jnp.where(steps > 0, weights, jnp.zeros_like(weights))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -203,9 +209,10 @@ def sequence_loss(model: Cell, loss: LossFn, *, reg: FiringRateReg | None = None
     """
 
     check_unroll("sequence_loss", unroll)
+    hyper.check_reg("sequence_loss", reg)
 
     def objective(params, inputs, targets):
-        check_inputs("sequence_loss", model, loss, params, inputs, targets)
+        inputs, targets = check_inputs("sequence_loss", model, loss, params, inputs, targets)
 
         def one(x_seq, target_seq):
             def body(carry, xt):
@@ -264,7 +271,7 @@ def scan_rule(
     check_chunk(where, chunk, online)
 
     def grad_fn(params, inputs, targets, *, key=None):
-        check_inputs(where, model, loss, params, inputs, targets)
+        inputs, targets = check_inputs(where, model, loss, params, inputs, targets)
         batch, time = np.shape(inputs)[:2]
         state = online.init(params, batch) if key is None else online.init(params, batch, key=key)
         run = lambda K: lambda state: _run_sequence(online, params, state, inputs, targets, K, unroll)

@@ -41,10 +41,11 @@ from ._contract import contract_h, contract_mixed, contract_z, filter_stages, re
 from ._dense import dense_example
 from ._engine import FiringRateReg, OnlineRule, accum_dtype, leading_batch_axes, new_state, reset
 from ._forward import forward
+from ._hyper import check_reg
 from ._level0 import compact_layout, own_update, own_view, own_z
 from ._plan import EpropTraces, TracePlan, batch_axes, is_shape, make_plan, state_shapes
 from ._typing import LossFn
-from ._validate import check_step
+from ._validate import cast_data, check_step, float_dtype
 
 
 def online_traces(
@@ -60,6 +61,7 @@ def online_traces(
 ) -> OnlineRule:
     """Builds the per-step estimator (see the module docstring) for a plan resolved now; ``self_recurrent``
     folds each neuron's autapse into its implicit recurrence (SnAp-1, :func:`~eproptax.snap`)."""
+    check_reg(where, reg)
     plan = make_plan(
         model,
         order=order,
@@ -77,12 +79,13 @@ def online_traces(
         return init_state(plan, model, reg, params, batch_size, key)
 
     def step(params, state, x, target):
-        check_step(where, model, loss, params, state, x, target)
+        x, target = check_step(where, model, loss, params, state, x, target)
         return trace_step(plan, layers, reg, fwd, params, state, x, target)
 
     def chunk(params, state, inputs, targets):
         first = jax.tree_util.tree_map(lambda a: a[:, 0], targets)
         check_step(where, model, loss, params, state, inputs[:, 0], first)
+        inputs, targets = cast_data(float_dtype(where, params), inputs, targets)
         return chunk_step(plan, reg, fwd, params, state, inputs, targets)
 
     def axes(state):
@@ -152,7 +155,7 @@ def trace_step(plan: TracePlan, layers, reg, fwd, params, state, x, target):
         carry=carry,
         traces=EpropTraces(influence, filtered, readout),
         grads=tuple(grads),
-        loss=state.loss + jnp.mean(values),
+        loss=state.loss + jnp.mean(values).astype(state.loss.dtype),
         steps=state.steps + 1,
     )
     if reg is not None:

@@ -13,11 +13,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from . import _hyper as hyper
 from ._cell import Cell
 from ._engine import OnlineRule, time_major
 from ._registry import RULES, make_rule
 from ._tricks import scan
 from ._typing import GradFn, Params, PRNGKey
+from ._validate import check_online_rule
 from .tasks._common import Task, forward
 
 Sampler = Callable[[PRNGKey], tuple[jax.Array, Any]]
@@ -90,6 +92,12 @@ def train(
       ``(params, history)`` with ``history = {"loss": (steps,), "metric": (steps,), "metric_name": str,
       "wall_s": float}`` (numpy arrays; the metric is NaN where none is available).
 
+    Raises:
+      NonFiniteError: (a ``FloatingPointError``) as soon as the loss or a gradient of a step is NaN or
+        infinite, naming the step and the first bad gradient leaf; its ``.params`` are the parameters before
+        that step. The check reads one flag per step, a step behind, so the loop does not wait on the device.
+        To find where inside the sequence the values go bad, wrap the rule in :func:`~eproptax.check_finite`.
+
     Example::
 
       task = ep.tasks.pattern_generation()
@@ -100,8 +108,8 @@ def train(
     """
     sample, metric, metric_name = _sampler(task_or_sampler, metric, batch_size)
     rule_fn, online = _checked_rule(rule_fn, task_or_sampler, model, rule_options, online_every)
-    if not steps >= 1:
-        raise ValueError(f"train: `steps` must be a positive int, got {steps!r}.")
+    hyper.positive_int("train", "steps", steps)
+    hyper.positive_int("train", "batch_size", batch_size)
     score = metric if (metric is not None and (online or model is not None)) else None
     step = (
         _online_step(rule_fn, sample, optimizer, score, int(online_every))
@@ -141,32 +149,45 @@ def _checked_rule(rule_fn, task_or_sampler, model, rule_options, online_every):
             f"`rule_fn` a {type(rule_fn).__name__}; pass the options to its factory instead."
         )
     online = isinstance(rule_fn, OnlineRule)
+    if online:
+        check_online_rule("train", rule_fn)
+    elif not callable(rule_fn):
+        raise TypeError(
+            f"train: `rule_fn` must be a rule's grad_fn, an OnlineRule or a rule's name (one of {', '.join(RULES)}), "
+            f"got {type(rule_fn).__name__}."
+        )
     if online_every is not None and not online:
         raise ValueError(
             "train: `online_every` needs an online rule (ep.online.eprop(model, loss), ...), got a "
             "whole-sequence grad_fn; drop `online_every` to update once per sequence."
         )
-    if online and (online_every is None or int(online_every) < 1):
+    if online and online_every is None:
         raise ValueError(
-            f"train: an OnlineRule needs `online_every`, a positive number of time steps between "
-            f"updates, got {online_every!r}."
+            "train: an OnlineRule needs `online_every`, a positive number of time steps between updates, got None."
         )
+    if online:
+        hyper.positive_int("train", "online_every", online_every)
     return rule_fn, online
 
 
 def _fit(step, params, optimizer, *, steps: int, key, progress: bool, desc: str, metric_name: str):
     """Runs the compiled ``step`` ``steps`` times from ``optimizer.init(params)``; returns ``(params, history)``."""
     opt_state = optimizer.init(params)
-    losses, metrics = [], []
+    losses, metrics, flags, before = [], [], [], [params]
     bar = _Progress(steps, desc, metric_name) if progress else None
     start = time.perf_counter()
     for i in range(steps):
         key, k = jax.random.split(key)
-        params, opt_state, loss, value = step(params, opt_state, k)
+        params, opt_state, loss, value, bad = step(params, opt_state, k)
         losses.append(loss)
         metrics.append(value)
+        flags.append(bad)
+        before = [*before[-1:], params]  # the parameters before steps i and i + 1
+        if i > 0:  # the check of step i - 1 waits for it, while step i runs
+            _stop_if_not_finite(i - 1, steps, losses, flags, before[0], bar)
         if bar is not None:
             bar.update(i + 1, losses, metrics)
+    _stop_if_not_finite(steps - 1, steps, losses, flags, before[0], bar)
     jax.block_until_ready(params)
     wall = time.perf_counter() - start
     if bar is not None:
@@ -178,6 +199,44 @@ def _fit(step, params, optimizer, *, steps: int, key, progress: bool, desc: str,
         "wall_s": wall,
     }
     return params, history
+
+
+class NonFiniteError(FloatingPointError):
+    """Raised by :func:`train` when the loss or a gradient of a training step is NaN or infinite.
+
+    Attributes:
+      step: the training step (counting from 0) whose loss or gradient went bad.
+      params: the parameters before that step (the last finite ones).
+    """
+
+    def __init__(self, message: str, step: int, params):
+        super().__init__(message)
+        self.step, self.params = step, params
+
+
+def _not_finite(loss, grads):
+    """``(loss is not finite, [gradient leaf is not finite, ...])``, on the device."""
+    return ~jnp.isfinite(loss), jnp.stack([~jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(grads)])
+
+
+def _stop_if_not_finite(i: int, steps: int, losses, flags, params, bar) -> None:
+    """Raises :class:`NonFiniteError` naming step ``i``, the loss or the first bad gradient leaf (reads the device)."""
+    loss_bad, grad_bad = (np.asarray(f) for f in flags[i])
+    if not loss_bad and not grad_bad.any():
+        return
+    if bar is not None:
+        bar.close(losses[: i + 1], losses[: i + 1])
+    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    what = f"the loss is {float(losses[i])}"
+    if grad_bad.any():
+        what += f", and the gradient is not finite, first in grads{paths[int(np.argmax(grad_bad))]}"
+    raise NonFiniteError(
+        f"train: training stopped at step {i} of {steps} (counting from 0): {what}. The error's `.params` are "
+        "the parameters before that step. Lower the learning rate or clip the gradient "
+        "(optax.clip_by_global_norm); ep.check_finite(grad_fn) finds the first time step that goes bad.",
+        i,
+        params,
+    )
 
 
 def _rule_by_name(name: str, task, model, options, online_every):
@@ -217,7 +276,7 @@ def _sequence_step(grad_fn, sample, optimizer, metric, model):
         if metric is not None:
             value = metric(forward(model, params, inputs)[0], targets).astype(loss.dtype)
         updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss, value
+        return optax.apply_updates(params, updates), opt_state, loss, value, _not_finite(loss, grads)
 
     return step
 
@@ -232,15 +291,17 @@ def _online_step(rule: OnlineRule, sample, optimizer, metric, every: int):
         xs = (time_major(inputs), time_major(targets))
 
         def window(carry, chunk):  # ``every`` time steps, then one update
-            params, opt_state, state, total = carry
+            params, opt_state, state, total, bad = carry
             state, outputs = scan(lambda s, xt: rule.step(params, s, xt[0], xt[1]), state, chunk)  # platform unroll
             loss, grads = rule.result(params, state)
+            bad = jax.tree_util.tree_map(jnp.logical_or, bad, _not_finite(loss, grads))  # any window's
             updates, opt_state = optimizer.update(grads, opt_state, params)
             params = optax.apply_updates(params, updates)
-            return (params, opt_state, rule.reset(state), total + loss), outputs
+            return (params, opt_state, rule.reset(state), total + loss, bad), outputs
 
         state = rule.init(params, batch, key=_rule_key(key)) if keyed else rule.init(params, batch)
-        carry = (params, opt_state, state, jnp.zeros((), state.loss.dtype))
+        bad = jax.tree_util.tree_map(jnp.zeros_like, _not_finite(state.loss, params))
+        carry = (params, opt_state, state, jnp.zeros((), state.loss.dtype), bad)
         n_windows, rest = divmod(time_steps, every)
         chunks = jax.tree_util.tree_map(lambda a: a[: n_windows * every].reshape((n_windows, every) + a.shape[1:]), xs)
         carry, outputs = jax.lax.scan(window, carry, chunks)
@@ -248,11 +309,11 @@ def _online_step(rule: OnlineRule, sample, optimizer, metric, every: int):
         if rest:
             carry, tail = window(carry, jax.tree_util.tree_map(lambda a: a[n_windows * every :], xs))
             outputs = jnp.concatenate([outputs, tail])
-        params, opt_state, _, total = carry
+        params, opt_state, _, total, bad = carry
         value = jnp.full((), jnp.nan, total.dtype)
         if metric is not None:
             value = metric(jnp.swapaxes(outputs, 0, 1), targets).astype(total.dtype)
-        return params, opt_state, total, value
+        return params, opt_state, total, value, bad
 
     return step
 

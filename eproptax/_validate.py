@@ -28,7 +28,38 @@ def check_unroll(where: str, unroll) -> None:
         )
 
 
-def check_params(where: str, model: Cell, params: Params) -> None:
+def float_dtype(where: str, params: Params):
+    """The parameters' floating dtype, the one every rule computes in; mixed floating dtypes are an error."""
+    floats = [
+        (jax.tree_util.keystr(path), jnp.result_type(leaf))
+        for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
+        if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)
+    ]
+    if not floats:
+        raise ValueError(f"{where}: `params` has no floating leaf; make params with model.init(key).")
+    first = {}
+    for name, dtype in floats:
+        first.setdefault(dtype, name or "(root)")
+    if len(first) > 1:
+        listed = ", ".join(f"params{name} is {dtype}" for dtype, name in first.items())
+        raise ValueError(
+            f"{where}: `params` mixes floating dtypes ({listed}); every rule computes in one dtype: cast them "
+            "with jax.tree_util.tree_map(lambda p: p.astype(dtype), params) or build the cells with one `dtype`."
+        )
+    return floats[0][1]
+
+
+def cast_data(dtype, inputs: Array, targets: Any) -> tuple[Array, Any]:
+    """The dtype policy: ``inputs`` and the floating leaves of ``targets`` in the parameters' ``dtype`` (integer
+    targets, such as labels, are kept)."""
+    inputs = jnp.asarray(inputs)
+    inputs = inputs if inputs.dtype == dtype else inputs.astype(dtype)
+    cast = lambda a: a.astype(dtype) if jnp.issubdtype(jnp.result_type(a), jnp.floating) else a
+    return inputs, jax.tree_util.tree_map(cast, targets)
+
+
+def check_params(where: str, model: Cell, params: Params):
+    """``params`` has the tree and shapes of ``model.init``'s, in one floating dtype, which it returns."""
     expected = jax.eval_shape(model.init, jax.random.key(0))
     exp_def, got_def = jax.tree_util.tree_structure(expected), jax.tree_util.tree_structure(params)
     if exp_def != got_def:
@@ -45,11 +76,13 @@ def check_params(where: str, model: Cell, params: Params) -> None:
                 f"{where}: `params` leaf {jax.tree_util.keystr(path[0])} has shape "
                 f"{_shape_str(g)}, expected {tuple(e.shape)}."
             )
+    return float_dtype(where, params)
 
 
-def check_inputs(where: str, model: Cell, loss: LossFn, params: Params, inputs: Array, targets: Any) -> None:
-    """Validates a whole-sequence call (shapes are static, so this runs once per trace)."""
-    check_params(where, model, params)
+def check_inputs(where: str, model: Cell, loss: LossFn, params: Params, inputs: Array, targets: Any):
+    """Validates a whole-sequence call (shapes are static, so this runs once per trace); returns ``(inputs,
+    targets)`` in the parameters' dtype (:func:`cast_data`)."""
+    dtype = check_params(where, model, params)
     if np.ndim(inputs) != 3:
         raise ValueError(
             f"{where}: `inputs` must have shape (batch, time, n_in={model.n_in}), got "
@@ -61,6 +94,11 @@ def check_inputs(where: str, model: Cell, loss: LossFn, params: Params, inputs: 
         raise ValueError(
             f"{where}: `inputs` must have n_in={model.n_in} features on its last axis, got shape {_shape_str(inputs)}."
         )
+    if batch == 0 or time == 0:
+        raise ValueError(
+            f"{where}: `inputs` must hold at least one sequence of at least one step, got shape "
+            f"{_shape_str(inputs)} (batch={batch}, time={time})."
+        )
     for path, leaf in jax.tree_util.tree_flatten_with_path(targets)[0]:
         if np.ndim(leaf) < 2 or tuple(np.shape(leaf)[:2]) != (batch, time):
             raise ValueError(
@@ -68,11 +106,15 @@ def check_inputs(where: str, model: Cell, loss: LossFn, params: Params, inputs: 
                 f"leading axes (batch, time) = ({batch}, {time}) like `inputs`, got shape "
                 f"{_shape_str(leaf)}."
             )
+    inputs, targets = cast_data(dtype, inputs, targets)
     check_loss(where, model, loss, params, jax.tree_util.tree_map(lambda a: a[0, 0], targets))
+    return inputs, targets
 
 
-def check_step(where: str, model: Cell, loss: LossFn, params: Params, state: Any, x: Array, target: Any) -> None:
-    """Validates an online step."""
+def check_step(where: str, model: Cell, loss: LossFn, params: Params, state: Any, x: Array, target: Any):
+    """Validates an online step as :func:`check_inputs` does a sequence; returns ``(inputs_t, targets_t)``
+    in the parameters' dtype."""
+    dtype = check_params(where, model, params)
     batch = jax.tree_util.tree_leaves(state.carry)[0].shape[0] if jax.tree_util.tree_leaves(state.carry) else None
     if np.ndim(x) != 2 or np.shape(x)[-1] != model.n_in or (batch is not None and np.shape(x)[0] != batch):
         raise ValueError(
@@ -84,21 +126,37 @@ def check_step(where: str, model: Cell, loss: LossFn, params: Params, state: Any
                 f"{where}: `targets_t` leaf {jax.tree_util.keystr(path) or '(root)'} must have a "
                 f"leading batch axis of {np.shape(x)[0]}, got shape {_shape_str(leaf)}."
             )
+    x, target = cast_data(dtype, x, target)
     check_loss(where, model, loss, params, jax.tree_util.tree_map(lambda a: a[0], target))
+    return x, target
 
 
 def check_loss(where: str, model: Cell, loss: LossFn, params: Params, target_t: Any) -> None:
+    """``loss(outputs_t, targets_t)`` runs on one step's shapes and returns a floating scalar; a failure inside
+    it is reported as a mismatch of ``targets`` and the model's output."""
+    dtype = float_dtype(where, params)
+
     def out_fn(p, t):
         carry = model.init_carry(p)
-        _, out = model.apply(p, carry, jnp.zeros((model.n_in,), jax.tree_util.tree_leaves(p)[0].dtype))
+        _, out = model.apply(p, carry, jnp.zeros((model.n_in,), dtype))
         return loss(out, t)
 
-    value = jax.eval_shape(out_fn, params, target_t)
+    try:
+        value = jax.eval_shape(out_fn, params, target_t)
+    except (TypeError, ValueError, IndexError, KeyError) as e:
+        shapes = jax.tree_util.tree_map(lambda a: f"{jnp.result_type(a)}{list(np.shape(a))}", target_t)
+        raise ValueError(
+            f"{where}: `loss(outputs_t, targets_t)` fails on one step of one example, outputs_t of shape "
+            f"(n_out={model.n_out},) and `targets` at one step {shapes}: {type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}. Check that `targets` match the model's output and the loss."
+        ) from e
     if value.shape != ():
         raise ValueError(
             f"{where}: `loss(outputs_t, targets_t)` must return a scalar for one example and one "
             f"step, got shape {tuple(value.shape)}. Sum or average inside the loss."
         )
+    if not jnp.issubdtype(value.dtype, jnp.floating):
+        raise ValueError(f"{where}: `loss(outputs_t, targets_t)` must return a floating scalar, got {value.dtype}.")
 
 
 def check_chunk(where: str, chunk, online: Any) -> None:
@@ -113,3 +171,17 @@ def check_chunk(where: str, chunk, online: Any) -> None:
             f"{where}: `chunk={chunk}` needs a rule with a chunked form: level-0 traces only "
             "(order=0, depth='spatial' or 'collapsed'); pass chunk=1 or None."
         )
+
+
+def check_online_rule(where: str, rule: Any) -> None:
+    """An :class:`~eproptax.OnlineRule`: ``init``, ``step``, ``result`` and ``reset`` callable, ``batch_axes`` and
+    ``chunk`` callable or ``None``."""
+    for name in ("init", "step", "result", "reset", "batch_axes", "chunk"):
+        value = getattr(rule, name)
+        optional = name in ("batch_axes", "chunk")
+        if not callable(value) and not (optional and value is None):
+            expected = "a function or None" if optional else "a function"
+            raise TypeError(
+                f"{where}: `OnlineRule.{name}` must be {expected}, got {type(value).__name__} {value!r:.60}; "
+                "build online rules with ep.online.* or ep.make_rule(..., online=True)."
+            )
