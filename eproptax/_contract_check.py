@@ -12,11 +12,14 @@ Three levels, each including the one before; a rule checks only what it relies o
     and ``dynamics`` keeps the carry and is neuron-wise in ``h_prev`` and ``a``, ``output`` is neuron-wise
     and returns ``(n,)``, and a declared ``leak`` matches autodiff of ``dynamics``.
 
-The probes run eagerly in the parameters' dtype, on ``init(key(0))`` and on the states a few steps of random
-input reach. Neuron-wise is tested with ``2 ceil(log2 n)`` jvps whose tangents live on the neurons with bit
-``b`` of their index set (or clear): any two neurons differ in a bit, so every edge between two neurons that is
-nonzero at a probe shows up. Where a value is traced (a cell built inside ``jax.vmap`` over a time constant)
-the probes are skipped and only the shape checks run.
+The probes run in the parameters' dtype, at random parameters and inputs drawn with NumPy, as one small
+program per check compiled with XLA's quick settings on the CPU (a program run once gains nothing from a slow
+compile); the arithmetic around it is NumPy. Neuron-wise is tested at :data:`STATES` states with ``2
+ceil(log2 n)`` jvps whose tangents live on the neurons with bit ``b`` of their index set (or clear): any two
+neurons differ in a bit, so every edge between two neurons that is nonzero at a probe state shows up. Where a
+value is traced (a cell built inside ``jax.vmap`` over a time constant) the probes are skipped and only the
+shape checks run. A cell that passed is remembered (by the identity of its functions), so a second rule built
+for it checks nothing again.
 """
 
 from __future__ import annotations
@@ -47,8 +50,9 @@ def check(cell: Cell, *, level: str = "neuron") -> None:
 
     Every layer is checked: its shapes, and, for a neuron layer (one with ``synapse`` / ``dynamics`` /
     ``output``), that ``synapse`` is affine in its inputs, that ``dynamics`` and ``output`` are neuron-wise
-    and that a declared ``leak`` is what autodiff of ``dynamics`` gives. It costs a few eager jvps per layer
-    (about 0.1 s for a 256-neuron LIF network on a CPU).
+    and that a declared ``leak`` is what autodiff of ``dynamics`` gives. It costs one small compiled program
+    (a fraction of a second for a 256-neuron LIF network on a CPU; ``benchmarks/contract_cost.py``), and a
+    failure names the layer and the part of the contract (docs/errors.md lists them, with their fixes).
 
     Args:
       cell: a :class:`~eproptax.Cell` or a stack.
@@ -77,23 +81,37 @@ def check_cell(where: str, cell: Cell, level: str) -> None:
     for name, layer, p in zip(names, layers, params):
         _shapes(name, layer, p, level)
     probed = [i for i, layer in enumerate(layers) if level != "apply" and is_neuron(layer)]
-    if probed:
-        rng = np.random.default_rng(0)
-        inputs = [_probe_inputs(layers[i], params[i], level, rng) for i in probed]
-        measure = lambda args: [_measure(layers[i], *a) for i, a in zip(probed, args)]
-        # one small program for every layer, on the CPU, now (even where the rule is built inside a jit)
-        with jax.ensure_compile_time_eval(), jax.default_device(jax.devices("cpu")[0]):
-            args = [x[:4] for x in inputs]
-            traced = jax.jit(measure).trace(args)
-            if len(traced.jaxpr.in_avals) != len(jax.tree_util.tree_leaves(args)):
-                return  # it reads a traced hyperparameter (an input beyond its arguments): the shapes are all there is
-            measured = traced.lower().compile(_QUICK)(args)
-        if _concrete(measured):
-            for i, x, m in zip(probed, inputs, measured):
-                _judge(names[i], layers[i], x, *jax.tree_util.tree_map(np.asarray, m))
+    if probed and not _probe(names, layers, params, probed, level):
+        return  # a hyperparameter is traced: the shape checks are all there is (and nothing is remembered)
     if len(_PASSED) >= _REMEMBERED:
         _PASSED.pop(next(iter(_PASSED)))
     _PASSED[key] = (cell, level)
+
+
+def _probe(names, layers, params, probed: list, level: str) -> bool:
+    """Measures the layers ``probed`` in one small program, on the CPU, now (even where the rule is built inside
+    a jit), and judges them; ``False`` where the program reads a traced value (nothing could be judged)."""
+    rng = np.random.default_rng(0)
+    inputs = [_probe_inputs(layers[i], params[i], level, rng) for i in probed]
+    measure = lambda args: [_measure(layers[i], *a) for i, a in zip(probed, args)]
+    args = [x[:4] for x in inputs]
+    with jax.ensure_compile_time_eval(), jax.default_device(_host()):
+        traced = jax.jit(measure).trace(args)
+        if len(traced.jaxpr.in_avals) != len(jax.tree_util.tree_leaves(args)):
+            return False  # an input beyond its arguments: a traced hyperparameter it closes over
+        measured = traced.lower().compile(_QUICK)(args)
+    host = lambda x: np.asarray(x, np.float64) if jnp.issubdtype(x.dtype, jnp.inexact) else np.asarray(x)
+    for i, x, m in zip(probed, inputs, measured):  # judged in float64, with the tolerances of the cell's dtype
+        _judge(names[i], layers[i], _float_dtype(params[i]), x, *jax.tree_util.tree_map(host, m))
+    return True
+
+
+def _host():
+    """The CPU, where a probe compiles fastest; the default device where JAX runs without its CPU backend."""
+    try:
+        return jax.devices("cpu")[0]
+    except RuntimeError:
+        return jax.devices()[0]
 
 
 def _init(where: str, cell: Cell):
@@ -200,19 +218,9 @@ def _neuron_carry(name: str, layer: Cell, carry) -> None:
         raise ContractError(f"{name}: `init_carry` of a neuron cell must have at least one floating state variable.")
 
 
-def _concrete(*trees) -> bool:
-    """Whether every leaf is a concrete value (not a tracer of an enclosing ``jit`` or ``vmap``)."""
-    try:
-        for leaf in jax.tree_util.tree_leaves(trees):
-            np.asarray(leaf)
-    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
-        return False
-    return True
-
-
 def _tolerance(dtype) -> float:
     """Relative tolerance of a probe: the square root of the dtype's epsilon (3e-4 in float32, 1e-8 in float64)."""
-    return float(np.sqrt(np.finfo(dtype).eps))
+    return float(np.sqrt(jnp.finfo(dtype).eps))
 
 
 def _random(shapes, rng, *, spread: bool = False):
@@ -228,11 +236,11 @@ def _random(shapes, rng, *, spread: bool = False):
     return jax.tree_util.tree_map(draw, shapes)
 
 
-def _judge(name: str, layer: Cell, inputs, ys, h, pushed) -> None:
+def _judge(name: str, layer: Cell, dtype, inputs, ys, h, pushed) -> None:
     """Raises :class:`ContractError` for the first measurement beyond the dtype's tolerance: ``synapse`` affine,
     then at each probe state ``dynamics`` and ``output`` neuron-wise and the declared ``leak`` exact."""
-    dtype, probe = ys.dtype, inputs[4]
-    err = np.max(np.abs(ys[2] - LAM * ys[0] - (1 - LAM) * ys[1])) / max(np.max(np.abs(ys[:2])), np.finfo(dtype).tiny)
+    probe = inputs[4]
+    err = np.max(np.abs(ys[2] - LAM * ys[0] - (1 - LAM) * ys[1])) / max(np.max(np.abs(ys[:2])), 1e-300)
     if err > _tolerance(dtype):
         raise ContractError(
             f"{name}: `synapse` is not affine in (x, z_prev): at random inputs it is {err:.3g} (relative) away from "
@@ -241,7 +249,7 @@ def _judge(name: str, layer: Cell, inputs, ys, h, pushed) -> None:
         )
     for r in range(STATES if probe is not None else 0):
         at = lambda tree, r=r: jax.tree_util.tree_map(lambda x: x[r], tree)
-        _judge_probe(name, layer, at(h), probe[2][r], probe[5], at(pushed))
+        _judge_probe(name, layer, dtype, at(h), probe[2][r], probe[5], at(pushed))
 
 
 def _probe_inputs(layer: Cell, params, level: str, rng) -> tuple:
@@ -303,7 +311,7 @@ def _bit_masks(n: int) -> np.ndarray:
 
 def _floats(h) -> np.ndarray:
     """The floating leaves of a NumPy state as columns ``(n, s)`` (:func:`float_state`, on the host)."""
-    return np.stack([leaf for leaf in jax.tree_util.tree_leaves(h) if leaf.dtype.kind == "f"], -1)
+    return np.stack([leaf for leaf in jax.tree_util.tree_leaves(h) if np.issubdtype(leaf.dtype, np.floating)], -1)
 
 
 def _tangents(layer: Cell, carry, a, rng) -> tuple:
@@ -321,7 +329,7 @@ def _tangents(layer: Cell, carry, a, rng) -> tuple:
     return t_h.astype(dtype), t_a.astype(dtype), masks
 
 
-def _judge_probe(name: str, layer: Cell, h, a, masks, pushed) -> None:
+def _judge_probe(name: str, layer: Cell, dtype, h, a, masks, pushed) -> None:
     """At one state ``h`` and input ``a``: ``dynamics`` and ``output`` neuron-wise, and the declared leaks."""
     d_h, d_a, d_out = pushed
     m, (n, s) = len(masks), _floats(h).shape
@@ -330,7 +338,7 @@ def _judge_probe(name: str, layer: Cell, h, a, masks, pushed) -> None:
         ("dynamics", "a", d_a[:m]),
         ("output", "h", d_out[:m]),
     ):
-        _neuronwise(name, layer, fn_name, wrt, moved, masks, h, a)
+        _neuronwise(name, layer, dtype, fn_name, wrt, moved, masks, h, a)
     leaks = variable_leaks(layer, s, a.shape[1])
     leaky = [c for c, leak in enumerate(leaks) if leak is not None]
     for i, c in enumerate(leaky):
@@ -338,9 +346,11 @@ def _judge_probe(name: str, layer: Cell, h, a, masks, pushed) -> None:
         got = (d_h[m + i][:, c], d_a[m][:, c], d_h[m + len(leaky) + i][:, c])  # own, input, others
         off = np.max([np.abs(got[0] - decay), np.abs(got[1] - gain), np.abs(got[2])], 0) / (1 + abs(decay) + abs(gain))
         j = int(np.argmax(off))
-        if off[j] > _tolerance(d_h.dtype):
+        if off[j] > _tolerance(dtype):
             names = [
-                jax.tree_util.keystr(p) for p, v in jax.tree_util.tree_flatten_with_path(h)[0] if v.dtype.kind == "f"
+                jax.tree_util.keystr(p)
+                for p, v in jax.tree_util.tree_flatten_with_path(h)[0]
+                if np.issubdtype(v.dtype, np.floating)
             ]
             raise ContractError(
                 f"{name}: `leak` declares state variable {c} ({names[c]}) a leaky integrator with decay "
@@ -351,14 +361,14 @@ def _judge_probe(name: str, layer: Cell, h, a, masks, pushed) -> None:
             )
 
 
-def _neuronwise(name: str, layer: Cell, fn_name: str, wrt: str, moved, masks, h, a) -> None:
+def _neuronwise(name: str, layer: Cell, dtype, fn_name: str, wrt: str, moved, masks, h, a) -> None:
     """``moved[p]``, the push-forward of a tangent on the neurons ``masks[p]``, is zero off those neurons."""
     if not len(masks):  # one neuron: nothing to mix
         return
     size = np.abs(moved).reshape(moved.shape[:2] + (-1,)).max(-1)  # (probes, n)
     stray = np.max(size * ~masks, 0)
     scale = np.max(size)
-    if scale == 0 or np.max(stray) <= 10 * np.finfo(moved.dtype).eps * scale:
+    if scale == 0 or np.max(stray) <= 10 * float(jnp.finfo(dtype).eps) * scale:
         return
     j = int(np.argmax(stray))
     i, weight = _strongest_input(layer, fn_name, wrt, h, a, j)

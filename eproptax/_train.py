@@ -206,7 +206,8 @@ class NonFiniteError(FloatingPointError):
 
     Attributes:
       step: the training step (counting from 0) whose loss or gradient went bad.
-      params: the parameters before that step (the last finite ones).
+      params: the parameters that step started from (finite, unless the optimiser's own update made them
+        non-finite).
     """
 
     def __init__(self, message: str, step: int, params):

@@ -18,6 +18,7 @@ import inspect
 import json
 import math
 import os
+import sys
 import time
 import types
 
@@ -42,7 +43,7 @@ from ._cli import (
 from ._eprop import random_feedback
 from ._figures import plot_run
 from ._registry import RULES, make_rule
-from ._train import train
+from ._train import NonFiniteError, train
 
 DEFAULT_TASK = "evidence"
 _CLI_TYPES = {int: non_negative_int}  # a rule's integer options (``--order``) are counts: never negative
@@ -207,19 +208,23 @@ def run(args) -> int:
     setup = _prepare(args)
     _print_setup(args, setup)
     start = time.perf_counter()
-    params, history = train(
-        setup.rule,
-        setup.task,
-        setup.params,
-        _optimizer(args),
-        steps=args.steps,
-        key=setup.k_train,
-        batch_size=setup.batch,
-        model=setup.model,
-        online_every=args.online_every,
-        progress=not args.no_progress,
-        desc=args.rule,
-    )
+    try:
+        params, history = train(
+            setup.rule,
+            setup.task,
+            setup.params,
+            _optimizer(args),
+            steps=args.steps,
+            key=setup.k_train,
+            batch_size=setup.batch,
+            model=setup.model,
+            online_every=args.online_every,
+            progress=not args.no_progress,
+            desc=args.rule,
+        )
+    except NonFiniteError as error:  # the message says where; a lower --lr or a --clip is the usual fix
+        print(f"eproptax {error} (--lr {args.lr}, --clip {args.clip})", file=sys.stderr)
+        return 1
     total = time.perf_counter() - start
     task, metric = setup.task, setup.task.metric_name
     final = tasks_lib.evaluate(setup.test_task, setup.model, params, setup.k_eval, setup.eval_batch)

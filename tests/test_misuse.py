@@ -107,7 +107,8 @@ def _contract_cases():
                 f"contract-{name}-bptt",
                 lambda m=model: ep.bptt(m, mse),
                 ep.cells.ContractError,
-                r"bptt: (layer 0: )?`(init|apply)` (fails on the shapes|changes carry leaf|must return|returns parameters)",
+                r"bptt: (layer 0: )?`(init|apply)` "
+                r"(fails on the shapes|changes carry leaf|must return|returns parameters)",
             )
         )
     opaque = ep.cells.Cell(
@@ -280,3 +281,41 @@ CASES = _contract_cases() + _data_cases() + _state_cases() + _train_cases()
 def test_bad_input_raises_a_clear_error(case):
     with pytest.raises(case.error, match=case.match):
         case.call()
+
+
+def _nan_after_first_update():
+    """SGD whose second update is NaN: the parameters go bad after it, the loss and gradient one step later."""
+    poison = optax.scale_by_schedule(lambda count: jnp.where(count == 1, jnp.nan, 1.0))
+    return optax.chain(optax.sgd(1e-3), poison)
+
+
+@pytest.mark.parametrize("online", [False, True])
+def test_train_stops_at_the_first_non_finite_step(online):
+    p = prob()
+    rule = ep.online.eprop(p.model, mse) if online else ep.eprop(p.model, mse)
+    extra = {"online_every": 4} if online else {}  # two updates per sequence of 8 steps
+    with pytest.raises(ep.NonFiniteError) as info:
+        ep.train(
+            rule, _sampler, p.params, _nan_after_first_update(), steps=6, key=jax.random.key(0), progress=False, **extra
+        )
+    step = 1 if online else 2  # online, the poisoned update is the second window of step 0
+    assert info.value.step == step
+    assert f"stopped at step {step} of 6" in str(info.value)
+    assert "the loss is nan, and the gradient is not finite, first in grads[0]['w_in']" in str(info.value)
+    assert jax.tree_util.tree_structure(info.value.params) == jax.tree_util.tree_structure(p.params)
+
+
+@pytest.mark.parametrize("rule", ["rtrl", "eprop", "eprop_m1", "deep_eprop"])
+def test_float32_params_with_float64_data_compute_in_float32(rule):
+    """The dtype policy under x64: float64 inputs and targets are cast to the float32 parameters' dtype (no
+    scan-carry type error), so the result is the float32 problem's, bit for bit."""
+    p = problem(Config(cells=("lif",), readout="leaky", dtype="float32"))
+    fn = FACTORIES[rule](p.model, mse)
+    as64 = lambda tree: jax.tree_util.tree_map(lambda a: a.astype(F64) if a.dtype == jnp.float32 else a, tree)
+    loss32, grads32 = fn(p.params, p.inputs, p.targets)
+    loss64, grads64 = fn(p.params, as64(p.inputs), as64(p.targets))
+    assert loss64.dtype == jnp.float32 and all(g.dtype == jnp.float32 for g in jax.tree_util.tree_leaves(grads64))
+    assert loss64 == loss32 and all(
+        bool(jnp.array_equal(a, b))
+        for a, b in zip(jax.tree_util.tree_leaves(grads64), jax.tree_util.tree_leaves(grads32))
+    )
