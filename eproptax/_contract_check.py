@@ -38,7 +38,8 @@ LAM = 0.3  # the affinity probe's mix of two inputs
 STATES = 8  # the probe states: half random, half reached by `dynamics` from zero
 PROBE_STEPS = 3  # the steps of `dynamics` before each probe
 _PASSED: dict = {}  # the cells that passed, by the identity of their fields: {key: (cell, level)}
-_REMEMBERED = 256  # cells remembered (each kept alive, so that no other object takes its fields' ids)
+_MEASURED: dict = {}  # the probes' measurements, by their program's text and constants
+_REMEMBERED = 256  # cells (each kept alive, so that no other object takes its fields' ids) and measurements
 
 
 class ContractError(ValueError):
@@ -83,9 +84,15 @@ def check_cell(where: str, cell: Cell, level: str) -> None:
     probed = [i for i, layer in enumerate(layers) if level != "apply" and is_neuron(layer)]
     if probed and not _probe(names, layers, params, probed, level):
         return  # a hyperparameter is traced: the shape checks are all there is (and nothing is remembered)
-    if len(_PASSED) >= _REMEMBERED:
-        _PASSED.pop(next(iter(_PASSED)))
-    _PASSED[key] = (cell, level)
+    _remember(_PASSED, key, (cell, level))
+
+
+def _remember(memory: dict, key, value):
+    """``memory[key] = value``, forgetting the oldest entry beyond :data:`_REMEMBERED`; returns ``value``."""
+    if len(memory) >= _REMEMBERED:
+        memory.pop(next(iter(memory)))
+    memory[key] = value
+    return value
 
 
 def _probe(names, layers, params, probed: list, level: str) -> bool:
@@ -99,7 +106,10 @@ def _probe(names, layers, params, probed: list, level: str) -> bool:
         traced = jax.jit(measure).trace(args)
         if len(traced.jaxpr.in_avals) != len(jax.tree_util.tree_leaves(args)):
             return False  # an input beyond its arguments: a traced hyperparameter it closes over
-        measured = traced.lower().compile(_QUICK)(args)
+        # the same program (equations and constants) on the same arguments measures the same: a cell rebuilt by
+        # its factory with the same hyperparameters is not compiled again
+        key = (str(traced.jaxpr), tuple(np.asarray(c).tobytes() for c in traced.jaxpr.consts))
+        measured = _MEASURED.get(key) or _remember(_MEASURED, key, traced.lower().compile(_QUICK)(args))
     host = lambda x: np.asarray(x, np.float64) if jnp.issubdtype(x.dtype, jnp.inexact) else np.asarray(x)
     for i, x, m in zip(probed, inputs, measured):  # judged in float64, with the tolerances of the cell's dtype
         _judge(names[i], layers[i], _float_dtype(params[i]), x, *jax.tree_util.tree_map(host, m))
