@@ -319,3 +319,15 @@ def test_float32_params_with_float64_data_compute_in_float32(rule):
         bool(jnp.array_equal(a, b))
         for a, b in zip(jax.tree_util.tree_leaves(grads64), jax.tree_util.tree_leaves(grads32))
     )
+
+
+@pytest.mark.parametrize("rule", ["rtrl", "eprop"])
+def test_result_of_an_empty_window_is_zero_not_nan(rule):
+    """``result`` before any ``step`` (or right after ``reset``): a zero loss and zero gradients, the firing-rate
+    regulariser included (its rate over no steps is undefined)."""
+    p = prob()
+    online = {"rtrl": ep.online.rtrl, "eprop": ep.online.eprop}[rule](p.model, mse, reg=ep.FiringRateReg(0.5, 0.1))
+    loss, grads = jax.jit(online.result)(p.params, online.init(p.params, 2))
+    assert float(loss) == 0.0
+    assert all(bool(jnp.all(g == 0)) for g in jax.tree_util.tree_leaves(grads))
+    assert jax.tree_util.tree_structure(grads) == jax.tree_util.tree_structure(p.params)

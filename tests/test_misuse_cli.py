@@ -233,3 +233,24 @@ def test_history_records_the_settings_used_once_and_the_version(tmp_path):
     assert record["eproptax"] == ep.__version__ and record["jax"]
     assert record["settings"] == settings and record["loss"] == [1.0, 1.0]
     assert not set(record["settings"]) & set(record)  # no field twice
+
+
+def test_train_stops_with_one_line_at_a_non_finite_step(tmp_path, monkeypatch, capsys):
+    """A ``NonFiniteError`` of the training (here raised by a stand-in for ``ep.train``) ends the command with
+    its message on one line and exit status 1, after the run was set up and before anything is written."""
+    import eproptax as ep
+    from eproptax import _train_cli
+    from eproptax._cli import main
+
+    def diverging(*args, **kwargs):
+        raise ep.NonFiniteError("train: training stopped at step 3 of 5 (counting from 0): the loss is nan.", 3, None)
+
+    monkeypatch.setattr(_train_cli, "train", diverging)
+    out = tmp_path / "run"
+    argv = ["train", "--task", "copy", "--rule", "bptt", "--hidden", "4", "--steps", "5", "--out", str(out)]
+    assert main(argv + ["--no-progress"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "eproptax train: training stopped at step 3 of 5 (counting from 0): the loss is nan. (--lr 0.005, --clip None)"
+    ]
+    assert not (out / "history.json").exists()
