@@ -319,11 +319,6 @@ def _bit_masks(n: int) -> np.ndarray:
     return np.array([((idx >> b) & 1) == v for b in range(bits) for v in (1, 0)], bool).reshape(-1, n)
 
 
-def _floats(h) -> np.ndarray:
-    """The floating leaves of a NumPy state as columns ``(n, s)`` (:func:`float_state`, on the host)."""
-    return np.stack([leaf for leaf in jax.tree_util.tree_leaves(h) if np.issubdtype(leaf.dtype, np.floating)], -1)
-
-
 def _tangents(layer: Cell, carry, a, rng) -> tuple:
     """``(t_h, t_a, masks)`` for a state shaped like ``carry`` and an input like ``a``: random tangents on the
     neurons of each bit mask, then for each leaky variable ``c`` a tangent on ``c`` alone and one on the other
@@ -342,7 +337,7 @@ def _tangents(layer: Cell, carry, a, rng) -> tuple:
 def _judge_probe(name: str, layer: Cell, dtype, h, a, masks, pushed) -> None:
     """At one state ``h`` and input ``a``: ``dynamics`` and ``output`` neuron-wise, and the declared leaks."""
     d_h, d_a, d_out = pushed
-    m, (n, s) = len(masks), _floats(h).shape
+    m, (n, s) = len(masks), d_h.shape[1:]
     for fn_name, wrt, moved in (
         ("dynamics", "h_prev", d_h[:m]),
         ("dynamics", "a", d_a[:m]),

@@ -202,7 +202,7 @@ def test_depth_takes_every_depth_of_the_api():
 
 
 def test_good_task_options_are_typed():
-    from eproptax._train_cli import _task_options
+    from eproptax._task_options import parse_task_options as _task_options
 
     assert _task_options(["dt=2", "n_cues=5", "rate_hz=40"], "evidence") == {"dt": 2.0, "n_cues": 5, "rate_hz": 40.0}
     assert type(_task_options(["dt=2"], "evidence")["dt"]) is float
