@@ -182,12 +182,12 @@ def _fit(step, params, optimizer, *, steps: int, key, progress: bool, desc: str,
         losses.append(loss)
         metrics.append(value)
         flags.append(bad)
-        before = [*before[-1:], params]  # the parameters before steps i and i + 1
+        before = [*before[-2:], params]  # the parameters steps i - 1, i and i + 1 start from
         if i > 0:  # the check of step i - 1 waits for it, while step i runs
-            _stop_if_not_finite(i - 1, steps, losses, flags, before[0], bar)
+            _stop_if_not_finite(i - 1, steps, (losses, metrics, flags), before[0], bar)
         if bar is not None:
             bar.update(i + 1, losses, metrics)
-    _stop_if_not_finite(steps - 1, steps, losses, flags, before[0], bar)
+    _stop_if_not_finite(steps - 1, steps, (losses, metrics, flags), before[-2], bar)
     jax.block_until_ready(params)
     wall = time.perf_counter() - start
     if bar is not None:
@@ -220,17 +220,19 @@ def _not_finite(loss, grads):
     return ~jnp.isfinite(loss), jnp.stack([~jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(grads)])
 
 
-def _stop_if_not_finite(i: int, steps: int, losses, flags, params, bar) -> None:
+def _stop_if_not_finite(i: int, steps: int, records, params, bar) -> None:
     """Raises :class:`NonFiniteError` naming step ``i``, the loss or the first bad gradient leaf (reads the device)."""
+    losses, metrics, flags = records
     loss_bad, grad_bad = (np.asarray(f) for f in flags[i])
     if not loss_bad and not grad_bad.any():
         return
     if bar is not None:
-        bar.close(losses[: i + 1], losses[: i + 1])
+        bar.close(losses[: i + 1], metrics[: i + 1])
     paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
-    what = f"the loss is {float(losses[i])}"
-    if grad_bad.any():
-        what += f", and the gradient is not finite, first in grads{paths[int(np.argmax(grad_bad))]}"
+    loss, grad = f"the loss is {float(losses[i])}", "the gradient is not finite, first in grads"
+    grad += paths[int(np.argmax(grad_bad))] if grad_bad.any() else ""
+    what = f"{loss} and {grad}" if loss_bad and grad_bad.any() else f"{loss} (the gradient is finite)"
+    what = what if loss_bad else f"{grad} (the loss is {float(losses[i])})"
     raise NonFiniteError(
         f"train: training stopped at step {i} of {steps} (counting from 0): {what}. The error's `.params` are "
         "the parameters before that step. Lower the learning rate or clip the gradient "

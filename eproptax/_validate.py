@@ -50,11 +50,13 @@ def float_dtype(where: str, params: Params):
 
 
 def cast_data(dtype, inputs: Array, targets: Any) -> tuple[Array, Any]:
-    """The dtype policy: ``inputs`` and the floating leaves of ``targets`` in the parameters' ``dtype`` (integer
-    targets, such as labels, are kept)."""
+    """The dtype policy: ``inputs`` in the parameters' ``dtype``, the floating leaves of ``targets`` in it too but
+    at least float32 (the loss of a bfloat16 network is computed in float32; integer targets, such as labels,
+    are kept)."""
     inputs = jnp.asarray(inputs)
     inputs = inputs if inputs.dtype == dtype else inputs.astype(dtype)
-    cast = lambda a: a.astype(dtype) if jnp.issubdtype(jnp.result_type(a), jnp.floating) else a
+    wide = dtype if jnp.finfo(dtype).bits >= 32 else jnp.dtype(jnp.float32)
+    cast = lambda a: a.astype(wide) if jnp.issubdtype(jnp.result_type(a), jnp.floating) else a
     return inputs, jax.tree_util.tree_map(cast, targets)
 
 
@@ -136,19 +138,16 @@ def check_loss(where: str, model: Cell, loss: LossFn, params: Params, target_t: 
     it is reported as a mismatch of ``targets`` and the model's output."""
     dtype = float_dtype(where, params)
 
-    def out_fn(p, t):
-        carry = model.init_carry(p)
-        _, out = model.apply(p, carry, jnp.zeros((model.n_in,), dtype))
-        return loss(out, t)
-
+    out = jax.eval_shape(lambda p: model.apply(p, model.init_carry(p), jnp.zeros((model.n_in,), dtype))[1], params)
     try:
-        value = jax.eval_shape(out_fn, params, target_t)
+        value = jax.eval_shape(loss, out, target_t)
     except (TypeError, ValueError, IndexError, KeyError) as e:
         shapes = jax.tree_util.tree_map(lambda a: f"{jnp.result_type(a)}{list(np.shape(a))}", target_t)
         raise ValueError(
             f"{where}: `loss(outputs_t, targets_t)` fails on one step of one example, outputs_t of shape "
             f"(n_out={model.n_out},) and `targets` at one step {shapes}: {type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else ''}. Check that `targets` match the model's output and the loss."
+            f"{str(e).splitlines()[0].rstrip('.') if str(e) else ''}. Check that `targets` match the model's output "
+            "and the loss."
         ) from e
     if value.shape != ():
         raise ValueError(

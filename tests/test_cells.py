@@ -405,3 +405,20 @@ def test_contract_check_skips_probes_of_traced_hyperparameters():
 
     losses = jax.vmap(grads)(jnp.array([10.0, 20.0]))
     assert losses.shape == (2,) and bool(jnp.all(jnp.isfinite(losses))) and losses[0] != losses[1]
+
+
+def test_contract_check_skips_points_outside_a_cells_domain():
+    """A neuron-wise cell whose output is not finite at some probe states (``sqrt`` of a negative state) passes:
+    a point where a function is not finite is not measured."""
+    base = ep.cells.rnn(N_IN, N, dtype=F64)
+    cell = ep.cells.make_cell(
+        n_in=N_IN,
+        n_out=N,
+        init=base.init,
+        init_carry=base.init_carry,
+        synapse=base.synapse,
+        dynamics=lambda h, a: h._replace(h=0.9 * h.h + 0.1 * a[:, 0]),
+        output=lambda h: jnp.sqrt(h.h),
+        leak=(0.9, 0.1),
+    )
+    ep.cells.check(cell)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 from typing import Any, NamedTuple
 
+import chex
 import jax
 import jax.numpy as jnp
 import optax
@@ -61,7 +62,61 @@ BROKEN = {  # name -> (network, the part of the contract the message names)
     ),
     "wrong_leak": (lif_with(leak=(0.9, 0.1)), r"`leak` declares state variable 0 \(\.v\).*decay 0\.9 and gain 0\.1"),
     "malformed_leak": (lif_with(leak=(0.9, 0.1, 0.2)), r"leak: expected a pair"),
+    "cancelling_reads": (None, r"`leak` declares state variable 2 \(\['v'\]\)"),  # built below
+    "tanh_synapse_bfloat16": (None, r"`synapse` is not affine"),
+    "state_of_two_columns": (None, r"`init_carry` leaf \['v'\] has shape \(4, 2\).*shape \(n,\)"),
 }
+
+
+def _conductance(leak):
+    """``v' = 0.9 v + 0.1 a + 0.5 (g1 - g2)``, ``g' = 0.5 g``: ``v`` reads ``g1`` and ``g2``, whose effects cancel
+    along a tangent of ones (the state is a dict: its floating variables are g1, g2, v in that order)."""
+    zeros = lambda p: {k: jnp.zeros(4, F64) for k in ("g1", "g2", "v")}
+    dynamics = lambda h, a: {
+        "g1": 0.5 * h["g1"] + a[:, 0],
+        "g2": 0.5 * h["g2"],
+        "v": 0.9 * h["v"] + 0.1 * a[:, 0] + 0.5 * (h["g1"] - h["g2"]),
+    }
+    return ep.cells.make_cell(
+        n_in=3,
+        n_out=4,
+        init=_LIF.init,
+        init_carry=zeros,
+        synapse=_LIF.synapse,
+        dynamics=dynamics,
+        output=lambda h: jnp.tanh(h["v"]),
+        leak=leak,
+    )
+
+
+_BF16 = ep.cells.lif(3, 4, dtype=jnp.bfloat16)
+BROKEN["cancelling_reads"] = (
+    ep.cells.stack(_conductance((None, None, (0.9, 0.1))), ep.cells.leaky_readout(4, 2, dtype=F64)),
+    BROKEN["cancelling_reads"][1],
+)
+_BF16_TANH = ep.cells.make_cell(
+    n_in=3,
+    n_out=4,
+    init=_BF16.init,
+    init_carry=_BF16.init_carry,
+    synapse=lambda p, x, z: jnp.tanh(_BF16.synapse(p, x, z)),
+    dynamics=_BF16.dynamics,
+    output=_BF16.output,
+    leak=_BF16.leak,
+)
+BROKEN["tanh_synapse_bfloat16"] = (
+    ep.cells.stack(_BF16_TANH, ep.cells.leaky_readout(4, 2, dtype=jnp.bfloat16)),
+    BROKEN["tanh_synapse_bfloat16"][1],
+)
+BROKEN["state_of_two_columns"] = (
+    lif_with(
+        init_carry=lambda p: {"v": jnp.zeros((4, 2), F64)},
+        dynamics=lambda h, a: {"v": 0.9 * h["v"] + a},
+        output=lambda h: jnp.tanh(h["v"][:, 0]),
+        leak=None,
+    ),
+    BROKEN["state_of_two_columns"][1],
+)
 SHAPE_BROKEN = {  # broken shapes: every rule relies on them, bptt included
     "dtype_changing_dynamics": (
         lif_with(dynamics=lambda h, a: _LIF.dynamics(h, a)._replace(v=(0.9 * h.v + a[:, 0]).astype(jnp.float32))),
@@ -283,26 +338,43 @@ def test_bad_input_raises_a_clear_error(case):
         case.call()
 
 
-def _nan_after_first_update():
-    """SGD whose second update is NaN: the parameters go bad after it, the loss and gradient one step later."""
-    poison = optax.scale_by_schedule(lambda count: jnp.where(count == 1, jnp.nan, 1.0))
-    return optax.chain(optax.sgd(1e-3), poison)
+def _nan_inputs_at(step):
+    """The shared problem's batch, with NaN inputs at training step ``step`` only (``ep.train`` draws the batch
+    of step ``i`` from the ``i``-th split of its key)."""
+    key = jax.random.key(0)
+    for _ in range(step + 1):
+        key, k = jax.random.split(key)
+    bad_key = jax.random.key_data(k)
+
+    def sampler(k):
+        bad = jnp.all(jax.random.key_data(k) == bad_key)
+        return jnp.where(bad, jnp.nan, prob().inputs), prob().targets
+
+    return sampler
 
 
 @pytest.mark.parametrize("online", [False, True])
 def test_train_stops_at_the_first_non_finite_step(online):
+    """The step whose loss and gradient went bad is named, with the first bad gradient leaf, and ``.params`` are
+    the parameters that step started from: those of a run of that many steps."""
     p = prob()
     rule = ep.online.eprop(p.model, mse) if online else ep.eprop(p.model, mse)
-    extra = {"online_every": 4} if online else {}  # two updates per sequence of 8 steps
+    run = lambda steps: ep.train(
+        rule,
+        _nan_inputs_at(2),
+        p.params,
+        optax.sgd(0.1),
+        steps=steps,
+        key=jax.random.key(0),
+        progress=False,
+        **({"online_every": 4} if online else {}),
+    )
     with pytest.raises(ep.NonFiniteError) as info:
-        ep.train(
-            rule, _sampler, p.params, _nan_after_first_update(), steps=6, key=jax.random.key(0), progress=False, **extra
-        )
-    step = 1 if online else 2  # online, the poisoned update is the second window of step 0
-    assert info.value.step == step
-    assert f"stopped at step {step} of 6" in str(info.value)
-    assert "the loss is nan, and the gradient is not finite, first in grads[0]['w_in']" in str(info.value)
-    assert jax.tree_util.tree_structure(info.value.params) == jax.tree_util.tree_structure(p.params)
+        run(5)
+    assert info.value.step == 2
+    assert "stopped at step 2 of 5" in str(info.value)
+    assert "the gradient is not finite, first in grads[0]['w_in']" in str(info.value)  # NaN input: no spike
+    chex.assert_trees_all_equal(info.value.params, run(2)[0])
 
 
 @pytest.mark.parametrize("rule", ["rtrl", "eprop", "eprop_m1", "deep_eprop"])
