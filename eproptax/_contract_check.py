@@ -53,7 +53,7 @@ def check(cell: Cell, *, level: str = "neuron") -> None:
     Every layer is checked: its shapes, and, for a neuron layer (one with ``synapse`` / ``dynamics`` /
     ``output``), that ``synapse`` is affine in its inputs, that ``dynamics`` and ``output`` are neuron-wise
     and that a declared ``leak`` is what autodiff of ``dynamics`` gives. It costs one small compiled program
-    (0.1 s for a cell rebuilt, 0.6 to 0.9 s for a 256-neuron LIF network of new sizes on a 2-core CPU;
+    (0.1 s for a cell rebuilt, 0.6 to 1.0 s for a 256-neuron LIF network of new sizes on a 2-core CPU;
     ``benchmarks/contract_cost.py``), and a
     failure names the layer and the part of the contract (docs/errors.md lists them, with their fixes).
 
