@@ -107,7 +107,15 @@ def _columns(model: Cell, params) -> list:
 def online_rtrl(model: Cell, loss: LossFn, *, reg: FiringRateReg | None = None) -> OnlineRule:
     """The per-step form of :func:`rtrl` (see there); ``ep.online.rtrl``."""
     check_cell("rtrl", model, "synapse")
-    check_reg("rtrl", reg)
+    return influence_rule("rtrl", model, loss, reg)
+
+
+def influence_rule(where: str, model: Cell, loss: LossFn, reg: FiringRateReg | None, example=None) -> OnlineRule:
+    """RTRL's online rule: the influence ``M^T`` per layer, ``(batch, |carry|) + columns``. ``example(model,
+    loss, reg, params, carry, influence, x, target)`` is one example's step (:func:`_example`'s outputs); SnAp-n
+    (:func:`~eproptax.snap`) gives its masked one."""
+    check_reg(where, reg)
+    example_step = example or _example
 
     def init(params, batch_size, key=None):
         c_vec, _ = _ravel_float(model.init_carry(params))
@@ -123,8 +131,8 @@ def online_rtrl(model: Cell, loss: LossFn, *, reg: FiringRateReg | None = None) 
         return new_state(model, params, batch_size, influence, grads, reg, reg_traces, key)
 
     def step(params, state, x, target):
-        x, target = check_step("rtrl", model, loss, params, state, x, target)
-        example = lambda *args: _example(model, loss, reg, params, *args)
+        x, target = check_step(where, model, loss, params, state, x, target)
+        example = lambda *args: example_step(model, loss, reg, params, *args)
         carry, influence, values, out, g, extras = jax.vmap(example)(state.carry, state.traces, x, target)
         grads = tuple(acc + jnp.sum(gl, 0) / x.shape[0] for acc, gl in zip(state.grads, g))
         state = state._replace(
@@ -223,14 +231,19 @@ def _example(model: Cell, loss: LossFn, reg, params, carry, influence, x, target
         new_influence.append(new_M)
         grads.append(grad)
     new_carry = run(c_vec, eps, ths)[0]
-    extras = ()
-    if reg is not None:
-        _, unravel_new = _ravel_float(new_carry)
-        z_of = lambda c: recurrent_outputs(model, unravel_new(c))
-        new_vec = new_c(c_vec, eps, ths)
-        dz_dc = jax.jacfwd(z_of)(new_vec).astype(dtype)
-        extras = (z_of(new_vec).astype(dtype), tuple(dz_dc @ M.reshape(M.shape[0], -1) for M in new_influence))
-    return new_carry, tuple(new_influence), value, out, tuple(grads), extras
+    return new_carry, tuple(new_influence), value, out, tuple(grads), reg_extras(model, reg, new_carry, new_influence)
+
+
+def reg_extras(model: Cell, reg, carry, influence) -> tuple:
+    """With ``reg``: ``(z, dz/dtheta)``, the recurrent outputs of ``carry`` and their influence rows (``dz/dc
+    M`` per layer, ``(n_rec, |columns|)``); ``()`` without."""
+    if reg is None:
+        return ()
+    vec, unravel = _ravel_float(carry)
+    z_of = lambda c: recurrent_outputs(model, unravel(c))
+    dtype = influence[0].dtype
+    dz_dc = jax.jacfwd(z_of)(vec).astype(dtype)
+    return z_of(vec).astype(dtype), tuple(dz_dc @ M.reshape(M.shape[0], -1) for M in influence)
 
 
 def rtrl(model: Cell, loss: LossFn, *, reg: FiringRateReg | None = None, unroll: int | None = None) -> GradFn:

@@ -1,28 +1,154 @@
-"""SnAp-1 (Menick et al. 2021), also D-RTRL: e-prop's trace with each neuron's autapse in its recurrence."""
+"""SnAp-n (Menick et al. 2021): RTRL's influence kept on the entries the one-step Jacobian's sparsity pattern
+reaches within ``n`` steps. ``n = 1`` (D-RTRL) runs on e-prop's traces; ``n >= 2`` on RTRL's masked influence."""
 
 from __future__ import annotations
 
-from ._cell import Cell
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._cell import Cell, layers_of
+from ._contract_check import check_cell
 from ._engine import FiringRateReg, OnlineRule, scan_rule
+from ._hyper import positive_int
+from ._jacobians import effective_weights
+from ._rtrl import _ravel_float, influence_rule, reg_extras
 from ._traces import online_traces
 from ._typing import GradFn, LossFn
 
 
-def _check_n(n) -> None:
-    if isinstance(n, bool) or not isinstance(n, int) or n != 1:
-        raise ValueError(
-            f"snap: `n` must be 1 (SnAp-1: the influence on the neuron a parameter drives), got {n!r}; "
-            "SnAp-n for n >= 2 is not implemented yet (ep.rtrl is exact and costs what SnAp-2 costs on a "
-            "dense recurrent layer)."
-        )
-
-
 def online_snap(model: Cell, loss: LossFn, n: int = 1, *, feedback="symmetric", reg=None) -> OnlineRule:
     """The per-step form of :func:`snap`; ``ep.online.snap``."""
-    _check_n(n)
-    return online_traces(
-        model, loss, order=0, depth="spatial", feedback=feedback, reg=reg, where="snap", self_recurrent=True
-    )
+    positive_int("snap", "n", n)
+    if n == 1:
+        return online_traces(
+            model, loss, order=0, depth="spatial", feedback=feedback, reg=reg, where="snap", self_recurrent=True
+        )
+    if not (isinstance(feedback, str) and feedback == "symmetric"):
+        raise ValueError(
+            f"snap: `feedback` must be 'symmetric' for n >= 2 (the influence meets the loss's exact error, as in "
+            f"RTRL; only SnAp-1 carries e-prop's learning signal), got {feedback!r} with n={n}."
+        )
+    check_cell("snap", model, "neuron")
+    masks = reach(model, n)
+    return influence_rule("snap", model, loss, reg, lambda *args: _masked_example(masks, *args))
+
+
+def _masked_example(masks, model: Cell, loss: LossFn, reg, params, carry, influence, x, target):
+    """One example's SnAp-n step, layer by layer: ``(carry, influence, loss value, output, grads, extras)``.
+
+    For layer ``l`` (rows ``l`` of every parameter layer ``q``'s influence ``M_q``, stored as ``M^T``)::
+
+      M_q[l]^t = mask * (dh_l/dh_l^{prev} M_q[l]^{t-1} + dh_l/du_l du_l/dh_{l-1} M_q[l-1]^t + [q == l] dh_l/da v)
+
+    so a layer reads the *masked* new influence of the layer below at the same step, and the loss of step
+    ``t`` meets the masked influence of the new state, ``grad_q += dloss_t/dh^t M_q^t``, as in e-prop. With
+    every mask full this is RTRL's recursion, factored by layer."""
+    layers, layer_params = layers_of(model), params if model.layers else (params,)
+    carries = carry if model.layers else (carry,)
+    dtype, u, below, new_carry = influence[0].dtype, x, None, []
+    split = np.cumsum([0] + [_ravel_float(c)[0].size for c in carries])
+    rows = [[M[split[l] : split[l + 1]] for l in range(len(layers))] for M in influence]  # rows[q][l]
+    for l, (layer, p, h) in enumerate(zip(layers, layer_params, carries)):
+        c_vec, unravel = _ravel_float(h)
+        v = jnp.concatenate([u, layer.output(h), jnp.ones((1,), u.dtype)])
+
+        def f(c, u, eps, p=p, layer=layer, unravel=unravel):
+            h = unravel(c)
+            return _ravel_float(layer.dynamics(h, layer.synapse(p, u, layer.output(h)) + eps))[0]
+
+        eps = jnp.zeros(jax.eval_shape(layer.synapse, p, u, layer.output(h)).shape, u.dtype)
+        J_c, J_u, J_a = (j.astype(dtype) for j in jax.jacfwd(f, argnums=(0, 1, 2))(c_vec, u, eps))
+        new_h = unravel(f(c_vec, u, eps))
+        for q in range(len(layers)):
+            new = jnp.tensordot(J_c, rows[q][l], 1)
+            if q < l:
+                new = new + jnp.tensordot(J_u @ below, rows[q][l - 1], 1)
+            if q == l:
+                new = new + J_a[..., None] * v.astype(dtype)[None, None, None]
+            mask = jnp.asarray(masks[q][split[l] : split[l + 1]], dtype)
+            rows[q][l] = new * mask.reshape(mask.shape + (1,) * (new.ndim - 2))
+        u = layer.output(new_h)
+        below = jax.jacfwd(lambda c, layer=layer, unravel=unravel: layer.output(unravel(c)))(_ravel_float(new_h)[0])
+        below = below.astype(dtype)
+        new_carry.append(new_h)
+    new_carry = tuple(new_carry) if model.layers else new_carry[0]
+    new_influence = tuple(jnp.concatenate(r, axis=0) for r in rows)
+    new_vec, unravel_new = _ravel_float(new_carry)
+    value, g_c = jax.value_and_grad(lambda c: loss(layers[-1].output(_last(model, unravel_new(c))), target))(new_vec)
+    grads = tuple(jnp.tensordot(g_c.astype(dtype), M, 1).reshape(-1) for M in new_influence)
+    return new_carry, new_influence, value, u, grads, reg_extras(model, reg, new_carry, new_influence)
+
+
+def _last(model: Cell, carry):
+    return carry[-1] if model.layers else carry
+
+
+def _structure(model: Cell):
+    """Per layer, ``(feedforward, recurrent)`` boolean patterns ``(n, n_in)`` and ``(n, n)``: which inputs and
+    which neurons' previous outputs reach each neuron's synaptic input, from the effective weights at random
+    parameters (the synapse is affine, so an entry that is zero there is zero for every parameter value).
+    Computed with ``jax.numpy``: a cell built inside ``jax.vmap`` over a hyperparameter gets a traced
+    pattern, the same in every entry."""
+    shapes = jax.eval_shape(model.init, jax.random.key(0))
+    leaves, treedef = jax.tree_util.tree_flatten(shapes)
+    keys = jax.random.split(jax.random.key(0), len(leaves))
+    params = treedef.unflatten([jax.random.normal(k, a.shape, a.dtype) for k, a in zip(keys, leaves)])
+    out = []
+    for layer, p in zip(layers_of(model), params if model.layers else (params,)):
+        w = jnp.any(effective_weights(layer, p, layer.n_in, leaves[0].dtype) != 0, axis=1)
+        out.append((w[:, : layer.n_in], w[:, layer.n_in : layer.n_in + layer.n_out]))
+    return out
+
+
+def _then(a, b):
+    """The boolean product ``a b``: ``b``'s pattern, then ``a``'s."""
+    return (a.astype(jnp.int32) @ b.astype(jnp.int32)) > 0
+
+
+def reach(model: Cell, n: int) -> tuple:
+    """SnAp-n's masks, per layer ``(|carry|, n_l)`` booleans: whether the effective weights of neuron ``j`` of
+    layer ``l`` reach the state variable ``c`` within ``n`` steps.
+
+    The unit is the neuron with all its state variables. One step maps the units at ``t - 1`` to those at
+    ``t``: a neuron reads itself (its dynamics), the neurons of its layer through nonzero recurrent weights,
+    and, at the same step, the layer below through nonzero feedforward weights (``A``). A parameter of neuron
+    ``j`` reaches neuron ``j`` and, at the same step, the layers above it (``I``). The mask is
+    ``I or A I or ... or A^(n-1) I``: what the recursion ``M = mask * (J M + I)`` can fill in ``n`` steps.
+    """
+    structure = _structure(model)
+    sizes = [r.shape[0] for _, r in structure]
+    offsets = np.cumsum([0] + sizes)
+    N = int(offsets[-1])
+    A, immediate = jnp.zeros((N, N), bool), jnp.zeros((N, N), bool)
+    for l, (f, r) in enumerate(structure):
+        rows, eye = slice(offsets[l], offsets[l + 1]), jnp.eye(sizes[l], dtype=bool)
+        A, immediate = A.at[rows, rows].set(r | eye), immediate.at[rows, rows].set(eye)
+        if l:  # through the layer below at the same step
+            below = slice(offsets[l - 1], offsets[l])
+            A = A.at[rows].set(A[rows] | _then(f, A[below]))
+            immediate = immediate.at[rows].set(immediate[rows] | _then(f, immediate[below]))
+    pattern, power = immediate, immediate
+    for _ in range(n - 1):
+        power = _then(A, power)
+        pattern = pattern | power
+    units = _units(model)
+    return tuple(pattern[units][:, offsets[l] : offsets[l + 1]] for l in range(len(sizes)))
+
+
+def _units(model: Cell) -> np.ndarray:
+    """The neuron (a global index over the stack) of each floating state variable, in RTRL's raveled order
+    (the floating leaves in tree order, each ``(n,)``: the neuron-level contract)."""
+    params = jax.eval_shape(model.init, jax.random.key(0))
+    carry = jax.eval_shape(model.init_carry, params)
+    offsets = np.cumsum([0] + [layer.n_out for layer in layers_of(model)])
+    units = [
+        np.arange(leaf.size) + offset
+        for c, offset in zip(carry if model.layers else (carry,), offsets)
+        for leaf in jax.tree_util.tree_leaves(c)
+        if jnp.issubdtype(leaf.dtype, jnp.inexact)
+    ]
+    return np.concatenate(units)
 
 
 def snap(
@@ -35,13 +161,18 @@ def snap(
     unroll: int | None = None,
     chunk: int | None = None,
 ) -> GradFn:
-    """SnAp-1: RTRL's influence kept only on the state of the neuron each parameter drives.
+    """SnAp-n: RTRL's influence kept only on the entries the one-step Jacobian's pattern reaches in ``n`` steps.
 
     SnAp-n (Menick et al. 2021) keeps the entries of RTRL's influence matrix ``M = d h / d theta`` that the
-    sparsity pattern of the one-step Jacobian reaches within ``n`` steps. With ``n = 1`` a parameter of
-    neuron ``j`` (a synapse ``W_ji``) keeps its influence on neuron ``j``'s own state variables only, through
-    every path from ``h_j^{t-1}`` to ``h_j^t``: the implicit recurrence ``D`` (as in e-prop) *and* the
-    neuron's own explicit edge through its autapse ``W_jj`` (which e-prop drops). This is D-RTRL::
+    sparsity pattern of the model's one-step Jacobian reaches within ``n`` steps, and zeroes the others after
+    every step of the recursion. The pattern's unit is the neuron with all its state variables (an ALIF
+    neuron's membrane and adaptation are one unit); it is the whole stack's: a parameter of a layer reaches
+    the layers above it at the same step. It is read from the effective weights at random parameter values
+    (:func:`~eproptax._snap.reach`), so a weight masked to zero inside ``synapse`` is a missing edge.
+
+    ``n = 1`` keeps each parameter's influence on the neuron it drives (a synapse ``W_ji``: neuron ``j``'s
+    state) through every path from ``h_j^{t-1}`` to ``h_j^t``: the implicit recurrence ``D`` (as in e-prop)
+    *and* the neuron's own explicit edge through its autapse ``W_jj`` (which e-prop drops). This is D-RTRL::
 
       D'_j = dh_j / dh_j^{prev} + (dh_j / da_j) W_self[j] (dz_j / dh_j)^{prev}
       eps_ji^t = D'_j eps_ji^{t-1} + (dh_j / da_j) v_i^t,     grad W_ji += L_j^t (dz_j / dh_j) eps_ji^t
@@ -49,21 +180,28 @@ def snap(
     with e-prop's same-step learning signal ``L`` and e-prop's treatment of a leaky readout (the traces
     filtered by its leak). It is e-prop with ``D`` replaced by ``D'``: on a network without autapses
     (``ep.cells.lif`` and ``alif`` by default) it equals :func:`eprop`; a GRU's and an LSTM's recurrent
-    kernels have a diagonal, so there the two differ by exactly those self-recurrent terms. On a stack each
-    layer keeps its own traces and the learning signal passes down at the same step, as in :func:`eprop`.
+    kernels have a diagonal, so there the two differ by exactly those self-recurrent terms. It runs on
+    e-prop's traces and takes ``feedback`` and ``chunk``.
 
-    Cost: as e-prop's per-synapse traces, ``O(s |theta|)`` memory and ``O(s^2 |theta|)`` time per step,
-    plus the autapse's term at neuron size; every state variable keeps a per-synapse trace (a leaky
-    variable's ``D'`` differs from neuron to neuron, so no trace factorises into ``zbar``).
+    ``n >= 2`` runs on RTRL's influence (:func:`rtrl`), masked, layer by layer within a step: a layer reads
+    the masked new influence of the layer below, so the loss of step ``t`` meets the masked influence of
+    the new state, as with ``n = 1`` (it takes neither ``feedback`` nor ``chunk``). It equals :func:`rtrl`
+    when the pattern is dense: a dense recurrent layer with ``n >= 2``, a stack when ``n`` reaches across it.
+
+    Cost: ``n = 1``: as e-prop's per-synapse traces, ``O(s |theta|)`` memory and ``O(s^2 |theta|)`` time per
+    step, plus the autapse's term at neuron size (every state variable keeps a per-synapse trace). ``n >=
+    2``: RTRL's, ``O(|carry| |theta|)`` memory and ``O(|carry|^2 |theta|)`` time per step, whatever the
+    pattern's density (the mask is applied to a dense influence; storing only the pattern's entries is not
+    implemented). On a dense recurrent layer SnAp-2 is RTRL, and costs what RTRL costs.
 
     Args:
       model: as for :func:`eprop`.
       loss: ``loss(outputs_t, targets_t) -> scalar``.
-      n: the pattern's reach in steps; only ``1`` (SnAp-1) is implemented.
-      feedback: as for :func:`eprop`.
+      n: the pattern's reach in steps, a positive int (default 1).
+      feedback: as for :func:`eprop` (``n = 1`` only; ``"symmetric"`` otherwise).
       reg: optional :class:`~eproptax.FiringRateReg`.
       unroll: as for :func:`eprop`.
-      chunk: as for :func:`eprop` (the chunked view advances ``D'`` like ``D``).
+      chunk: as for :func:`eprop` (``n = 1`` only; the chunked view advances ``D'`` like ``D``).
 
     Returns:
       ``grad_fn(params, inputs, targets) -> (loss, grads)``.
@@ -71,14 +209,16 @@ def snap(
     Example::
 
       grad_fn = ep.snap(model, loss)      # ep.eprop(model, loss) plus each neuron's autapse
+      grad_fn = ep.snap(model, loss, n=2) # ep.rtrl(model, loss) on a dense recurrent layer
       loss_value, grads = jax.jit(grad_fn)(params, inputs, targets)
 
     Warning:
-      Biased whenever neurons are coupled by recurrent weights between distinct neurons (those paths are
-      dropped, as in e-prop); exact for a network whose recurrent matrices are diagonal.
+      Biased whenever the pattern is not dense within the sequence (those paths are dropped); ``n = 1`` is
+      exact for a network whose recurrent matrices are diagonal.
 
     References:
       Menick, Elsen, Evci, Osindero, Simonyan, Graves. "Practical Real Time Recurrent Learning with a
       Sparse Approximation", ICLR 2021.
     """
-    return scan_rule("snap", model, loss, online_snap(model, loss, n, feedback=feedback, reg=reg), unroll, chunk)
+    online = online_snap(model, loss, n, feedback=feedback, reg=reg)
+    return scan_rule("snap", model, loss, online, unroll, chunk)

@@ -18,6 +18,7 @@ from jax.flatten_util import ravel_pytree
 
 import eproptax as ep
 from eproptax._cell import float_state, with_float_state
+from eproptax._snap import reach
 
 F64 = jnp.float64
 N_IN, N, N_OUT, T, BATCH = 3, 4, 2, 7, 2
@@ -129,7 +130,138 @@ def test_online_steps_and_chunks_equal_the_whole_sequence():
     assert_tree_close(chunked, whole, 1e-12)
 
 
-def test_only_n_1():
+def ring_rnn(n_in, n, hops=(1,)):
+    """A tanh RNN whose recurrent weights are masked to a ring: neuron ``j`` reads ``j +- h`` for ``h`` in
+    ``hops`` (no autapse), so SnAp-n's pattern grows by one neighbour on each side per step."""
+    offsets = (np.arange(n)[:, None] - np.arange(n)[None, :]) % n
+    ring = jnp.asarray(np.isin(offsets, [h % n for h in hops] + [-h % n for h in hops]), F64)
+
+    def init(key):
+        k1, k2, k3 = jax.random.split(key, 3)
+        return {
+            "w_in": jax.random.normal(k1, (n, n_in), F64),
+            "w_rec": jax.random.normal(k2, (n, n), F64),
+            "b": 0.1 * jax.random.normal(k3, (n,), F64),
+        }
+
+    return ep.cells.make_cell(
+        n_in=n_in,
+        n_out=n,
+        init=init,
+        init_carry=lambda p: jnp.zeros(n, F64),
+        synapse=lambda p, x, z: (p["w_in"] @ x + (ring * p["w_rec"]) @ z + p["b"])[:, None],
+        dynamics=lambda h, a: jnp.tanh(a[:, 0]),
+        output=lambda h: h,
+    )
+
+
+def masked_rtrl(model, params, inputs, targets, n):
+    """SnAp-n by its definition on a stack of two layers, on flattened states and parameters. The pattern is
+    the whole stack's one-step Jacobians' at a random point (``I = dF/dtheta != 0``, ``A = dF/dc != 0``),
+    ``mask = I or A I or ... or A^(n-1) I``. Layer by layer, each masked after its update::
+
+      M0 = mask0 * (dF0/dc0 M0 + dF0/dtheta)
+      M1 = mask1 * (dF1/dc1 M1 + dF1/dc0' M0 + dF1/dtheta)      (c0' the new state of layer 0)
+
+    and ``grad += dloss_t/dc1 M1``: the loss of step ``t`` meets the masked influence of the new state."""
+    theta, unravel = ravel_pytree(params)
+    c0, unravel_c = ravel_pytree(model.init_carry(params))
+    size0 = ravel_pytree(model.init_carry(params)[0])[0].size
+    step = lambda c, th, x: ravel_pytree(model.apply(unravel(th), unravel_c(c), x)[0])[0]
+    point = (jax.random.normal(jax.random.key(7), c0.shape, F64), theta, jax.random.normal(jax.random.key(8), (N_IN,)))
+    A, I = (np.asarray(j) != 0 for j in jax.jacfwd(step, argnums=(0, 1))(*point))
+    mask, power = I.copy(), I.copy()
+    for _ in range(n - 1):
+        power = (A.astype(int) @ power.astype(int)) > 0
+        mask |= power
+    (bottom, top), split = model.layers, lambda c: (c[:size0], c[size0:])
+    unravel_l = lambda c0v, c1v: unravel_c(jnp.concatenate([c0v, c1v]))
+
+    def f0(c0v, th, x):
+        return ravel_pytree(bottom.apply(unravel(th)[0], unravel_l(c0v, jnp.zeros(c0.size - size0))[0], x)[0])[0]
+
+    def f1(c1v, c0_new, th):
+        u = bottom.output(unravel_l(c0_new, c1v)[0])
+        return ravel_pytree(top.apply(unravel(th)[1], unravel_l(c0_new, c1v)[1], u)[0])[0]
+
+    @jax.jit
+    def body(carry, xy):
+        c, M, grad = carry
+        (c0v, c1v), (M0, M1), x = split(c), split(M), xy[0]
+        J00, I0 = jax.jacfwd(f0, argnums=(0, 1))(c0v, theta, x)
+        new0 = f0(c0v, theta, x)
+        M0 = jnp.where(mask[:size0], J00 @ M0 + I0, 0.0)
+        J11, J10, I1 = jax.jacfwd(f1, argnums=(0, 1, 2))(c1v, new0, theta)
+        M1 = jnp.where(mask[size0:], J11 @ M1 + J10 @ M0 + I1, 0.0)
+        new1 = f1(c1v, new0, theta)
+        g = jax.grad(lambda c1: mse(top.output(unravel_l(new0, c1)[1]), xy[1]))(new1)
+        return (jnp.concatenate([new0, new1]), jnp.concatenate([M0, M1]), grad + g @ M1), None
+
+    def one(x_seq, y_seq):
+        init = (c0, jnp.zeros((c0.size, theta.size), F64), jnp.zeros_like(theta))
+        return jax.lax.scan(body, init, (x_seq, y_seq))[0][-1]
+
+    return unravel(jnp.mean(jax.vmap(one)(inputs, targets), axis=0)), mask.mean()
+
+
+RING = 6
+
+
+def ring_network(readout="linear"):
+    top = (ep.cells.leaky_readout if readout == "leaky" else ep.cells.readout)(RING, N_OUT, dtype=F64)
+    model = ep.cells.stack(ring_rnn(N_IN, RING), top)
+    params = model.init(jax.random.key(3))
+    inputs = jax.random.normal(jax.random.key(4), (BATCH, T, N_IN), F64)
+    targets = jnp.sin(jnp.arange(T, dtype=F64))[None, :, None] * jnp.ones((BATCH, 1, N_OUT))
+    return model, params, inputs, targets
+
+
+@pytest.mark.parametrize("readout", ["linear", "leaky"])
+@pytest.mark.parametrize("n", [1, 2, 4])
+def test_snap_n_is_masked_rtrl_on_a_sparse_ring(n, readout):
+    """On a ring, the pattern grows by a neighbour on each side per step: sparse for n < 4, dense at n = 4
+    (6 neurons), where SnAp-n is RTRL. ``n = 1`` runs on e-prop's traces, ``n >= 2`` on RTRL's influence."""
+    model, params, inputs, targets = ring_network(readout)
+    _, grads = jax.jit(ep.snap(model, mse, n))(params, inputs, targets)
+    reference, density = masked_rtrl(model, params, inputs, targets, n)
+    assert_tree_close(grads, reference, 1e-12)
+    _, exact = jax.jit(ep.rtrl(model, mse))(params, inputs, targets)
+    if n < 4:
+        assert density < 1 and not np.allclose(ravel_pytree(grads)[0], ravel_pytree(exact)[0], rtol=1e-6)
+    else:
+        assert_tree_close(grads, exact, 1e-12)
+
+
+@pytest.mark.parametrize("cell, readout, layers", [("gru", "leaky", 1), ("alif", "linear", 1), ("rnn", "leaky", 2)])
+def test_snap_n_is_rtrl_when_the_pattern_is_dense(cell, readout, layers):
+    """A dense recurrent layer with n = 2 (and a stack, whose layers above are reached at the same step)."""
+    model, params, inputs, targets = network(cell, readout)
+    if layers == 2:
+        model = ep.cells.stack(model.layers[0], ep.cells.rnn(N, N, dtype=F64), model.layers[1])
+        params = model.init(jax.random.key(5))
+    assert reach(model, 2)[0].all()  # the bottom layer's parameters reach every state variable
+    snap = jax.jit(ep.snap(model, mse, 2))(params, inputs, targets)
+    rtrl = jax.jit(ep.rtrl(model, mse))(params, inputs, targets)
+    assert_tree_close(snap, rtrl, 1e-12)
+
+
+def test_snap_n_online_equals_the_whole_sequence():
+    model, params, inputs, targets = ring_network()
+    online = ep.online.snap(model, mse, 2)
+    state, step = online.init(params, BATCH), jax.jit(online.step)
+    for t in range(T):
+        state, _ = step(params, state, inputs[:, t], targets[:, t])
+    assert_tree_close(online.result(params, state), jax.jit(ep.snap(model, mse, 2))(params, inputs, targets), 1e-12)
+
+
+@pytest.mark.parametrize("n", [0, -1, 1.5, True])
+def test_bad_n(n):
     model, *_ = network("rnn", "linear")
-    with pytest.raises(ValueError, match="`n` must be 1"):
-        ep.snap(model, mse, n=2)
+    with pytest.raises(ValueError, match=r"snap: `n` must be a positive int, got"):
+        ep.snap(model, mse, n=n)
+
+
+def test_random_feedback_needs_n_1():
+    model, *_ = network("rnn", "linear")
+    with pytest.raises(ValueError, match=r"snap: `feedback` must be 'symmetric' for n >= 2"):
+        ep.snap(model, mse, n=2, feedback=ep.random_feedback(jax.random.key(0), N, N_OUT, F64))
