@@ -19,9 +19,11 @@ from ._registry import make_rule as make_rule
 from ._registry import rules as rules
 from ._rtrl import rtrl as rtrl
 from ._snap import snap as snap
+from ._tbptt import tbptt as tbptt
 from ._train import NonFiniteError as NonFiniteError
 from ._train import train as train
 from ._tricks import DEFAULT_CHUNK as DEFAULT_CHUNK
 from ._tricks import DEFAULT_UNROLL as DEFAULT_UNROLL
+from ._uoro import uoro as uoro
 
 __version__ = "0.1.0"

@@ -49,7 +49,7 @@ from ._measure import problem as problem
 from ._measure import roofline as roofline
 from ._measure import useful_work as useful_work
 from ._registry import RULES as REGISTRY
-from ._registry import make_rule
+from ._registry import keyed, make_rule
 
 CELLS = ("lif", "alif", "lstm", "gru")
 MIB = 2.0**20
@@ -73,9 +73,14 @@ def build(spec: RuleSpec, prob: Problem, **options):
     return fn, (spec.online(prob.model, prob.loss) if spec.online else None)
 
 
+def _keyed_rule(rule: str, model, loss, **options):
+    """``ep.make_rule(rule, model, loss, **options)``, at one fixed key for a rule that draws noise."""
+    return keyed(REGISTRY[rule], make_rule(rule, model, loss, **options))
+
+
 def _spec(name: str, layers: int, readout: str, kind: str, rule: str, **options) -> RuleSpec:
     """A row running the registered rule ``rule`` with ``options`` (``ep.make_rule``) on a network variant."""
-    grad_fn = functools.partial(make_rule, rule, **options)
+    grad_fn = functools.partial(_keyed_rule, rule, **options)
     online = functools.partial(make_rule, rule, online=True, **options) if REGISTRY[rule].online_form else None
     return RuleSpec(name, layers, readout, kind, grad_fn, online if kind in ("rtrl", "traces") else None)
 

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from . import cells
 from ._cli import HelpFormatter, positive_int, seed
 from ._eprop import random_feedback
-from ._registry import RULES, make_rule
+from ._registry import RULES, keyed, make_rule
 
 
 class Problem(NamedTuple):
@@ -80,7 +80,8 @@ def rules_for(problem: Problem, *, include_rtrl=True) -> dict:
 
     The rules of ``ep.rules`` in order, ``eprop`` also with random feedback, ``eprop_m`` at orders 0 to 2,
     ``deep_eprop`` at each depth on a stack (only ``"full"`` on one layer, where every depth is ``eprop``);
-    a rule registered without an entry here is compared at its defaults.
+    a rule registered without an entry here is compared at its defaults, and a rule that draws noise
+    (``uoro``) at one fixed key (:func:`~eproptax._registry.keyed`).
     """
     model, loss = problem.model, problem.loss
     depth = len(cells.stack(model).layers) - 1
@@ -96,7 +97,7 @@ def rules_for(problem: Problem, *, include_rtrl=True) -> dict:
         ],
     }
     return {
-        label: make_rule(name, model, loss, **options)
+        label: keyed(info, make_rule(name, model, loss, **options))
         for name, info in RULES.items()
         for label, options in variants.get(name, [(info.label(), {})])
     }

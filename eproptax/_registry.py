@@ -8,9 +8,12 @@
 
 from __future__ import annotations
 
+import functools
 import types
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
+
+import jax
 
 from ._bptt import bptt
 from ._deep_eprop import DEPTHS, deep_eprop, online_deep_eprop
@@ -18,6 +21,8 @@ from ._eprop import eprop, online_eprop
 from ._eprop_m import eprop_m, online_eprop_m
 from ._rtrl import online_rtrl, rtrl
 from ._snap import online_snap, snap
+from ._tbptt import online_tbptt, tbptt
+from ._uoro import online_uoro, uoro
 
 _NONE: Mapping = types.MappingProxyType({})
 
@@ -60,6 +65,7 @@ class RuleInfo(NamedTuple):
       feedback: whether it takes ``feedback=`` (a learning signal through ``B``).
       chunk: whether its whole-sequence form takes ``chunk=``.
       rows: its rows of the README's table of rules, the default form first (deep e-prop has one per depth).
+      random: whether it draws noise: its ``grad_fn`` needs ``key=`` (and its online ``init``).
     """
 
     name: str
@@ -69,6 +75,7 @@ class RuleInfo(NamedTuple):
     feedback: bool
     chunk: bool
     rows: tuple[Row, ...]
+    random: bool = False
 
     @property
     def online_form(self) -> bool:
@@ -118,7 +125,8 @@ _ORDER = "explicit recurrent edges kept"
 _ORDER_M = Option("order", 1, int, None, _ORDER)
 _ORDER_DEEP = Option("order", 0, int, None, _ORDER)
 _DEPTH = Option("depth", "full", str, DEPTHS, "treatment across layers")
-_SNAP_N = Option("n", 1, int, (1,), "steps the influence's sparsity pattern reaches (SnAp-n)")
+_SNAP_N = Option("n", 1, int, None, "steps the influence's sparsity pattern reaches (SnAp-n)")
+_WINDOW = Option("window", 16, int, None, "steps of a truncation window")
 
 RULES: Mapping[str, RuleInfo] = types.MappingProxyType(
     {
@@ -222,7 +230,47 @@ RULES: Mapping[str, RuleInfo] = types.MappingProxyType(
                         "`O(s |theta|)` traces, every state variable",
                         "`O(s^2 |theta|)`",
                     ),
+                    Row(
+                        "n=2",
+                        "approximate: drops the influence outside what the one-step pattern reaches in `n` steps;"
+                        " exact when that is dense (a dense recurrent layer)",
+                        "`O(n s |theta|)`, as `rtrl` (the mask is applied to a dense influence)",
+                        "as `rtrl`",
+                    ),
                 ),
+            ),
+            RuleInfo(
+                "tbptt",
+                tbptt,
+                online_tbptt,
+                (_WINDOW,),
+                feedback=False,
+                chunk=False,
+                rows=(
+                    Row(
+                        "window=K",
+                        "approximate: drops every path through the state at a window's start; exact for `K >= T`",
+                        "`O(K n s)` states (flat in `T`)",
+                        "`O(|theta|)` (forward + backward), about 3 forward steps",
+                    ),
+                ),
+            ),
+            RuleInfo(
+                "uoro",
+                uoro,
+                online_uoro,
+                (),
+                feedback=False,
+                chunk=False,
+                rows=(
+                    Row(
+                        "",
+                        "unbiased: its mean over keys is exact; one estimate is a random rank-one influence",
+                        "`O(n s + |theta|)`",
+                        "`O(|theta|)`, about 3 forward steps",
+                    ),
+                ),
+                random=True,
             ),
         )
     }
@@ -243,7 +291,8 @@ def make_rule(name: str, model, loss, *, online: bool = False, **options):
     other keywords (``feedback``, ``reg``, ``unroll``, ``chunk``) go to the factory as given.
 
     Args:
-      name: a key of ``ep.rules``: ``"bptt"``, ``"rtrl"``, ``"eprop"``, ``"eprop_m"``, ``"deep_eprop"``.
+      name: a key of ``ep.rules``: ``"bptt"``, ``"rtrl"``, ``"eprop"``, ``"eprop_m"``, ``"deep_eprop"``,
+        ``"snap"``, ``"tbptt"``, ``"uoro"``.
       model: a :class:`~eproptax.Cell`.
       loss: ``loss(outputs_t, targets_t) -> scalar`` for one example and one step.
       online: build the per-step :class:`~eproptax.OnlineRule` (``ep.online.<name>``) instead of the
@@ -284,6 +333,15 @@ def make_rule(name: str, model, loss, *, online: bool = False, **options):
                 f"make_rule: {name}'s `{option.name}` must be one of {_names(option.choices)}, got {value!r}."
             )
     return (info.online if online else info.grad_fn)(model, loss, **options)
+
+
+def keyed(info: RuleInfo, grad_fn, key=None):
+    """``grad_fn`` as ``(params, inputs, targets) -> (loss, grads)``: for a rule that draws noise
+    (:attr:`RuleInfo.random`), with ``key`` (default ``jax.random.key(0)``) bound; any other as it is. The
+    command line's ``compare`` and ``bench`` measure such a rule at one key."""
+    if not info.random:
+        return grad_fn
+    return functools.partial(grad_fn, key=jax.random.key(0) if key is None else key)
 
 
 def table() -> str:

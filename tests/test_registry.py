@@ -32,8 +32,10 @@ DIRECT = {
     "eprop_m": "eprop_m1",
     "deep_eprop": "deep_eprop",
     "snap": "snap",
+    "tbptt": "tbptt",
+    "uoro": "uoro",
 }
-FACTORIES = {**RULES, "snap": ep.snap}  # the factories called directly, by the names of DIRECT
+FACTORIES = {**RULES, "snap": ep.snap, "tbptt": ep.tbptt, "uoro": ep.uoro}  # called directly, by DIRECT's names
 
 
 def test_readme_table_is_the_registry_table():
@@ -49,7 +51,7 @@ def test_readme_table_is_the_registry_table():
 
 
 def test_every_rule_is_exported_under_its_name():
-    assert list(ep.rules) == ["bptt", "rtrl", "eprop", "eprop_m", "deep_eprop", "snap"]
+    assert list(ep.rules) == ["bptt", "rtrl", "eprop", "eprop_m", "deep_eprop", "snap", "tbptt", "uoro"]
     for name, info in ep.rules.items():
         assert info.name == name
         assert getattr(ep, name) is info.grad_fn, f"ep.{name}"
@@ -77,10 +79,12 @@ def test_make_rule_builds_every_rule(name):
     prob = problem(CFG)
     args = (prob.params, prob.inputs, prob.targets)
     fn = jax.jit(ep.make_rule(name, prob.model, mse))
+    key = {"key": jax.random.key(0)} if ep.rules[name].random else {}  # uoro draws noise from its key
     # the registry's defaults are the factories' own (eprop_m's order 1, deep_eprop's depth "full", order 0):
     # the same program as the factory called directly
-    assert fn.lower(*args).as_text() == jax.jit(FACTORIES[DIRECT[name]](prob.model, mse)).lower(*args).as_text()
-    loss, grads = fn(*args)
+    direct = jax.jit(FACTORIES[DIRECT[name]](prob.model, mse))
+    assert fn.lower(*args, **key).as_text() == direct.lower(*args, **key).as_text()
+    loss, grads = fn(*args, **key)
     assert np.isfinite(float(loss))
     assert jax.tree_util.tree_structure(grads) == jax.tree_util.tree_structure(prob.params)
     assert all(
@@ -90,7 +94,7 @@ def test_make_rule_builds_every_rule(name):
     if ep.rules[name].online_form:
         rule = ep.make_rule(name, prob.model, mse, online=True)
         assert isinstance(rule, ep.OnlineRule)
-        state = jax.eval_shape(lambda params: rule.init(params, CFG.batch), prob.params)
+        state = jax.eval_shape(lambda params: rule.init(params, CFG.batch, **key), prob.params)
         assert isinstance(state, ep.OnlineState)
 
 
@@ -155,14 +159,15 @@ def test_train_cli_reads_the_registry():
 
 def test_compare_and_bench_names_are_unchanged(monkeypatch):
     monkeypatch.setattr(_compare, "make_rule", lambda name, model, loss, **options: (name, options))
+    monkeypatch.setattr(_compare, "keyed", lambda info, fn: fn)
     lifs = lambda layers: [ep.cells.lif(3 if i == 0 else 4, 4) for i in range(layers)]
     model = lambda layers: ep.cells.stack(*lifs(layers), ep.cells.leaky_readout(4, 2))
     problem = lambda layers: _compare.Problem(model(layers), None, jnp.zeros((1, 2, 3)), None, mse)
     one, two = _compare.rules_for(problem(1)), _compare.rules_for(problem(2), include_rtrl=False)
     base = ["bptt", "rtrl", "eprop", "eprop (random B)", "eprop_m(order=0)", "eprop_m(order=1)", "eprop_m(order=2)"]
-    assert list(one) == base + ["deep_eprop(full)", "snap"]
+    assert list(one) == base + ["deep_eprop(full)", "snap", "tbptt", "uoro"]
     deep = ["deep_eprop(spatial)", "deep_eprop(collapsed)", "deep_eprop(full)"]
-    assert list(two) == [n for n in base if n != "rtrl"] + deep + ["snap"]
+    assert list(two) == [n for n in base if n != "rtrl"] + deep + ["snap", "tbptt", "uoro"]
     assert one["eprop_m(order=2)"] == ("eprop_m", {"order": 2})
     assert one["eprop (random B)"][1]["feedback"].shape == (4, 2)
     assert two["deep_eprop(collapsed)"] == ("deep_eprop", {"depth": "collapsed"})
@@ -181,6 +186,8 @@ def test_compare_and_bench_names_are_unchanged(monkeypatch):
         "bptt (2 layers)",
         "deep_eprop(spatial)",
         "deep_eprop(full)",
+        "tbptt",
+        "uoro",
     ]
     assert [(s.kind, s.online is not None) for s in _bench.RULES if s.name.startswith(("rtrl", "eprop_m"))] == [
         ("rtrl", True),

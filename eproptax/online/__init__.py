@@ -1,4 +1,4 @@
-"""Per-time-step forms of the forward-mode rules: ``OnlineRule(init, step, result, reset, batch_axes, chunk)``."""
+"""Per-time-step forms of the online rules: ``OnlineRule(init, step, result, reset, batch_axes, chunk)``."""
 
 from .._deep_eprop import online_deep_eprop as deep_eprop
 from .._engine import batch_sharding as batch_sharding
@@ -8,5 +8,18 @@ from .._rtrl import online_rtrl as rtrl
 from .._snap import online_snap as snap
 from .._streaming import load_state as load_state
 from .._streaming import save_state as save_state
+from .._tbptt import online_tbptt as tbptt
+from .._uoro import online_uoro as uoro
 
-__all__ = ["batch_sharding", "deep_eprop", "eprop", "eprop_m", "load_state", "rtrl", "save_state", "snap"]
+__all__ = [
+    "batch_sharding",
+    "deep_eprop",
+    "eprop",
+    "eprop_m",
+    "load_state",
+    "rtrl",
+    "save_state",
+    "snap",
+    "tbptt",
+    "uoro",
+]
