@@ -8,9 +8,11 @@ from .._contract_check import check as check
 from .._flax import from_flax as from_flax
 from .._flax import from_nnx as from_nnx
 from ._classic import GRUState as GRUState
+from ._classic import LeakyRNNState as LeakyRNNState
 from ._classic import LSTMState as LSTMState
 from ._classic import RNNState as RNNState
 from ._classic import gru as gru
+from ._classic import leaky_rnn as leaky_rnn
 from ._classic import lstm as lstm
 from ._classic import rnn as rnn
 from ._readout import ReadoutState as ReadoutState

@@ -1,14 +1,16 @@
-"""Non-spiking recurrent cells: tanh RNN, LSTM and GRU, with flax's parameter trees.
+"""Non-spiking recurrent cells: tanh RNN, LSTM and GRU, with flax's parameter trees, and a leaky rate RNN.
 
 Parameters use flax's names and layouts (``{"ii": {"kernel": (n_in, n)}, "hi": {"kernel", "bias"}, ...}``,
 inputs multiply kernels from the left), so a flax ``SimpleCell``, ``LSTMCell`` or ``GRUCell`` parameter
-tree maps one to one.
+tree maps one to one. The leaky RNN (Murray 2019's network) keeps the post x pre matrices of the spiking
+cells (``w_in (n, n_in)``, ``w_rec (n, n)``).
 """
 
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from .. import _hyper
 from .._cell import Cell, make_cell
@@ -29,6 +31,13 @@ class LSTMState(NamedTuple):
 
 class GRUState(NamedTuple):
     """State of a GRU layer: ``h``, shape ``(n,)``."""
+
+    h: jax.Array
+
+
+class LeakyRNNState(NamedTuple):
+    """State of a leaky RNN layer: ``h``, its leaky variable (the current, or the rate with
+    ``form="rate"``), shape ``(n,)``."""
 
     h: jax.Array
 
@@ -166,4 +175,122 @@ def gru(n_in: int, n_rec: int, *, dtype=jnp.float32) -> Cell:
         synapse=synapse,
         dynamics=dynamics,
         output=lambda h: h.h,
+    )
+
+
+_LEAKY_RNN_FORMS = ("current", "rate")
+
+
+def _check_leaky_rnn(where, n_in, n_rec, tau, dt, activation, form, bias, dtype):
+    """The hyperparameters of :func:`leaky_rnn`: sizes and dtype as :func:`rnn`'s, ``tau`` and ``dt`` finite and
+    ``> 0`` with ``dt <= tau`` (so ``alpha = dt / tau`` lies in ``(0, 1]``; a traced value skips the comparison),
+    ``activation`` a callable, ``form`` a name, ``bias`` a bool."""
+    _check_sizes(where, n_in, n_rec, dtype)
+    _hyper.positive(where, "tau", tau)
+    _hyper.positive(where, "dt", dt)
+    if not (_hyper.is_traced(tau) or _hyper.is_traced(dt)):
+        try:
+            tau_a, dt_a = np.asarray(tau, np.float64), np.asarray(dt, np.float64)
+        except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+            tau_a = dt_a = None  # an array holding tracers: not checked
+        if tau_a is not None and np.any(dt_a > tau_a):
+            bad = dt_a > tau_a
+            index = tuple(int(i) for i in np.argwhere(bad)[0])
+            at = f" at index {index}" if index else ""
+            dt_v, tau_v = (np.broadcast_to(v, bad.shape)[index].item() for v in (dt_a, tau_a))
+            got = f"dt={dt_v!r} and tau={tau_v!r}"
+            raise ValueError(f"{where}: `dt` must be <= `tau` (alpha = dt / tau in (0, 1]), got {got}{at}.")
+    if not callable(activation):
+        raise ValueError(
+            f"{where}: `activation` must be an entry-wise callable (jnp.tanh, jax.nn.relu, ...), got {activation!r}."
+        )
+    _hyper.one_of(where, "form", form, _LEAKY_RNN_FORMS)
+    _hyper.boolean(where, "bias", bias)
+
+
+def _leaky_rnn_init(n_in, n_rec, bias, dtype):
+    def init(key):
+        k_in, k_rec = jax.random.split(key)
+        params = {
+            "w_in": jax.random.normal(k_in, (n_rec, n_in), dtype) / jnp.sqrt(n_in).astype(dtype),
+            "w_rec": jax.random.normal(k_rec, (n_rec, n_rec), dtype) / jnp.sqrt(n_rec).astype(dtype),
+        }
+        if bias:
+            params["b"] = jnp.zeros(n_rec, dtype)
+        return params
+
+    return init
+
+
+def leaky_rnn(
+    n_in: int,
+    n_rec: int,
+    *,
+    tau=10.0,
+    dt=1.0,
+    activation=jnp.tanh,
+    form: str = "current",
+    bias: bool = True,
+    dtype=jnp.float32,
+) -> Cell:
+    """A leaky rate RNN layer (the network of Murray 2019's RFLO), with ``alpha = dt / tau`` in ``(0, 1]``.
+
+    ``form="current"`` (the default) leaks the synaptic current and reads it through ``phi = activation``::
+
+      h_j^t = (1 - alpha) h_j^{t-1} + alpha (sum_k w_in[j, k] x_k^t + sum_i w_rec[j, i] z_i^{t-1} + b_j)
+      z_j^t = phi(h_j^t)
+
+    and declares ``leak = (1 - alpha, alpha)``, so e-prop keeps the factorised trace ``zbar``.
+    ``form="rate"`` leaks the rate itself, as Murray 2019 writes the network (``z = h``, no ``leak``)::
+
+      h_j^t = (1 - alpha) h_j^{t-1} + alpha phi(sum_k w_in[j, k] x_k^t + sum_i w_rec[j, i] h_i^{t-1} + b_j)
+
+    RFLO (Murray 2019) is ``ep.eprop`` with ``feedback=ep.random_feedback(...)`` on ``form="rate"`` under a
+    stateless :func:`~eproptax.cells.readout`: e-prop's trace for it is Murray's
+    ``p_ji^t = (1 - alpha) p_ji^{t-1} + alpha phi'(u_j^t) z_i^{t-1}``. With ``alpha = 1`` (``tau == dt``)
+    either form is the Elman RNN :func:`rnn` (``w_in = i.kernel.T``, ``w_rec = h.kernel.T``, ``b = i.bias``).
+
+    The hyperparameters are checked when the cell is built (a ``ValueError`` names the argument, the range
+    and the value); a traced value is not checked, and a concrete array is checked in every entry.
+
+    Args:
+      n_in: number of inputs, a positive int.
+      n_rec: number of neurons, a positive int.
+      tau: time constant (same unit as ``dt``), finite, ``> 0`` and ``>= dt``; a scalar or one per neuron.
+      dt: time step, finite, ``> 0`` and ``<= tau``.
+      activation: the entry-wise nonlinearity ``phi`` (a callable, ``jnp.tanh`` by default).
+      form: ``"current"`` (leak before ``phi``) or ``"rate"`` (leak after ``phi``, Murray 2019's form).
+      bias: whether the layer has a bias ``b`` (a bool).
+      dtype: floating dtype of the parameters that ``init`` draws.
+
+    Returns:
+      A neuron :class:`Cell` with params ``{"w_in": (n_rec, n_in), "w_rec": (n_rec, n_rec)}`` (post x pre)
+      plus ``"b": (n_rec,)`` if ``bias``, carry :class:`LeakyRNNState`, one gate (``k = 1``).
+
+    References:
+      Murray. "Local online learning in recurrent networks with random feedback", eLife 8, e43299 (2019).
+    """
+    _check_leaky_rnn("leaky_rnn", n_in, n_rec, tau, dt, activation, form, bias, dtype)
+    alpha = dt / jnp.asarray(tau)
+
+    def synapse(params, x, z_prev):
+        a = params["w_in"] @ x + params["w_rec"] @ z_prev
+        return (a + params["b"] if "b" in params else a)[:, None]
+
+    if form == "current":
+        dynamics = lambda h, a: LeakyRNNState(((1.0 - alpha) * h.h + alpha * a[:, 0]).astype(h.h.dtype))
+        output, leak = lambda h: activation(h.h), (1.0 - alpha, alpha)
+    else:
+        dynamics = lambda h, a: LeakyRNNState(((1.0 - alpha) * h.h + alpha * activation(a[:, 0])).astype(h.h.dtype))
+        output, leak = lambda h: h.h, None
+
+    return make_cell(
+        n_in=n_in,
+        n_out=n_rec,
+        init=_leaky_rnn_init(n_in, n_rec, bias, dtype),
+        init_carry=lambda params: LeakyRNNState(jnp.zeros(n_rec, params["w_in"].dtype)),
+        synapse=synapse,
+        dynamics=dynamics,
+        output=output,
+        leak=leak,
     )
