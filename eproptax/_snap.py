@@ -10,7 +10,7 @@ import numpy as np
 from ._cell import Cell, layers_of
 from ._contract_check import check_cell
 from ._engine import FiringRateReg, OnlineRule, scan_rule
-from ._hyper import positive_int
+from ._hyper import is_traced, positive_int
 from ._jacobians import effective_weights
 from ._rtrl import _ravel_float, influence_rule, reg_extras
 from ._traces import online_traces
@@ -31,6 +31,8 @@ def online_snap(model: Cell, loss: LossFn, n: int = 1, *, feedback="symmetric", 
         )
     check_cell("snap", model, "neuron")
     masks = reach(model, n)
+    if not any(is_traced(mask) for mask in masks) and all(bool(mask.all()) for mask in masks):
+        return influence_rule("snap", model, loss, reg)  # a dense pattern: RTRL's recursion, unfactored
     return influence_rule("snap", model, loss, reg, lambda *args: _masked_example(masks, *args))
 
 
