@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from . import cells
-from ._cli import HelpFormatter, positive_int, seed
+from ._cli import HelpFormatter, UsageError, positive_int, seed
 from ._eprop import random_feedback
 from ._registry import RULES, keyed, make_rule
 
@@ -131,6 +131,12 @@ def format_rows(rows: list[dict]) -> str:
 
 
 def run(args) -> int:
+    if args.rules == "all":
+        from ._taxonomy import run as run_all  # the taxonomy's map (it imports this module)
+
+        return run_all(args)
+    if args.out is not None:
+        raise UsageError("--out: only with --rules all (the default comparison prints its tables)")
     print(
         f"eproptax compare on {jax.devices()[0].platform} (jax {jax.__version__}), float32; gradient "
         "alignment with BPTT, wall time per step after compilation (min of 3)."
@@ -173,4 +179,12 @@ def add_parser(sub) -> None:
     p.add_argument("--batch", type=positive_int, default=8, metavar="N", help="sequences per batch")
     p.add_argument("--seed", type=seed, default=0, help="jax.random.key seed, 0 to 2**32 - 1")
     p.add_argument("--no-rtrl", action="store_true", help="skip RTRL (its cost grows as n^4)")
+    p.add_argument(
+        "--rules",
+        choices=["default", "all"],
+        default="default",
+        help="'all': every rule on the taxonomy's axes on LIF, ALIF, GRU and LSTM networks (one layer of --hidden "
+        "neurons, --steps, --batch; docs/taxonomy.md)",
+    )
+    p.add_argument("--out", default=None, metavar="DIR", help="with --rules all: write taxonomy.json and .png here")
     p.set_defaults(func=run)

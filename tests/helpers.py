@@ -241,7 +241,6 @@ RULES = {
     "eprop": lambda model, loss, **kw: ep.eprop(model, loss, **kw),
     "eprop_m1": lambda model, loss, **kw: ep.eprop_m(model, loss, 1, **kw),
     "deep_eprop": lambda model, loss, **kw: ep.deep_eprop(model, loss, **kw),
-    "snap2": lambda model, loss, **kw: ep.snap(model, loss, 2, **kw),
     "tbptt": lambda model, loss, **kw: ep.tbptt(model, loss, window=3, **kw),
 }
 FEEDBACK_RULES = ("eprop", "eprop_m1", "deep_eprop")

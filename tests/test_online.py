@@ -12,7 +12,6 @@ ONLINE = {
     "eprop": lambda model, loss: ep.online.eprop(model, loss),
     "eprop_m1": lambda model, loss: ep.online.eprop_m(model, loss, 1),
     "deep_eprop": lambda model, loss: ep.online.deep_eprop(model, loss),
-    "snap2": lambda model, loss: ep.online.snap(model, loss, 2),
 }
 ONE_LAYER = Config(cells=("lif",), readout="leaky")
 TWO_LAYERS = Config(cells=("lif", "lif"), readout="leaky", sizes=(4, 3))
