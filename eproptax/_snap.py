@@ -30,9 +30,9 @@ def online_snap(model: Cell, loss: LossFn, n: int = 1, *, feedback="symmetric", 
             f"RTRL; only SnAp-1 carries e-prop's learning signal), got {feedback!r} with n={n}."
         )
     check_cell("snap", model, "neuron")
-    masks = reach(model, n)
-    if not any(is_traced(mask) for mask in masks) and all(bool(mask.all()) for mask in masks):
-        return influence_rule("snap", model, loss, reg)  # a dense pattern: RTRL's recursion, unfactored
+    masks, complete = reach(model, n)
+    if not is_traced(complete) and bool(complete):
+        return influence_rule("snap", model, loss, reg)  # nothing to drop: RTRL's recursion, unfactored
     return influence_rule("snap", model, loss, reg, lambda *args: _masked_example(masks, *args))
 
 
@@ -110,7 +110,8 @@ def _then(a, b):
 
 def reach(model: Cell, n: int) -> tuple:
     """SnAp-n's masks, per layer ``(|carry|, n_l)`` booleans: whether the effective weights of neuron ``j`` of
-    layer ``l`` reach the state variable ``c`` within ``n`` steps.
+    layer ``l`` reach the state variable ``c`` within ``n`` steps; and whether they are complete (every entry
+    that any number of steps reaches, so every entry of RTRL's influence that is not zero for all inputs).
 
     The unit is the neuron with all its state variables. One step maps the units at ``t - 1`` to those at
     ``t``: a neuron reads itself (its dynamics), the neurons of its layer through nonzero recurrent weights,
@@ -135,7 +136,8 @@ def reach(model: Cell, n: int) -> tuple:
         power = _then(A, power)
         pattern = pattern | power
     units = _units(model)
-    return tuple(pattern[units][:, offsets[l] : offsets[l + 1]] for l in range(len(sizes)))
+    masks = tuple(pattern[units][:, offsets[l] : offsets[l + 1]] for l in range(len(sizes)))
+    return masks, jnp.all((pattern | _then(A, power)) == pattern)  # complete: step n + 1 adds nothing, nor any after
 
 
 def _units(model: Cell) -> np.ndarray:

@@ -239,7 +239,8 @@ def test_snap_n_is_rtrl_when_the_pattern_is_dense(cell, readout, layers):
     if layers == 2:
         model = ep.cells.stack(model.layers[0], ep.cells.rnn(N, N, dtype=F64), model.layers[1])
         params = model.init(jax.random.key(5))
-    assert reach(model, 2)[0].all()  # the bottom layer's parameters reach every state variable
+    masks, complete = reach(model, 2)
+    assert masks[0].all() and bool(complete)  # the bottom layer's parameters reach every state variable
     snap = jax.jit(ep.snap(model, mse, 2))(params, inputs, targets)
     rtrl = jax.jit(ep.rtrl(model, mse))(params, inputs, targets)
     assert_tree_close(snap, rtrl, 1e-12)
