@@ -47,6 +47,7 @@ def reference(model, params, inputs, targets, K, reg=None):
             total = total + mse(out, y) + (jnp.sum(w * hidden.output(carry[0])) if w is not None else 0.0)
         return total, carry
 
+    window_grad = jax.jit(jax.grad(window_objective, has_aux=True))  # compiled per window length
     grads = jax.tree_util.tree_map(jnp.zeros_like, params)
     for b in range(inputs.shape[0]):
         w = None
@@ -59,7 +60,7 @@ def reference(model, params, inputs, targets, K, reg=None):
         carry = model.init_carry(params)
         for start in range(0, inputs.shape[1], K):
             xs, ys = inputs[b, start : start + K], targets[b, start : start + K]
-            g, carry = jax.grad(window_objective, has_aux=True)(params, carry, xs, ys, w)
+            g, carry = window_grad(params, carry, xs, ys, w)
             grads = jax.tree_util.tree_map(lambda a, c: a + c / inputs.shape[0], grads, g)
     return grads
 
