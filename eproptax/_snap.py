@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._cell import Cell, layers_of
+from ._cell import Cell, is_neuron, layers_of
 from ._contract_check import check_cell
 from ._engine import FiringRateReg, OnlineRule, scan_rule
 from ._hyper import is_traced, positive_int
@@ -30,6 +30,12 @@ def online_snap(model: Cell, loss: LossFn, n: int = 1, *, feedback="symmetric", 
             f"RTRL; only SnAp-1 carries e-prop's learning signal), got {feedback!r} with n={n}."
         )
     check_cell("snap", model, "neuron")
+    opaque = [i for i, layer in enumerate(layers_of(model)) if not is_neuron(layer)]
+    if opaque:
+        raise ValueError(
+            f"snap: with n >= 2 every layer must be a neuron cell (synapse, dynamics, output: the pattern's unit "
+            f"is the neuron), got layer {opaque[0]} without them; build it with ep.cells.make_cell, or use ep.rtrl."
+        )
     masks, complete = reach(model, n)
     if not is_traced(complete) and bool(complete):
         return influence_rule("snap", model, loss, reg)  # nothing to drop: RTRL's recursion, unfactored

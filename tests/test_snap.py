@@ -272,3 +272,10 @@ def test_random_feedback_needs_n_1():
     model, *_ = network("rnn", "linear")
     with pytest.raises(ValueError, match=r"snap: `feedback` must be 'symmetric' for n >= 2"):
         ep.snap(model, mse, n=2, feedback=ep.random_feedback(jax.random.key(0), N, N_OUT, F64))
+
+
+def test_snap_n_needs_neuron_layers():
+    hidden = ep.cells.lif(N_IN, N, dtype=F64)
+    model = ep.cells.stack(hidden._replace(synapse=None), ep.cells.readout(N, N_OUT, dtype=F64))
+    with pytest.raises(ValueError, match=r"snap: with n >= 2 every layer must be a neuron cell .* got layer 0"):
+        ep.snap(model, mse, n=2)
