@@ -89,13 +89,20 @@ def measure(cells=CELLS, *, hidden=16, time_steps=50, batch=4, repeats=3, seed=0
                     rel_error=rel,
                     ms_per_step=1e3 * best / time_steps,
                     peak_bytes=None if memory is None else memory["peak"],
-                    memory=info.memory,
-                    time_form=info.time,
+                    memory=_row(info, place.options).memory,
+                    time_form=_row(info, place.options).time,
                 )
             )
             if log:
                 log(f"{cell:5s} {place.label:20s} cos {cosine:7.4f}  {1e3 * best / time_steps:8.3f} ms/step")
     return rows
+
+
+def _row(info, options: dict):
+    """The registry's row of the README's table for a rule called with ``options`` (its default form's if
+    none is written for them): ``snap``'s ``n=2``, ``deep_eprop``'s ``depth="full"``."""
+    written = ", ".join(f"{k}={json.dumps(v) if isinstance(v, str) else v}" for k, v in options.items())
+    return next((row for row in info.rows if row.arguments == written), info.rows[0])
 
 
 def table(rows: list[dict]) -> str:
