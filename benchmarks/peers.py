@@ -10,8 +10,10 @@ Each peer runs in its own virtual environment, created by this script under ``be
   sequence: NEST simulates one sequence per learning interval). Reported: NEST's ``Simulate`` wall time
   against ``jax.jit(ep.eprop(...))`` on the same sequence (float32 and float64), and the gradients'
   relative error (float64). The target: eproptax at least 10 times faster.
-* braintrace (``pip install braintrace``, Python 3.12): its e-prop and D-RTRL on a GRU and a LIF
-  network, where it can be installed (see ``_braintrace_side.py``).
+* braintrace (``pip install braintrace==0.2.8``, Python 3.12): its D-RTRL, e-prop, SnAp-1, SnAp-2 and UORO
+  on a GRU and a LIF network, and pp_prop (ES-D-RTRL) on the LIF, against eproptax's ``eprop``,
+  ``snap(n=1)``, ``snap(n=2)`` and ``uoro``, where it can be installed (see ``_braintrace_side.py`` and
+  ``_braintrace_peer.py``).
 
 Writes ``peers.json`` (and ``peers.png``) to ``benchmarks/results/<device>/``.
 
@@ -46,6 +48,7 @@ from eproptax._bench import _best_times  # noqa: E402
 from eproptax._compare import mse  # noqa: E402
 
 ENVS = os.path.join(HERE, ".envs")
+BRAINTRACE = "0.2.8"  # the version whose public classes _braintrace_side.py uses (SnAp, UORO, pp_prop)
 FIXTURES = [
     os.path.join(os.path.dirname(HERE), *parts, "nest_eprop_bsshslm_2020.json")
     for parts in (("tests", "data"), ("tests", "fixtures"), ("..", "shared", "oracles", "nest_eprop"))
@@ -264,7 +267,7 @@ def braintrace_peer(quick) -> list[dict]:
         _log(f"  braintrace: not measured: {reason}")
         return [dict(name="braintrace", speedup=None, reason=reason)]
     try:
-        exe = ensure_env("braintrace", python, ["braintrace"])
+        exe = ensure_env("braintrace", python, [f"braintrace=={BRAINTRACE}"])
     except Exception as e:  # noqa: BLE001
         _log(f"  braintrace: not measured: {e}")
         return [dict(name="braintrace", speedup=None, reason=f"install failed: {e}")]
