@@ -233,7 +233,7 @@ def test_snap_n_is_masked_rtrl_on_a_sparse_ring(n, readout):
         assert_tree_close(grads, exact, 1e-12)
 
 
-@pytest.mark.parametrize("cell, readout, layers", [("alif", "leaky", 1), ("rnn", "linear", 2)])
+@pytest.mark.parametrize("cell, readout, layers", [("rnn", "linear", 2)])
 def test_snap_n_is_rtrl_when_the_pattern_is_complete(cell, readout, layers):
     """A dense recurrent layer with n = 2, and a stack, whose layers above are reached at the same step: the
     pattern is complete, so ``snap(n)`` runs RTRL's program; the layered masked step, run on the same masks,

@@ -75,8 +75,7 @@ def whole(K, reg=None):
     return _JIT[(K, reg)]
 
 
-@pytest.mark.parametrize("reg", [None, REG], ids=["plain", "reg"])
-@pytest.mark.parametrize("K", [T, T + 3])
+@pytest.mark.parametrize("K, reg", [(T, None), (T, REG), (T + 3, None)], ids=["T", "T-reg", "T+3"])
 def test_a_window_of_the_whole_sequence_is_bptt(K, reg):
     model, params, inputs, targets = network()
     value, grads = whole(K, reg)(params, inputs, targets)
