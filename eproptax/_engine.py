@@ -167,6 +167,11 @@ def recurrent_outputs(model: Cell, carry: Any) -> Array:
     return jnp.concatenate(zs)
 
 
+def recurrent_size(model: Cell, params: Params) -> int:
+    """The number of recurrent outputs (the regulariser's neurons), from shapes only."""
+    return jax.eval_shape(lambda p: recurrent_outputs(model, model.init_carry(p)), params).shape[0]
+
+
 def reg_value(reg: FiringRateReg, spikes: Array, steps: Array) -> Array:
     """Batch mean of ``(c_reg / 2) sum_j (r_j - f_target)^2`` from per-example spike sums ``(B, n)``; 0 after no
     step (the rate of an empty window is undefined: an online ``result`` before any ``step`` is zero)."""
@@ -338,8 +343,7 @@ def new_state(
     dtype = accum_dtype(params)
     spikes = ()
     if reg is not None:
-        n = jax.eval_shape(lambda p: recurrent_outputs(model, model.init_carry(p)), params).shape[0]
-        spikes = jnp.zeros((batch_size, n), dtype)
+        spikes = jnp.zeros((batch_size, recurrent_size(model, params)), dtype)
     return OnlineState(
         batch_init_carry(model, params, batch_size),
         traces,

@@ -17,6 +17,7 @@ from ._engine import (
     accum_dtype,
     new_state,
     recurrent_outputs,
+    recurrent_size,
     reg_value,
     reg_weights,
     reset,
@@ -73,7 +74,7 @@ def _plan(model: Cell, reg: bool) -> RtrlPlan:
     params = jax.eval_shape(model.init, jax.random.key(0))
     carry = jax.eval_shape(model.init_carry, params)
     floats = [leaf for leaf in jax.tree_util.tree_leaves(carry) if jnp.issubdtype(leaf.dtype, jnp.inexact)]
-    recurrent = jax.eval_shape(lambda p: recurrent_outputs(model, model.init_carry(p)), params).shape[0] if reg else 0
+    recurrent = recurrent_size(model, params) if reg else 0
     return RtrlPlan(
         carry=sum(leaf.size for leaf in floats),
         columns=tuple(_columns(model, params)),
@@ -125,7 +126,7 @@ def influence_rule(where: str, model: Cell, loss: LossFn, reg: FiringRateReg | N
         sizes = [math.prod(P) for P in cols]
         reg_traces = None
         if reg is not None:
-            n = jax.eval_shape(lambda p: recurrent_outputs(model, model.init_carry(p)), params).shape[0]
+            n = recurrent_size(model, params)
             reg_traces = tuple(jnp.zeros((batch_size, n, P), dtype) for P in sizes)
         grads = tuple(jnp.zeros((P,), dtype) for P in sizes)
         return new_state(model, params, batch_size, influence, grads, reg, reg_traces, key)

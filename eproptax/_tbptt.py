@@ -16,9 +16,11 @@ from ._engine import (
     OnlineRule,
     OnlineState,
     accum_dtype,
+    batch_init_carry,
     leading_batch_axes,
     new_state,
     recurrent_outputs,
+    recurrent_size,
     reg_value,
     reg_weights,
 )
@@ -107,7 +109,7 @@ def online_tbptt(model: Cell, loss: LossFn, window: int = 16, *, reg: FiringRate
 
     def init(params, batch_size, key=None):
         dtype = accum_dtype(params)
-        carry = jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (batch_size,) + a.shape), model.init_carry(params))
+        carry = batch_init_carry(model, params, batch_size)
         x = jax.ShapeDtypeStruct((model.n_in,), jax.tree_util.tree_leaves(params)[0].dtype)
         out = jax.eval_shape(lambda p, c, x: model.apply(p, c, x)[1], params, model.init_carry(params), x)
         buffer = lambda a: jnp.zeros((batch_size, K) + a.shape, a.dtype)
@@ -115,7 +117,7 @@ def online_tbptt(model: Cell, loss: LossFn, window: int = 16, *, reg: FiringRate
         grads = jax.tree_util.tree_map(lambda p: jnp.zeros(p.shape, dtype), params)
         reg_traces = None
         if reg is not None:
-            n = jax.eval_shape(lambda p: recurrent_outputs(model, model.init_carry(p)), params).shape[0]
+            n = recurrent_size(model, params)
             reg_traces = jax.tree_util.tree_map(lambda p: jnp.zeros((batch_size, n) + p.shape, dtype), params)
         return new_state(model, params, batch_size, opened, grads, reg, reg_traces, key)
 

@@ -16,6 +16,7 @@ from ._engine import (
     accum_dtype,
     new_state,
     recurrent_outputs,
+    recurrent_size,
     reg_value,
     reg_weights,
     reset,
@@ -23,6 +24,7 @@ from ._engine import (
 )
 from ._hyper import check_reg
 from ._plan import StepCost
+from ._rtrl import _plan as rtrl_plan
 from ._rtrl import _ravel_float
 from ._typing import GradFn, LossFn
 from ._validate import check_step
@@ -59,16 +61,9 @@ class UoroPlan(NamedTuple):
 
 
 def _plan(model: Cell, reg: bool) -> UoroPlan:
-    params = jax.eval_shape(model.init, jax.random.key(0))
-    carry = jax.eval_shape(model.init_carry, params)
-    recurrent = jax.eval_shape(lambda p: recurrent_outputs(model, model.init_carry(p)), params).shape[0] if reg else 0
-    leaves = jax.tree_util.tree_leaves(carry)
-    return UoroPlan(
-        carry=sum(leaf.size for leaf in leaves if jnp.issubdtype(leaf.dtype, jnp.inexact)),
-        theta=sum(leaf.size for leaf in jax.tree_util.tree_leaves(params)),
-        carry_bytes=sum(leaf.size * leaf.dtype.itemsize for leaf in leaves),
-        recurrent=recurrent,
-    )
+    """UORO's sizes: RTRL's (:func:`~eproptax._rtrl._plan`), without its influence's columns."""
+    sizes = rtrl_plan(model, reg)
+    return UoroPlan(sizes.carry, sizes.theta, sizes.carry_bytes, sizes.recurrent)
 
 
 def _check_key(key) -> None:
@@ -100,7 +95,7 @@ def _online(model: Cell, loss: LossFn, reg: FiringRateReg | None, scaled: bool) 
         traces = UoroTraces(jnp.zeros((batch_size, C), dtype), jnp.zeros((batch_size, P), dtype))
         reg_traces = None
         if reg is not None:
-            n = jax.eval_shape(lambda p: recurrent_outputs(model, model.init_carry(p)), params).shape[0]
+            n = recurrent_size(model, params)
             reg_traces = jnp.zeros((batch_size, n, P), dtype)
         return new_state(model, params, batch_size, traces, jnp.zeros((P,), dtype), reg, reg_traces, key)
 
