@@ -79,18 +79,28 @@ def with_self_recurrence(layer: Cell, params, u, z_prev, h_prev, blk: Blocks) ->
     return blk._replace(D=blk.D + jnp.einsum("jcg,jg,je->jce", blk.dfda, w_self.astype(blk.dfda.dtype), dgdh_prev))
 
 
+def read_leaves(fn, tree, *args) -> tuple[bool, ...]:
+    """Which floating leaves of ``tree`` ``fn(tree, *args)`` reads, in ``tree``'s leaf order (all may be shapes).
+
+    Found from the jaxpr of ``fn``: a leaf that no equation takes as an input and that is not an output
+    either cannot change the result, whatever its value (a leaf passed through unchanged counts as read).
+    """
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    flat_fn = lambda leaves, *args: fn(jax.tree_util.tree_unflatten(treedef, leaves), *args)
+    jaxpr = jax.make_jaxpr(flat_fn)(leaves, *args).jaxpr
+    used = {id(v) for eqn in jaxpr.eqns for v in eqn.invars} | {id(v) for v in jaxpr.outvars}
+    return tuple(id(v) in used for v, leaf in zip(jaxpr.invars, leaves) if jnp.issubdtype(leaf.dtype, jnp.inexact))
+
+
 def read_states(layer: Cell, h_prev, a) -> tuple[bool, ...]:
     """Which floating state variables ``dynamics`` reads (``h_prev`` and ``a`` may be shapes).
 
-    Found from the jaxpr of ``dynamics``: a variable no equation reads has a zero column in ``D`` whatever
-    the values (an LSTM's ``h``, recomputed from ``c`` and the gates every step), so a trace through it
-    is never carried to the next step. A variable passed through unchanged counts as read.
+    Found from the jaxpr of ``dynamics`` (:func:`read_leaves`): a variable no equation reads has a zero
+    column in ``D`` whatever the values (an LSTM's ``h``, recomputed from ``c`` and the gates every step),
+    so a trace through it is never carried to the next step. A variable passed through unchanged counts as
+    read.
     """
-    leaves, treedef = jax.tree_util.tree_flatten(h_prev)
-    dynamics = lambda leaves, a: layer.dynamics(jax.tree_util.tree_unflatten(treedef, leaves), a)
-    jaxpr = jax.make_jaxpr(dynamics)(leaves, a).jaxpr
-    used = {id(v) for eqn in jaxpr.eqns for v in eqn.invars} | {id(v) for v in jaxpr.outvars}
-    return tuple(id(v) in used for v, leaf in zip(jaxpr.invars, leaves) if jnp.issubdtype(leaf.dtype, jnp.inexact))
+    return read_leaves(layer.dynamics, h_prev, a)
 
 
 def _lead(w, ndim):

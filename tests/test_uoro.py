@@ -18,7 +18,7 @@ import pytest
 
 import eproptax as ep
 from eproptax._engine import scan_rule
-from eproptax._uoro import _online, online_uoro, uoro
+from eproptax._uoro import _online, online_uoro, read_mask, uoro
 
 F64 = jnp.float64
 N_IN, N, N_OUT, T, BATCH = 2, 3, 2, 5, 2
@@ -59,10 +59,11 @@ def exact(cell: str, reg: bool) -> np.ndarray:
 
 
 @functools.cache
-def estimates(cell: str, scaled: bool, reg: bool) -> np.ndarray:
-    """``(K, |theta|)`` UORO gradient estimates from ``K`` keys (one compiled ``vmap``)."""
+def estimates(cell: str, scaled: bool, reg: bool, masked: bool = True) -> np.ndarray:
+    """``(K, |theta|)`` UORO gradient estimates from ``K`` keys (one compiled ``vmap``); ``masked=False``: signs
+    on every floating carry variable, read or not."""
     model, params, inputs, targets = network(cell)
-    grad_fn = scan_rule("uoro", model, mse, _online(model, mse, REG if reg else None, scaled))
+    grad_fn = scan_rule("uoro", model, mse, _online(model, mse, REG if reg else None, scaled, masked))
     keys = jax.random.split(jax.random.key(9), K)
     _, grads = jax.jit(jax.vmap(lambda k: grad_fn(params, inputs, targets, key=k)))(keys)
     chex.assert_trees_all_equal_shapes(jax.tree_util.tree_map(lambda g: g[0], grads), params)
@@ -94,6 +95,30 @@ def test_scaling_reduces_the_variance():
     """Measured here (tiny rnn, T = 5): the scaled total variance is about 0.7 of the unscaled one."""
     scaled, unscaled = estimates("rnn", True, False), estimates("rnn", False, False)
     assert np.sum(np.var(scaled, 0)) < np.sum(np.var(unscaled, 0))
+
+
+def test_the_signs_cover_only_what_the_next_step_reads():
+    """LIF's potential is read (by the step and by the regulariser's outputs), the stateless readout's ``y``
+    is not (each step recomputes it); the refractory counters are not floating, so not in the carry vector."""
+    model = ep.cells.stack(ep.cells.lif(N_IN, N, dtype=F64), ep.cells.readout(N, N_OUT, dtype=F64))
+    params = model.init(jax.random.key(0))
+    carry, x = model.init_carry(params), jnp.zeros((N_IN,), F64)
+    expected = [1.0] * N + [0.0] * N_OUT
+    np.testing.assert_array_equal(read_mask(model, params, carry, x, reg=False), expected)
+    np.testing.assert_array_equal(read_mask(model, params, carry, x, reg=True), expected)
+    leaky = ep.cells.stack(ep.cells.lif(N_IN, N, dtype=F64), ep.cells.leaky_readout(N, N_OUT, dtype=F64))
+    params = leaky.init(jax.random.key(0))
+    assert read_mask(leaky, params, leaky.init_carry(params), x, reg=False).all()  # a leaky readout's y is read
+
+
+def test_signs_on_unread_variables_only_add_variance():
+    """The rnn's stateless readout keeps ``y`` in its carry: signs on it (unmasked) cost variance, no bias.
+    Measured here: the masked estimates' mean squared error is about 0.6 of the unmasked ones'."""
+    g = exact("rnn", False)
+    masked, unmasked = estimates("rnn", True, False), estimates("rnn", True, False, masked=False)
+    assert within(unmasked, g)  # unbiased either way
+    error = lambda G: np.mean(np.sum((G - g) ** 2, axis=1))
+    assert error(masked) < 0.8 * error(unmasked)
 
 
 @pytest.fixture(scope="module")
