@@ -31,7 +31,8 @@ So both libraries run the same network on the same weights. Each algorithm accum
   ``projection_key``, set to the jitted sequence's ``key`` argument before each reset;
 * ``pp_prop``, ``pp_prop_symmetric`` (LIF): ``braintrace.pp_prop`` (ES-D-RTRL, input/output-factorized
   trace) with ``decay_or_rank=(alpha, 0.0)`` (the input trace leaks with the membrane's ``alpha``, the
-  output side keeps only this step's ``df``) and with its one-decay form ``decay_or_rank=alpha``.
+  output side keeps only this step's ``df``) and with its one-decay form ``decay_or_rank=alpha``;
+  ``pp_prop_half`` (any cell): ``decay_or_rank=0.5``, both traces smoothed.
 
 ``out.npz`` gets each algorithm's gradients (``<algo>/<param>``, from a sequence run with ``key =
 jax.random.key(0)``) and its wall time per sequence (``<algo>/seconds``: minimum over up to ``repeats``
@@ -210,6 +211,7 @@ def algorithms(hyper):
         "SnAp1": (braintrace.SnAp, {"n": 1, **single}),
         "SnAp2": (braintrace.SnAp, {"n": 2, **single}),
         "UORO": (braintrace.UORO, single),
+        "pp_prop_half": (braintrace.pp_prop, {"decay_or_rank": 0.5, **single}),
     }
     if "alpha" in hyper:
         out["pp_prop"] = (braintrace.pp_prop, {"decay_or_rank": (hyper["alpha"], 0.0), **single})

@@ -19,6 +19,7 @@ from ._bptt import bptt
 from ._deep_eprop import DEPTHS, deep_eprop, online_deep_eprop
 from ._eprop import eprop, online_eprop
 from ._eprop_m import eprop_m, online_eprop_m
+from ._pp_prop import online_pp_prop, pp_prop
 from ._rtrl import online_rtrl, rtrl
 from ._snap import online_snap, snap
 from ._tbptt import online_tbptt, tbptt
@@ -126,6 +127,7 @@ _ORDER_M = Option("order", 1, int, None, _ORDER)
 _ORDER_DEEP = Option("order", 0, int, None, _ORDER)
 _DEPTH = Option("depth", "full", str, DEPTHS, "treatment across layers")
 _SNAP_N = Option("n", 1, int, None, "steps the influence's sparsity pattern reaches (SnAp-n)")
+_DECAY = Option("decay", None, float, None, "decay of both pp-prop traces (default: the membrane's, and 0)")
 _WINDOW = Option("window", 16, int, None, "steps of a truncation window")
 
 RULES: Mapping[str, RuleInfo] = types.MappingProxyType(
@@ -240,6 +242,23 @@ RULES: Mapping[str, RuleInfo] = types.MappingProxyType(
                 ),
             ),
             RuleInfo(
+                "pp_prop",
+                pp_prop,
+                online_pp_prop,
+                (_DECAY,),
+                feedback=True,
+                chunk=False,
+                rows=(
+                    Row(
+                        "",
+                        "approximate: e-prop's trace as an outer product of a post- and a presynaptic trace; e-prop"
+                        " where that trace factorises (LIF, stateless readout), same-step signal under a leaky readout",
+                        "`O(m + n s k)` per layer",
+                        "`O(|theta|)` (one outer product)",
+                    ),
+                ),
+            ),
+            RuleInfo(
                 "tbptt",
                 tbptt,
                 online_tbptt,
@@ -292,7 +311,7 @@ def make_rule(name: str, model, loss, *, online: bool = False, **options):
 
     Args:
       name: a key of ``ep.rules``: ``"bptt"``, ``"rtrl"``, ``"eprop"``, ``"eprop_m"``, ``"deep_eprop"``,
-        ``"snap"``, ``"tbptt"``, ``"uoro"``.
+        ``"snap"``, ``"pp_prop"``, ``"tbptt"``, ``"uoro"``.
       model: a :class:`~eproptax.Cell`.
       loss: ``loss(outputs_t, targets_t) -> scalar`` for one example and one step.
       online: build the per-step :class:`~eproptax.OnlineRule` (``ep.online.<name>``) instead of the

@@ -54,6 +54,7 @@ PLACES = (
     Place("eprop_m(order=1)", "eprop_m", {"order": 1}, "all", "1 step", "same step", "all"),
     Place("snap(n=1)", "snap", {"n": 1}, "all", "autapses", "same step", "all"),
     Place("eprop", "eprop", {}, "all", "none", "same step", "all"),
+    Place("pp_prop", "pp_prop", {}, "pre x post factors", "none", "same step", "all"),
     Place("deep_eprop(full)", "deep_eprop", {"depth": "full"}, "all", "none", "all", "all"),
 )
 """Every rule of the taxonomy's map, most to least exact (``deep_eprop``'s depths differ on stacks only)."""

@@ -150,7 +150,7 @@ def trace_step(plan: TracePlan, layers, reg, fwd, params, state, x, target):
         o = plan.observed[p]
         g = sum(contract_h(plan, sig.delta[o], t, o, p, n) for n, t in enumerate(influence[(o, p)]))
         grads[p] = grads[p] + g / batch
-    readout, grads[plan.R] = _readout_step(plan, grads[plan.R], sig, top, state.traces.readout, batch)
+    readout, grads[plan.R] = readout_step(plan, grads[plan.R], sig, top, state.traces.readout, batch)
     state = state._replace(
         carry=carry,
         traces=EpropTraces(influence, filtered, readout),
@@ -195,7 +195,7 @@ def _gradients_from_old(plan: TracePlan, grads, sig, steps, old, filtered, batch
     return grads, mixed, later
 
 
-def _readout_step(plan: TracePlan, grad, sig, top, trace, batch):
+def readout_step(plan: TracePlan, grad, sig, top, trace, batch):
     """The readout's own trace and gradient: exact for a neuron readout (its own e-prop trace, which its own
     leak makes exact), the same-step gradient of any other (stateless) readout."""
     R, d = plan.R, plan.top

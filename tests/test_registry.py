@@ -32,10 +32,17 @@ DIRECT = {
     "eprop_m": "eprop_m1",
     "deep_eprop": "deep_eprop",
     "snap": "snap",
+    "pp_prop": "pp_prop",
     "tbptt": "tbptt",
     "uoro": "uoro",
 }
-FACTORIES = {**RULES, "snap": ep.snap, "tbptt": ep.tbptt, "uoro": ep.uoro}  # called directly, by DIRECT's names
+FACTORIES = {
+    **RULES,
+    "snap": ep.snap,
+    "pp_prop": ep.pp_prop,
+    "tbptt": ep.tbptt,
+    "uoro": ep.uoro,
+}  # called directly, by DIRECT's names
 
 
 def test_readme_table_is_the_registry_table():
@@ -51,7 +58,7 @@ def test_readme_table_is_the_registry_table():
 
 
 def test_every_rule_is_exported_under_its_name():
-    assert list(ep.rules) == ["bptt", "rtrl", "eprop", "eprop_m", "deep_eprop", "snap", "tbptt", "uoro"]
+    assert list(ep.rules) == ["bptt", "rtrl", "eprop", "eprop_m", "deep_eprop", "snap", "pp_prop", "tbptt", "uoro"]
     for name, info in ep.rules.items():
         assert info.name == name
         assert getattr(ep, name) is info.grad_fn, f"ep.{name}"
@@ -165,9 +172,9 @@ def test_compare_and_bench_names_are_unchanged(monkeypatch):
     problem = lambda layers: _compare.Problem(model(layers), None, jnp.zeros((1, 2, 3)), None, mse)
     one, two = _compare.rules_for(problem(1)), _compare.rules_for(problem(2), include_rtrl=False)
     base = ["bptt", "rtrl", "eprop", "eprop (random B)", "eprop_m(order=0)", "eprop_m(order=1)", "eprop_m(order=2)"]
-    assert list(one) == base + ["deep_eprop(full)", "snap", "tbptt", "uoro"]
+    assert list(one) == base + ["deep_eprop(full)", "snap", "pp_prop", "tbptt", "uoro"]
     deep = ["deep_eprop(spatial)", "deep_eprop(collapsed)", "deep_eprop(full)"]
-    assert list(two) == [n for n in base if n != "rtrl"] + deep + ["snap", "tbptt", "uoro"]
+    assert list(two) == [n for n in base if n != "rtrl"] + deep + ["snap", "pp_prop", "tbptt", "uoro"]
     assert one["eprop_m(order=2)"] == ("eprop_m", {"order": 2})
     assert one["eprop (random B)"][1]["feedback"].shape == (4, 2)
     assert two["deep_eprop(collapsed)"] == ("deep_eprop", {"depth": "collapsed"})
@@ -186,6 +193,7 @@ def test_compare_and_bench_names_are_unchanged(monkeypatch):
         "bptt (2 layers)",
         "deep_eprop(spatial)",
         "deep_eprop(full)",
+        "pp_prop",
         "tbptt",
         "uoro",
     ]
