@@ -76,6 +76,11 @@ def probability(where: str, name: str, value: Any) -> None:
     _real(where, name, value, lambda a: (a >= 0) & (a <= 1), "a probability in [0, 1]")
 
 
+def decay(where: str, name: str, value: Any) -> None:
+    """``0 <= value < 1`` in every entry (a trace's decay per step)."""
+    _real(where, name, value, lambda a: (a >= 0) & (a < 1), "a decay in [0, 1)")
+
+
 def int_at_least(where: str, name: str, value: Any, low: int) -> None:
     """A Python or numpy integer (not a bool, not a float such as ``4.0``) with ``value >= low``."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < low:

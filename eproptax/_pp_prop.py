@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from . import _hyper as hyper
 from ._cell import Cell, layers_of
 from ._contract import result
 from ._engine import FiringRateReg, OnlineRule, accum_dtype, new_state, reset, scan_rule
@@ -61,12 +62,14 @@ def _decays(plan: TracePlan, decay) -> tuple:
         first = lambda d: next((leak[0] for leak in d.leaks if leak is not None), 0.0)
         return tuple((first(d), 0.0) for d in plan.layers[: plan.R])
     pair = tuple(decay) if isinstance(decay, (tuple, list)) else (decay, decay)
-    if len(pair) != 2 or not all(isinstance(a, (int, float)) and 0.0 <= a < 1.0 for a in pair):
+    if len(pair) != 2 or any(isinstance(a, (bool, str)) for a in pair):
         raise ValueError(
-            "pp_prop: `decay` must be None, a float in [0, 1) (both traces) or a pair (a_x, a_f) of floats in "
-            f"[0, 1); got {decay!r}."
+            "pp_prop: `decay` must be None, a decay in [0, 1) (both traces) or a pair (a_x, a_f) of decays; "
+            f"got {decay!r}."
         )
-    return ((float(pair[0]), float(pair[1])),) * plan.R
+    for a in pair:  # a traced decay (vmapped over) is not checked
+        hyper.decay("pp_prop", "decay", a)
+    return (pair,) * plan.R
 
 
 def online_pp_prop(

@@ -141,8 +141,15 @@ def test_online_stepped_by_hand_jit_vmap_optax():
     assert_close(jax.tree_util.tree_map(lambda g: g[1], batched), whole(new, inputs, targets)[1], 1e-12, "vmap")
 
 
-@pytest.mark.parametrize("decay", [1.0, -0.1, (0.5,), (0.5, 0.5, 0.5), "0.5"])
+@pytest.mark.parametrize("decay", [1.0, -0.1, (0.5, float("nan")), (0.5,), (0.5, 0.5, 0.5), "0.5", True])
 def test_bad_decay(decay):
     model = network("lif")[0]
-    with pytest.raises(ValueError, match=r"pp_prop: `decay` must be None, a float in \[0, 1\)"):
+    with pytest.raises(ValueError, match=r"pp_prop: `decay` must be (None, )?a decay in \[0, 1\)"):
         ep.pp_prop(model, mse, decay)
+
+
+def test_vmap_over_the_decay():
+    model, params, inputs, targets = network("lif")
+    run = lambda a: ep.pp_prop(model, mse, (a, 0.0))(params, inputs, targets)[1]
+    batched = jax.jit(jax.vmap(run))(jnp.array([0.2, 0.7]))
+    assert_close(jax.tree_util.tree_map(lambda g: g[1], batched), jax.jit(run)(0.7), 1e-12, "vmap over a_x")
