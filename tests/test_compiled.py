@@ -11,7 +11,8 @@ networks compile the stepping program, not the chunked view (``ep.DEFAULT_CHUNK`
   computed after every other reader of the previous ones (``written_after``, an artificial data dependency)
   and stored neuron-major, ``(n, B, k, m)``, so that XLA writes them into the loop-carried buffers in
   place. Without that, XLA copies a trace every step: a trace-sized ``copy`` (or a fusion that only moves
-  data) inside the loop.
+  data) inside the loop. :func:`test_uoro_updates_its_parameter_factor_in_place` guards the same trick in
+  UORO, whose gradient reads the parameter factor ``theta~`` that its update overwrites.
 * :func:`test_blocks_formed_once` guards ``formed_once``: the per-neuron Jacobian blocks and presynaptic
   vectors are formed once per step, at their own size, not re-evaluated by every per-synapse pass for
   every trace element. Without it the fusions that write the traces hold several times more operations.
@@ -229,6 +230,28 @@ def test_no_trace_copy_in_loop(cell, readout):
     assert not copies, f"trace-sized copies inside the loop (sizes {sorted(prog.trace_sizes)}): {copies}"
 
 
+def uoro_program(cell: str = "lif") -> Program:
+    """UORO's compiled whole-sequence program; its "traces" here are the parameter factor's leaves ``theta~``
+    of three or more axes, ``(B,) + kernel shape``."""
+    prob = problem(cell, readout="stateless", **SIZES)
+    key = jax.random.key(0)
+    fn = lambda params, inputs, targets: ep.uoro(prob.model, prob.loss)(params, inputs, targets, key=key)
+    compiled = jax.jit(fn).lower(prob.params, prob.inputs, prob.targets).compile()
+    state = jax.eval_shape(
+        lambda params: ep.online.uoro(prob.model, prob.loss).init(params, SIZES["batch"], key=key), prob.params
+    )
+    theta = jax.tree_util.tree_leaves(state.traces.theta)
+    return Program(compiled.as_text(), 0, 0, frozenset(math.prod(leaf.shape) for leaf in theta if leaf.ndim >= 3))
+
+
+def test_uoro_updates_its_parameter_factor_in_place():
+    """The gradient reads the old ``theta~`` before its update overwrites it (``written_after``): without
+    that order XLA copied every kernel's ``theta~`` each step (3 copies on LIF(32), batch 8; 7 on a GRU)."""
+    prog = uoro_program()
+    assert prog.trace_sizes, "no per-example kernel factor found in UORO's state"
+    assert not trace_copies(prog), trace_copies(prog)
+
+
 # The most instructions the largest trace-sized fusion in the loop may hold, per network whose per-synapse
 # passes read per-neuron blocks that XLA would otherwise re-evaluate (float32, SIZES). Measured with
 # ``formed_once`` / without it (it returning its input): GRU+leaky 20 / 72, GRU+stateless 12 / 73,
@@ -291,6 +314,11 @@ def test_temporaries_bounded_by_state(rule, cell, readout):
 def test_without_written_after_lstm_copies_its_trace(monkeypatch):
     monkeypatch.setattr(eproptax._tricks, "written_after", lambda *trees: None)
     assert trace_copies(compile_program("eprop", "lstm", "leaky"))
+
+
+def test_without_written_after_uoro_copies_its_parameter_factor(monkeypatch):
+    monkeypatch.setattr(eproptax._tricks, "written_after", lambda *trees: 0.0)
+    assert trace_copies(uoro_program())
 
 
 def test_without_formed_once_the_blocks_are_evaluated_per_trace_element(monkeypatch):
