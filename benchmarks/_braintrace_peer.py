@@ -15,10 +15,13 @@ Each braintrace algorithm is compared with the eproptax rule that computes the s
 * ``SnAp(n=1)``: ``ep.snap(n=1)`` (D-RTRL with each neuron's autapse; here none, so also e-prop);
 * ``SnAp(n=2)``: ``ep.snap(n=2)`` (the two-step pattern of a dense recurrent layer is all-to-all, so both
   are RTRL's gradient, which is BPTT's to rounding);
-* ``pp_prop`` (ES-D-RTRL, LIF only) with ``decay_or_rank=(alpha, 0)``: ``ep.eprop``, which it equals on
-  this LIF (its Jacobian diagonal is the constant ``alpha`` and ``d v / d (W x)`` the constant ``zeta``,
-  so e-prop's trace factorizes exactly); its one-decay form ``decay_or_rank=alpha`` smooths the output
-  side too and is reported beside it;
+* ``pp_prop`` (ES-D-RTRL, LIF only) with ``decay_or_rank=(alpha, 0)``: ``ep.pp_prop`` at its default
+  decays, the same pair, which is also ``ep.eprop`` on this LIF (its Jacobian diagonal is the constant
+  ``alpha`` and ``d v / d (W x)`` the constant ``zeta``, so e-prop's trace factorizes exactly); its
+  one-decay form ``decay_or_rank=alpha`` is compared with ``ep.pp_prop(decay=alpha)`` beside it;
+* ``pp_prop_half`` (both cells), ``decay_or_rank=0.5``: ``ep.pp_prop(decay=0.5)``, on the weights (a GRU's
+  biases differ by convention: braintrace gives a bias the postsynaptic trace alone, eproptax treats it
+  as a weight on the constant 1, its presynaptic trace filtered; their error is reported beside it);
 * ``UORO``: ``ep.uoro``. Random: each key gives another estimate and the two libraries draw their signs
   differently, so the gradients are not compared key for key; instead the mean over ``UORO_KEYS`` keys of
   each is compared with BPTT's gradient (both are unbiased for RTRL's), with the mean over a quarter of
@@ -126,14 +129,20 @@ RULES = {
     "SnAp1": "snap(n=1)",
     "SnAp2": "snap(n=2)",
     "UORO": "uoro",
-    "pp_prop": "eprop",
+    "pp_prop": "pp_prop",
+    "pp_prop_half": "pp_prop(decay=0.5)",
 }
 EXPENSIVE = ("SnAp2",)  # RTRL's influence: measured in the first round only (both sides)
-TITLES = {"SnAp1": "SnAp-1", "SnAp2": "SnAp-2", "pp_prop": "pp_prop (decay (alpha, 0))"}
+TITLES = {
+    "SnAp1": "SnAp-1",
+    "SnAp2": "SnAp-2",
+    "pp_prop": "pp_prop (decay (alpha, 0))",
+    "pp_prop_half": "pp_prop (decay 0.5)",
+}
 UORO_KEYS = 256
 
 
-def _eproptax_fns(model, T):
+def _eproptax_fns(model, T, cell):
     """The jitted eproptax rules by name (``uoro`` at ``key = 0``; the rule itself is returned too), and
     e-prop's variants timed beside its default: four steps per scan iteration (``unroll=4``, the fastest of
     1, 2, 4 here in ``benchmarks/unroll.py``) and the chunked view (``chunk=T/2``: two chunks; ``chunk=T``:
@@ -145,7 +154,11 @@ def _eproptax_fns(model, T):
         "eprop chunk=T": ep.eprop(model, mse, chunk=T),
         "snap(n=1)": ep.snap(model, mse, 1),
         "snap(n=2)": ep.snap(model, mse, 2),
+        "pp_prop": ep.pp_prop(model, mse),
+        "pp_prop(decay=0.5)": ep.pp_prop(model, mse, 0.5),
     }
+    if cell == "lif":
+        fns["pp_prop(decay=alpha)"] = ep.pp_prop(model, mse, lif_hyper()["alpha"])
     uoro = ep.uoro(model, mse)
     fns["uoro"] = lambda p, x, y: uoro(p, x, y, key=jax.random.key(0))
     return {name: jax.jit(fn) for name, fn in fns.items()}, uoro
@@ -200,7 +213,7 @@ def compare_braintrace(exe, run_side, *, quick, log) -> list[dict]:
         # eproptax is timed as a user calls it (the platform's defaults: unroll 1 and no chunks on the CPU);
         # the speed-up reported is the default's, e-prop's variants' beside it, each checked to give the
         # default's gradient.
-        fns, uoro = _eproptax_fns(model, T)
+        fns, uoro = _eproptax_fns(model, T, cell)
         grads = {u: named(jax.block_until_ready(fn(params, inputs, targets))[1]) for u, fn in fns.items()}
         for u in fns:
             diff = _rel(flat(grads[u]), flat(grads["eprop"]))
@@ -234,7 +247,8 @@ def compare_braintrace(exe, run_side, *, quick, log) -> list[dict]:
         for algo in algos:
             rule = RULES[algo]
             ref = flat(grads[rule])
-            g = flat({name: out[f"{algo}/{name}"] for name in names_})
+            weights = [n for n in names_ if not (algo == "pp_prop_half" and n.endswith("_bias"))]
+            g, ref = flat({name: out[f"{algo}/{name}"] for name in weights}), flat({n: grads[rule][n] for n in weights})
             t_peer, t_ep = float(out[f"{algo}/seconds"]), t_eps[rule]
             row = dict(
                 name=f"braintrace {TITLES.get(algo, algo)}",
@@ -322,11 +336,23 @@ def compare_braintrace(exe, run_side, *, quick, log) -> list[dict]:
                 )
             if algo == "pp_prop":
                 sym = flat({name: out[f"pp_prop_symmetric/{name}"] for name in names_})
+                ours_sym = flat(grads["pp_prop(decay=alpha)"])
                 row.update(
                     pp_prop_decay=[float(lif_hyper()["alpha"]), 0.0],
-                    relative_error_vs_eproptax_one_decay_alpha=_rel(sym, ref),
+                    relative_error_vs_eprop=_rel(g, flat(grads["eprop"])),
+                    relative_error_one_decay_alpha=_rel(sym, ours_sym),
                 )
-                variants = f" (one decay, alpha on both sides: gradient relative error {_rel(sym, ref):.1e})"
+                variants = (
+                    f" (vs eprop {_rel(g, flat(grads['eprop'])):.1e}; one decay, alpha on both sides, vs "
+                    f"pp_prop(decay=alpha): {_rel(sym, ours_sym):.1e})"
+                )
+            if algo == "pp_prop_half" and len(weights) < len(names_):
+                biases = [n for n in names_ if n not in weights]
+                b_peer, b_ours = (
+                    flat({n: src[n] for n in biases}) for src in ({n: out[f"{algo}/{n}"] for n in biases}, grads[rule])
+                )
+                row["biases_relative_error"] = _rel(b_peer, b_ours)
+                variants = f" (weights; the GRU's biases, another convention: {_rel(b_peer, b_ours):.1e})"
             rows.append(row)
             log(
                 f"  {row['name']} {row['braintrace_version']} on {cell.upper()}({n}), T={T}: {1e3 * t_peer:.2f} ms "

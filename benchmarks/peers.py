@@ -11,9 +11,9 @@ Each peer runs in its own virtual environment, created by this script under ``be
   against ``jax.jit(ep.eprop(...))`` on the same sequence (float32 and float64), and the gradients'
   relative error (float64). The target: eproptax at least 10 times faster.
 * braintrace (``pip install braintrace==0.2.8``, Python 3.12): its D-RTRL, e-prop, SnAp-1, SnAp-2 and UORO
-  on a GRU and a LIF network, and pp_prop (ES-D-RTRL) on the LIF, against eproptax's ``eprop``,
-  ``snap(n=1)``, ``snap(n=2)`` and ``uoro``, where it can be installed (see ``_braintrace_side.py`` and
-  ``_braintrace_peer.py``).
+  on a GRU and a LIF network, and pp_prop (ES-D-RTRL; decay 0.5 on both, ``(alpha, 0)`` on the LIF), against
+  eproptax's ``eprop``, ``snap(n=1)``, ``snap(n=2)``, ``uoro`` and ``pp_prop``, where it can be installed (see
+  ``_braintrace_side.py`` and ``_braintrace_peer.py``).
 
 Writes ``peers.json`` (and ``peers.png``) to ``benchmarks/results/<device>/``.
 
