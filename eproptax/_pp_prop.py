@@ -72,6 +72,17 @@ def _decays(plan: TracePlan, decay) -> tuple:
     return (pair,) * plan.R
 
 
+def trace_update(a_x, a_f, step, pre, post, power):
+    """pp-prop's two traces one step on, over the batch, from a layer's :class:`~eproptax._forward.LayerStep`:
+    ``(pre, post, power, eps_f)``, ``eps_f`` the postsynaptic trace with its warm-up correction applied."""
+    dtype = post.dtype
+    pre = a_x * pre + step.v.astype(dtype)
+    D, dfda = step.blk.D.astype(dtype), step.blk.dfda.astype(dtype)
+    post = a_f * jnp.einsum("bjce,bjek->bjck", D, post) + (1.0 - a_f) * dfda
+    power = a_f * power
+    return pre, post, power, post / (1.0 - power)[:, None, None, None]  # the correction is 1 for a_f = 0
+
+
 def online_pp_prop(
     model: Cell, loss: LossFn, decay=None, *, feedback="symmetric", reg: FiringRateReg | None = None
 ) -> OnlineRule:
@@ -108,16 +119,13 @@ def online_pp_prop(
         old, batch, grads = state.traces, x.shape[0], list(state.grads)
         pre, post, power, z_traces = [], [], [], {}
         for p, (a_x, a_f) in enumerate(decays):
-            blk, dtype = steps[p].blk, old.post[p].dtype
-            pre.append(a_x * old.pre[p] + steps[p].v.astype(dtype))
-            D, dfda = blk.D.astype(dtype), blk.dfda.astype(dtype)
-            post.append(a_f * jnp.einsum("bjce,bjek->bjck", D, old.post[p]) + (1.0 - a_f) * dfda)
-            power.append(a_f * old.power[p])
-            eps_f = post[p] / (1.0 - power[p])[:, None, None, None]  # the warm-up correction (1 for a_f = 0)
-            w = jnp.einsum("bjc,bjck->bjk", sig.delta[p].astype(dtype), eps_f)
+            new = trace_update(a_x, a_f, steps[p], old.pre[p], old.post[p], old.power[p])
+            pre, post, power = pre + [new[0]], post + [new[1]], power + [new[2]]
+            eps_f, dtype = new[3], new[0].dtype
+            w = jnp.einsum("bjc,bjck->bjk", sig.delta[p].astype(dtype), eps_f)  # the learning signal meets it
             grads[p] = grads[p] + jnp.einsum("bjk,bi->jki", w, pre[p]) / batch
             if reg is not None:  # the z-space eligibility, summed over time for the rate's gradient
-                z_traces[(p, p)] = jnp.einsum("bjc,bjck,bi->bjki", blk.dgdh.astype(dtype), eps_f, pre[p])
+                z_traces[(p, p)] = jnp.einsum("bjc,bjck,bi->bjki", steps[p].blk.dgdh.astype(dtype), eps_f, pre[p])
         readout, grads[plan.R] = readout_step(plan, grads[plan.R], sig, top, old.readout, batch)
         state = state._replace(
             carry=carry,

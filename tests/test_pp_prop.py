@@ -93,9 +93,11 @@ def test_equals_its_equations_in_a_python_loop(cell):
 def test_equals_eprop_on_lif_and_differs_on_alif():
     """The default decays (the membrane's, 0) give e-prop's trace where it factorises, and not elsewhere."""
     model, params, inputs, targets = network("lif")
-    _, grads = jax.jit(ep.pp_prop(model, mse))(params, inputs, targets)
-    _, grads_e = jax.jit(ep.eprop(model, mse))(params, inputs, targets)
-    assert_close(grads, grads_e, 1e-13, "pp_prop vs eprop on LIF")
+    reg = ep.FiringRateReg(0.5, 0.1)
+    for r in (None, reg):  # the regulariser's time sum of the eligibility too
+        _, grads = jax.jit(ep.pp_prop(model, mse, reg=r))(params, inputs, targets)
+        _, grads_e = jax.jit(ep.eprop(model, mse, reg=r))(params, inputs, targets)
+        assert_close(grads, grads_e, 1e-13, f"pp_prop vs eprop on LIF, reg={r}")
     assert np.abs(np.asarray(grads_e[0]["w_rec"])).max() > 1e-3  # the recurrent weights learn something
     model, params, inputs, targets = network("alif")
     _, grads = jax.jit(ep.pp_prop(model, mse))(params, inputs, targets)
