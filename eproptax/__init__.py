@@ -15,6 +15,7 @@ from ._eprop import adapt_feedback as adapt_feedback
 from ._eprop import eprop as eprop
 from ._eprop import random_feedback as random_feedback
 from ._eprop_m import eprop_m as eprop_m
+from ._kf_rtrl import kf_rtrl as kf_rtrl
 from ._pp_prop import pp_prop as pp_prop
 from ._registry import make_rule as make_rule
 from ._registry import rules as rules

@@ -15,7 +15,7 @@ from ._forward import forward
 from ._plan import StepCost, TracePlan, is_shape, make_plan, state_shapes
 from ._traces import readout_step
 from ._typing import GradFn, LossFn
-from ._validate import check_step
+from ._validate import check_key, check_step
 
 EPS = 1e-7  # keeps the scales finite where a factor is zero (the first step), as UORO's
 
@@ -55,18 +55,6 @@ class KfPlan(NamedTuple):
             2.0 * d.n**3 * d.k**2 + 2.0 * d.n * d.n * d.s * d.k + 2.0 * d.n * d.k * d.m for d in layers
         )
         return StepCost(state, 2 * state, flops)
-
-
-def _check_key(key) -> None:
-    """A single key: a typed ``jax.random.key``, or a raw ``uint32`` one (``jax.random.PRNGKey``)."""
-    dtype = getattr(key, "dtype", None)
-    typed = dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key)
-    if not ((typed and jnp.ndim(key) == 0) or (not typed and dtype == jnp.uint32 and jnp.ndim(key) == 1)):
-        got = f"{dtype}{list(jnp.shape(key))}" if dtype is not None else repr(key)
-        raise ValueError(
-            "kf_rtrl: `key` must be a jax.random.key (KF-RTRL draws random signs at every step): pass "
-            f"init(params, batch_size, key=...) or grad_fn(params, inputs, targets, key=...); got {got}."
-        )
 
 
 def _check_reg(reg) -> None:
@@ -109,7 +97,7 @@ def online_kf_rtrl(model: Cell, loss: LossFn, *, reg: FiringRateReg | None = Non
     fwd = lambda params, carry, x, target: forward(plan, model, loss, None, params, carry, x, target)
 
     def init(params, batch_size, key=None):
-        _check_key(key)
+        check_key("kf_rtrl", key)
         dtype = accum_dtype(params)
         shapes = state_shapes(plan, batch_size)
         zeros = lambda tree: jax.tree_util.tree_map(lambda s: jnp.zeros(s, dtype), tree, is_leaf=is_shape)
@@ -126,7 +114,7 @@ def online_kf_rtrl(model: Cell, loss: LossFn, *, reg: FiringRateReg | None = Non
 
     def step(params, state, x, target):
         x, target = check_step("kf_rtrl", model, loss, params, state, x, target)
-        _check_key(state.key)
+        check_key("kf_rtrl", state.key)
         carry, steps, top, values, y, sig = jax.vmap(fwd, in_axes=(None, 0, 0, 0))(params, state.carry, x, target)
         old, batch, grads = state.traces, x.shape[0], list(state.grads)
         dtype = state.loss.dtype  # the accumulators' (accum_dtype)

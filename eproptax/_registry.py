@@ -19,6 +19,7 @@ from ._bptt import bptt
 from ._deep_eprop import DEPTHS, deep_eprop, online_deep_eprop
 from ._eprop import eprop, online_eprop
 from ._eprop_m import eprop_m, online_eprop_m
+from ._kf_rtrl import kf_rtrl, online_kf_rtrl
 from ._pp_prop import online_pp_prop, pp_prop
 from ._rtrl import online_rtrl, rtrl
 from ._snap import online_snap, snap
@@ -291,6 +292,24 @@ RULES: Mapping[str, RuleInfo] = types.MappingProxyType(
                 ),
                 random=True,
             ),
+            RuleInfo(
+                "kf_rtrl",
+                kf_rtrl,
+                online_kf_rtrl,
+                (),
+                feedback=False,
+                chunk=False,
+                rows=(
+                    Row(
+                        "",
+                        "unbiased on one recurrent layer under a stateless readout (its mean over keys is RTRL's); one"
+                        " estimate is a random Kronecker product; on stacks, each layer's own influence only",
+                        "`O(m + n^2 s k)` per layer",
+                        "`O(n^3 k^2)` (`n k` tangents through the step)",
+                    ),
+                ),
+                random=True,
+            ),
         )
     }
 )
@@ -311,7 +330,7 @@ def make_rule(name: str, model, loss, *, online: bool = False, **options):
 
     Args:
       name: a key of ``ep.rules``: ``"bptt"``, ``"rtrl"``, ``"eprop"``, ``"eprop_m"``, ``"deep_eprop"``,
-        ``"snap"``, ``"pp_prop"``, ``"tbptt"``, ``"uoro"``.
+        ``"snap"``, ``"pp_prop"``, ``"tbptt"``, ``"uoro"``, ``"kf_rtrl"``.
       model: a :class:`~eproptax.Cell`.
       loss: ``loss(outputs_t, targets_t) -> scalar`` for one example and one step.
       online: build the per-step :class:`~eproptax.OnlineRule` (``ep.online.<name>``) instead of the

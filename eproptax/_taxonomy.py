@@ -48,6 +48,7 @@ PLACES = (
     Place("bptt", "bptt", {}, "all", "all", "all", "all (backward)"),
     Place("rtrl", "rtrl", {}, "all", "all", "all", "all (forward)"),
     Place("uoro", "uoro", {}, "all, in expectation", "all, in expectation", "all, in expectation", "all"),
+    Place("kf_rtrl", "kf_rtrl", {}, "all, in expectation", "all, in expectation", "same step", "all"),
     Place("tbptt(window=10)", "tbptt", {"window": 10}, "all", "all", "all", "10 steps"),
     Place("snap(n=2)", "snap", {"n": 2}, "all", "2-step pattern", "2-step pattern", "all"),
     Place("eprop_m(order=2)", "eprop_m", {"order": 2}, "all", "2 steps", "same step", "all"),

@@ -30,7 +30,7 @@ from ._plan import StepCost
 from ._rtrl import _plan as rtrl_plan
 from ._rtrl import _ravel_float
 from ._typing import GradFn, LossFn
-from ._validate import check_step
+from ._validate import check_key, check_step
 
 EPS = 1e-7  # keeps the scaling finite where a factor is zero (the first step), as in the paper
 
@@ -70,18 +70,6 @@ def _plan(model: Cell, reg: bool) -> UoroPlan:
     """UORO's sizes: RTRL's (:func:`~eproptax._rtrl._plan`), without its influence's columns."""
     sizes = rtrl_plan(model, reg)
     return UoroPlan(sizes.carry, sizes.theta, sizes.carry_bytes, sizes.recurrent)
-
-
-def _check_key(key) -> None:
-    """A single key: a typed ``jax.random.key``, or a raw ``uint32`` one (``jax.random.PRNGKey``)."""
-    dtype = getattr(key, "dtype", None)
-    typed = dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key)
-    if not ((typed and jnp.ndim(key) == 0) or (not typed and dtype == jnp.uint32 and jnp.ndim(key) == 1)):
-        got = f"{dtype}{list(jnp.shape(key))}" if dtype is not None else repr(key)
-        raise ValueError(
-            "uoro: `key` must be a jax.random.key (UORO draws random signs at every step): pass init(params, "
-            f"batch_size, key=...) or grad_fn(params, inputs, targets, key=...); got {got}."
-        )
 
 
 def online_uoro(model: Cell, loss: LossFn, *, reg: FiringRateReg | None = None) -> OnlineRule:
@@ -130,7 +118,7 @@ def _online(model: Cell, loss: LossFn, reg: FiringRateReg | None, scaled: bool, 
     check_reg("uoro", reg)
 
     def init(params, batch_size, key=None):
-        _check_key(key)
+        check_key("uoro", key)
         C = _ravel_float(model.init_carry(params))[0].size
         dtype = accum_dtype(params)
         theta = jax.tree_util.tree_map(lambda p: jnp.zeros((batch_size,) + jnp.shape(p), dtype), params)
@@ -144,7 +132,7 @@ def _online(model: Cell, loss: LossFn, reg: FiringRateReg | None, scaled: bool, 
 
     def step(params, state, x, target):
         x, target = check_step("uoro", model, loss, params, state, x, target)
-        _check_key(state.key)
+        check_key("uoro", state.key)
         key, nu = _signs(state.key, state.traces.s.shape, state.traces.s.dtype)
         mask = None
         if masked:

@@ -158,6 +158,19 @@ def check_loss(where: str, model: Cell, loss: LossFn, params: Params, target_t: 
         raise ValueError(f"{where}: `loss(outputs_t, targets_t)` must return a floating scalar, got {value.dtype}.")
 
 
+def check_key(where: str, key) -> None:
+    """A single key for a rule that draws random signs at every step (``uoro``, ``kf_rtrl``): a typed
+    ``jax.random.key``, or a raw ``uint32`` one (``jax.random.PRNGKey``)."""
+    dtype = getattr(key, "dtype", None)
+    typed = dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key)
+    if not ((typed and jnp.ndim(key) == 0) or (not typed and dtype == jnp.uint32 and jnp.ndim(key) == 1)):
+        got = f"{dtype}{list(jnp.shape(key))}" if dtype is not None else repr(key)
+        raise ValueError(
+            f"{where}: `key` must be a jax.random.key ({where} draws random signs at every step): pass "
+            f"init(params, batch_size, key=...) or grad_fn(params, inputs, targets, key=...); got {got}."
+        )
+
+
 def check_chunk(where: str, chunk, online: Any) -> None:
     """``chunk``: a positive int or ``None``, and above 1 only for a rule with a chunked form (``online.chunk``)."""
     if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1):

@@ -35,6 +35,7 @@ DIRECT = {
     "pp_prop": "pp_prop",
     "tbptt": "tbptt",
     "uoro": "uoro",
+    "kf_rtrl": "kf_rtrl",
 }
 FACTORIES = {
     **RULES,
@@ -42,6 +43,7 @@ FACTORIES = {
     "pp_prop": ep.pp_prop,
     "tbptt": ep.tbptt,
     "uoro": ep.uoro,
+    "kf_rtrl": ep.kf_rtrl,
 }  # called directly, by DIRECT's names
 
 
@@ -58,7 +60,18 @@ def test_readme_table_is_the_registry_table():
 
 
 def test_every_rule_is_exported_under_its_name():
-    assert list(ep.rules) == ["bptt", "rtrl", "eprop", "eprop_m", "deep_eprop", "snap", "pp_prop", "tbptt", "uoro"]
+    assert list(ep.rules) == [
+        "bptt",
+        "rtrl",
+        "eprop",
+        "eprop_m",
+        "deep_eprop",
+        "snap",
+        "pp_prop",
+        "tbptt",
+        "uoro",
+        "kf_rtrl",
+    ]
     for name, info in ep.rules.items():
         assert info.name == name
         assert getattr(ep, name) is info.grad_fn, f"ep.{name}"
@@ -172,9 +185,9 @@ def test_compare_and_bench_names_are_unchanged(monkeypatch):
     problem = lambda layers: _compare.Problem(model(layers), None, jnp.zeros((1, 2, 3)), None, mse)
     one, two = _compare.rules_for(problem(1)), _compare.rules_for(problem(2), include_rtrl=False)
     base = ["bptt", "rtrl", "eprop", "eprop (random B)", "eprop_m(order=0)", "eprop_m(order=1)", "eprop_m(order=2)"]
-    assert list(one) == base + ["deep_eprop(full)", "snap", "pp_prop", "tbptt", "uoro"]
+    assert list(one) == base + ["deep_eprop(full)", "snap", "pp_prop", "tbptt", "uoro", "kf_rtrl"]
     deep = ["deep_eprop(spatial)", "deep_eprop(collapsed)", "deep_eprop(full)"]
-    assert list(two) == [n for n in base if n != "rtrl"] + deep + ["snap", "pp_prop", "tbptt", "uoro"]
+    assert list(two) == [n for n in base if n != "rtrl"] + deep + ["snap", "pp_prop", "tbptt", "uoro", "kf_rtrl"]
     assert one["eprop_m(order=2)"] == ("eprop_m", {"order": 2})
     assert one["eprop (random B)"][1]["feedback"].shape == (4, 2)
     assert two["deep_eprop(collapsed)"] == ("deep_eprop", {"depth": "collapsed"})
@@ -196,6 +209,7 @@ def test_compare_and_bench_names_are_unchanged(monkeypatch):
         "pp_prop",
         "tbptt",
         "uoro",
+        "kf_rtrl",
     ]
     assert [(s.kind, s.online is not None) for s in _bench.RULES if s.name.startswith(("rtrl", "eprop_m"))] == [
         ("rtrl", True),

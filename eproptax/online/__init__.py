@@ -4,6 +4,7 @@ from .._deep_eprop import online_deep_eprop as deep_eprop
 from .._engine import batch_sharding as batch_sharding
 from .._eprop import online_eprop as eprop
 from .._eprop_m import online_eprop_m as eprop_m
+from .._kf_rtrl import online_kf_rtrl as kf_rtrl
 from .._pp_prop import online_pp_prop as pp_prop
 from .._rtrl import online_rtrl as rtrl
 from .._snap import online_snap as snap
@@ -17,6 +18,7 @@ __all__ = [
     "deep_eprop",
     "eprop",
     "eprop_m",
+    "kf_rtrl",
     "load_state",
     "pp_prop",
     "rtrl",
