@@ -236,7 +236,8 @@ def compare_braintrace(exe, run_side, *, quick, log) -> list[dict]:
                 if r == 0 or u not in (RULES[a] for a in EXPENSIVE):
                     t_eps[u] = min(t_eps[u], _best_times(fn, params, inputs, targets, repeats=5)[0])
         _, g_bptt = jax.jit(ep.bptt(model, mse))(params, inputs, targets)
-        exact = flat(named(g_bptt))
+        exact_named = named(g_bptt)
+        exact = flat(exact_named)
         names_ = sorted(grads["eprop"])
         network = (
             f"GRU({n}) + linear readout, zero-diagonal recurrent kernels"
@@ -321,11 +322,11 @@ def compare_braintrace(exe, run_side, *, quick, log) -> list[dict]:
                     f"median: {single['braintrace']:.1f}, {single['eproptax']:.1f})"
                 )
                 continue
-            err = _rel(g, ref)
+            err, exact_w = _rel(g, ref), flat({n: exact_named[n] for n in weights})
             row.update(
                 relative_error_vs_eproptax=err,
-                peer_relative_error_vs_bptt=_rel(g, exact),
-                eproptax_relative_error_vs_bptt=_rel(ref, exact),
+                peer_relative_error_vs_bptt=_rel(g, exact_w),
+                eproptax_relative_error_vs_bptt=_rel(ref, exact_w),
             )
             if algo == "SnAp1" and cell == "gru":
                 row["with_autapses"] = autapses = _autapses(exe, run_side, n_in, n, n_out, T)
