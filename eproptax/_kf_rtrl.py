@@ -10,10 +10,10 @@ import jax.numpy as jnp
 
 from ._cell import Cell, float_state, layers_of, with_float_state
 from ._contract import result
-from ._engine import FiringRateReg, OnlineRule, accum_dtype, new_state, reset, scan_rule
+from ._engine import FiringRateReg, OnlineRule, reset, scan_rule
 from ._forward import forward
-from ._plan import StepCost, TracePlan, is_shape, make_plan, state_shapes
-from ._traces import readout_step
+from ._plan import StepCost, TracePlan, is_shape, same_step_plan, state_shapes
+from ._traces import factored_state, readout_step
 from ._typing import GradFn, LossFn
 from ._validate import check_key, check_step
 
@@ -89,28 +89,19 @@ def _norm(x):
 def online_kf_rtrl(model: Cell, loss: LossFn, *, reg: FiringRateReg | None = None) -> OnlineRule:
     """The per-step form of :func:`kf_rtrl` (see there); ``init(params, batch_size, key=key)`` needs the key."""
     _check_reg(reg)
-    plan = make_plan(model, order=0, depth="spatial", feedback="symmetric", reg=False, where="kf_rtrl")
-    if plan.filter_top:  # the same-step signal: the readout's leak reaches no factor (see kf_rtrl)
-        plan = plan._replace(layers=plan.layers[:-1] + (plan.top._replace(scalar=None),), filters=((),) * plan.R)
-    plan = plan._replace(neuron_major=False)  # every array batch first
+    plan = same_step_plan(model, feedback="symmetric", reg=False, where="kf_rtrl")
     layers = layers_of(model)
     fwd = lambda params, carry, x, target: forward(plan, model, loss, None, params, carry, x, target)
 
     def init(params, batch_size, key=None):
         check_key("kf_rtrl", key)
-        dtype = accum_dtype(params)
-        shapes = state_shapes(plan, batch_size)
-        zeros = lambda tree: jax.tree_util.tree_map(lambda s: jnp.zeros(s, dtype), tree, is_leaf=is_shape)
-        R, ds = plan.R, plan.layers[: plan.R]
-        traces = KfTraces(
+        ds = plan.layers[: plan.R]
+        traces = lambda dtype, readout: KfTraces(
             tuple(jnp.zeros((batch_size, d.m), dtype) for d in ds),
             tuple(jnp.zeros((batch_size, d.n, d.s, d.n, d.k), dtype) for d in ds),
-            zeros(shapes.traces.readout),
+            readout,
         )
-        grads = zeros(shapes.grads)
-        if plan.top is None:  # a readout that is not a neuron cell: its gradient follows its parameters
-            grads += (jax.tree_util.tree_map(lambda w: jnp.zeros(w.shape, dtype), params[R]),)
-        return new_state(model, params, batch_size, traces, grads, None, None, key)
+        return factored_state(plan, model, None, params, batch_size, key, traces)
 
     def step(params, state, x, target):
         x, target = check_step("kf_rtrl", model, loss, params, state, x, target)

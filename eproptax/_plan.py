@@ -329,6 +329,17 @@ def make_plan(
     )
 
 
+def same_step_plan(model: Cell, *, feedback, reg: bool, where: str) -> TracePlan:
+    """The plan of a rule that keeps its own per-layer factors on e-prop's machinery (``pp_prop``,
+    ``kf_rtrl``): e-prop's (order 0, spatial) with every array batch first and, under a leaky readout, the
+    same-step learning signal ``d loss_t / d z_t`` (no filter: a factored trace cannot carry the readout's
+    leak). The readout keeps its own exact trace."""
+    plan = make_plan(model, order=0, depth="spatial", feedback=feedback, reg=reg, where=where)
+    if plan.filter_top:
+        plan = plan._replace(layers=plan.layers[:-1] + (plan.top._replace(scalar=None),), filters=((),) * plan.R)
+    return plan._replace(neuron_major=False)
+
+
 def check_model(where: str, model: Cell, feedback) -> None:
     """Static checks shared by the e-prop family, run when the rule is built."""
     layers = layers_of(model)

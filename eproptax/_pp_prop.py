@@ -11,11 +11,11 @@ import jax.numpy as jnp
 from . import _hyper as hyper
 from ._cell import Cell, layers_of
 from ._contract import result
-from ._engine import FiringRateReg, OnlineRule, accum_dtype, new_state, reset, scan_rule
+from ._engine import FiringRateReg, OnlineRule, reset, scan_rule
 from ._forward import forward
 from ._hyper import check_reg
-from ._plan import StepCost, TracePlan, is_shape, make_plan, state_shapes
-from ._traces import readout_step
+from ._plan import StepCost, TracePlan, is_shape, same_step_plan, state_shapes
+from ._traces import factored_state, readout_step
 from ._typing import GradFn, LossFn
 from ._validate import check_step
 
@@ -88,30 +88,21 @@ def online_pp_prop(
 ) -> OnlineRule:
     """The per-step form of :func:`pp_prop`; ``ep.online.pp_prop``."""
     check_reg("pp_prop", reg)
-    plan = make_plan(model, order=0, depth="spatial", feedback=feedback, reg=reg is not None, where="pp_prop")
+    plan = same_step_plan(model, feedback=feedback, reg=reg is not None, where="pp_prop")
     decays = _decays(plan, decay)
-    if plan.filter_top:  # the same-step signal: the readout's leak reaches no trace (see pp_prop)
-        plan = plan._replace(layers=plan.layers[:-1] + (plan.top._replace(scalar=None),), filters=((),) * plan.R)
-    plan = plan._replace(neuron_major=False)  # every array batch first
     layers = layers_of(model)
     B = None if isinstance(feedback, str) else jnp.asarray(feedback)
     fwd = lambda params, carry, x, target: forward(plan, model, loss, B, params, carry, x, target)
 
     def init(params, batch_size, key=None):
-        dtype = accum_dtype(params)
-        shapes = state_shapes(plan, batch_size)
-        zeros = lambda tree: jax.tree_util.tree_map(lambda s: jnp.zeros(s, dtype), tree, is_leaf=is_shape)
-        R, ds = plan.R, plan.layers[: plan.R]
-        traces = PpTraces(
+        ds = plan.layers[: plan.R]
+        traces = lambda dtype, readout: PpTraces(
             tuple(jnp.zeros((batch_size, d.m), dtype) for d in ds),
             tuple(jnp.zeros((batch_size, d.n, d.s, d.k), dtype) for d in ds),
             tuple(jnp.ones((batch_size,), dtype) for _ in ds),
-            zeros(shapes.traces.readout),
+            readout,
         )
-        grads = zeros(shapes.grads)
-        if plan.top is None:  # a readout that is not a neuron cell: its gradient follows its parameters
-            grads += (jax.tree_util.tree_map(lambda w: jnp.zeros(w.shape, dtype), params[R]),)
-        return new_state(model, params, batch_size, traces, grads, reg, zeros(shapes.reg_traces), key)
+        return factored_state(plan, model, reg, params, batch_size, key, traces)
 
     def step(params, state, x, target):
         x, target = check_step("pp_prop", model, loss, params, state, x, target)

@@ -114,6 +114,19 @@ def init_state(plan: TracePlan, model: Cell, reg, params, batch_size: int, key=N
     return new_state(model, params, batch_size, traces, grads, reg, zeros(shapes.reg_traces), key)
 
 
+def factored_state(plan: TracePlan, model: Cell, reg, params, batch_size: int, key, make_traces):
+    """The zero online state of a rule on :func:`~eproptax._plan.same_step_plan` whose per-layer traces are
+    its own: ``make_traces(dtype, readout)`` builds them around the readout's zero e-prop trace."""
+    dtype = accum_dtype(params)
+    shapes = state_shapes(plan, batch_size)
+    zeros = lambda tree: jax.tree_util.tree_map(lambda s: jnp.zeros(s, dtype), tree, is_leaf=is_shape)
+    grads = zeros(shapes.grads)
+    if plan.top is None:  # a readout that is not a neuron cell: its gradient follows its parameters
+        grads += (jax.tree_util.tree_map(lambda w: jnp.zeros(w.shape, dtype), params[plan.R]),)
+    traces = make_traces(dtype, zeros(shapes.traces.readout))
+    return new_state(model, params, batch_size, traces, grads, reg, zeros(shapes.reg_traces), key)
+
+
 def trace_step(plan: TracePlan, layers, reg, fwd, params, state, x, target):
     """One step over the batch: forward per example, own traces at batch level, dense levels per example,
     then filters, the regulariser's sums and the gradients; returns ``(state, outputs)``."""
