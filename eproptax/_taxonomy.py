@@ -144,13 +144,14 @@ def plot(rows: list[dict], path: str) -> str | None:
     cells = list(dict.fromkeys(r["cell"] for r in rows))
     fig, axes = plt.subplots(1, len(cells), figsize=(3.3 * len(cells) + 2.2, 3.6), sharey=True, squeeze=False)
     peak = max((r["peak_bytes"] or 1) for r in rows)
-    style = {p.label: (f"C{i % 10}", "osD^v<>ph*"[i % 10]) for i, p in enumerate(PLACES)}
+    tab20 = plt.get_cmap("tab20")  # the dark of each pair first, then the light: 20 colours, 12 markers
+    style = {p.label: (tab20((2 * i) % 20 + (2 * i) // 20), "osD^v<>ph*XP"[i % 12]) for i, p in enumerate(PLACES)}
     for ax, cell in zip(axes[0], cells):
         for r in (r for r in rows if r["cell"] == cell):
             colour, marker = style[r["label"]]
             error = max(1.0 - r["cosine"], FLOOR)
             size = 25 + 500 * (r["peak_bytes"] or 0) / peak
-            ax.scatter(r["ms_per_step"], error, s=size, c=colour, marker=marker, alpha=0.8, label=r["label"])
+            ax.scatter(r["ms_per_step"], error, s=size, color=colour, marker=marker, alpha=0.8, label=r["label"])
         ax.set(xscale="log", yscale="log", title=f"{cell.upper()}", xlabel="ms per step")
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.axhline(FLOOR, color="0.6", lw=0.8, ls=":")
