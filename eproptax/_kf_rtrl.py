@@ -13,7 +13,7 @@ from ._contract import result
 from ._engine import FiringRateReg, OnlineRule, reset, scan_rule
 from ._forward import forward
 from ._plan import StepCost, TracePlan, is_shape, same_step_plan, state_shapes
-from ._traces import factored_state, readout_step
+from ._traces import init_state, readout_step
 from ._typing import GradFn, LossFn
 from ._validate import check_key, check_step
 
@@ -101,7 +101,7 @@ def online_kf_rtrl(model: Cell, loss: LossFn, *, reg: FiringRateReg | None = Non
             tuple(jnp.zeros((batch_size, d.n, d.s, d.n, d.k), dtype) for d in ds),
             readout,
         )
-        return factored_state(plan, model, None, params, batch_size, key, traces)
+        return init_state(plan, model, None, params, batch_size, key, traces)
 
     def step(params, state, x, target):
         x, target = check_step("kf_rtrl", model, loss, params, state, x, target)

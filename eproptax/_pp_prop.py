@@ -15,7 +15,7 @@ from ._engine import FiringRateReg, OnlineRule, reset, scan_rule
 from ._forward import forward
 from ._hyper import check_reg
 from ._plan import StepCost, TracePlan, is_shape, same_step_plan, state_shapes
-from ._traces import factored_state, readout_step
+from ._traces import init_state, readout_step
 from ._typing import GradFn, LossFn
 from ._validate import check_step
 
@@ -102,7 +102,7 @@ def online_pp_prop(
             tuple(jnp.ones((batch_size,), dtype) for _ in ds),
             readout,
         )
-        return factored_state(plan, model, reg, params, batch_size, key, traces)
+        return init_state(plan, model, reg, params, batch_size, key, traces)
 
     def step(params, state, x, target):
         x, target = check_step("pp_prop", model, loss, params, state, x, target)

@@ -102,28 +102,19 @@ def online_traces(
     )
 
 
-def init_state(plan: TracePlan, model: Cell, reg, params, batch_size: int, key=None):
-    """The zero online state of ``batch_size`` examples, in the plan's shapes (:func:`~eproptax._plan.state_shapes`)."""
+def init_state(plan: TracePlan, model: Cell, reg, params, batch_size: int, key=None, make_traces=None):
+    """The zero online state of ``batch_size`` examples, in the plan's shapes (:func:`~eproptax._plan.state_shapes`).
+
+    ``make_traces(dtype, readout)``: for a rule that keeps per-layer traces of its own (``pp_prop``,
+    ``kf_rtrl``, on :func:`~eproptax._plan.same_step_plan`), its traces built around the readout's zero
+    e-prop trace; ``None``: the plan's."""
     dtype = accum_dtype(params)
     shapes = state_shapes(plan, batch_size)
     zeros = lambda tree: jax.tree_util.tree_map(lambda s: jnp.zeros(s, dtype), tree, is_leaf=is_shape)
     grads = zeros(shapes.grads)
     if plan.top is None:  # a readout that is not a neuron cell: its gradient follows its parameters
         grads += (jax.tree_util.tree_map(lambda w: jnp.zeros(w.shape, dtype), params[plan.R]),)
-    traces = zeros(shapes.traces)
-    return new_state(model, params, batch_size, traces, grads, reg, zeros(shapes.reg_traces), key)
-
-
-def factored_state(plan: TracePlan, model: Cell, reg, params, batch_size: int, key, make_traces):
-    """The zero online state of a rule on :func:`~eproptax._plan.same_step_plan` whose per-layer traces are
-    its own: ``make_traces(dtype, readout)`` builds them around the readout's zero e-prop trace."""
-    dtype = accum_dtype(params)
-    shapes = state_shapes(plan, batch_size)
-    zeros = lambda tree: jax.tree_util.tree_map(lambda s: jnp.zeros(s, dtype), tree, is_leaf=is_shape)
-    grads = zeros(shapes.grads)
-    if plan.top is None:  # a readout that is not a neuron cell: its gradient follows its parameters
-        grads += (jax.tree_util.tree_map(lambda w: jnp.zeros(w.shape, dtype), params[plan.R]),)
-    traces = make_traces(dtype, zeros(shapes.traces.readout))
+    traces = zeros(shapes.traces) if make_traces is None else make_traces(dtype, zeros(shapes.traces.readout))
     return new_state(model, params, batch_size, traces, grads, reg, zeros(shapes.reg_traces), key)
 
 
