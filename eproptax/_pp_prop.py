@@ -11,13 +11,13 @@ import jax.numpy as jnp
 from . import _hyper as hyper
 from ._cell import Cell, layers_of
 from ._contract import result
-from ._engine import FiringRateReg, OnlineRule, reset, scan_rule
+from ._engine import FiringRateReg, OnlineRule, reset, scan_rule, time_major
 from ._forward import forward
 from ._hyper import check_reg
 from ._plan import StepCost, TracePlan, is_shape, same_step_plan, state_shapes
 from ._traces import init_state, readout_step
 from ._typing import GradFn, LossFn
-from ._validate import check_step
+from ._validate import cast_data, check_step, float_dtype
 
 
 class PpTraces(NamedTuple):
@@ -41,6 +41,12 @@ class PpPlan(NamedTuple):
 
     traces: TracePlan
     decays: tuple  # per recurrent layer, ``(a_x, a_f)``
+
+    @property
+    def gated(self) -> bool:
+        """Whether a recurrent layer has several synaptic entries (GRU, LSTM): the whole-sequence view then
+        runs in chunks by default (:data:`~eproptax.DEFAULT_CHUNK`), as e-prop's does."""
+        return self.traces.gated
 
     def cost(self, batch_size: int, itemsize: int = 4) -> StepCost:
         """The least work of one step: the state read and written once; the gradient's outer product,
@@ -104,17 +110,18 @@ def online_pp_prop(
         )
         return init_state(plan, model, reg, params, batch_size, key, traces)
 
-    def step(params, state, x, target):
-        x, target = check_step("pp_prop", model, loss, params, state, x, target)
+    def advance(params, state, x, target):
+        """One step without the recurrent layers' gradients: ``(state, y, (w, pre) per layer)``, their
+        gradient ``sum_b w[b] (x) pre[b]`` left to the caller (each step, or once per chunk)."""
         carry, steps, top, values, y, sig = jax.vmap(fwd, in_axes=(None, 0, 0, 0))(params, state.carry, x, target)
         old, batch, grads = state.traces, x.shape[0], list(state.grads)
-        pre, post, power, z_traces = [], [], [], {}
+        pre, post, power, z_traces, factors = [], [], [], {}, []
         for p, (a_x, a_f) in enumerate(decays):
             new = trace_update(a_x, a_f, steps[p], old.pre[p], old.post[p], old.power[p])
             pre, post, power = pre + [new[0]], post + [new[1]], power + [new[2]]
             eps_f, dtype = new[3], new[0].dtype
             w = jnp.einsum("bjc,bjck->bjk", sig.delta[p].astype(dtype), eps_f)  # the learning signal meets it
-            grads[p] = grads[p] + jnp.einsum("bjk,bi->jki", w, pre[p]) / batch
+            factors.append((w, pre[p]))
             if reg is not None:  # the z-space eligibility, summed over time for the rate's gradient
                 z_traces[(p, p)] = jnp.einsum("bjc,bjck,bi->bjki", steps[p].blk.dgdh.astype(dtype), eps_f, pre[p])
         readout, grads[plan.R] = readout_step(plan, grads[plan.R], sig, top, old.readout, batch)
@@ -128,11 +135,31 @@ def online_pp_prop(
         if reg is not None:
             reg_traces = {key: state.reg_traces[key] + z for key, z in z_traces.items()}
             state = state._replace(spikes=state.spikes + sig.z, reg_traces=reg_traces)
-        return state, y
+        return state, y, tuple(factors)
 
-    return OnlineRule(
-        init, step, lambda params, state: result(plan, layers, reg, params, state), reset, plan=PpPlan(plan, decays)
-    )
+    def with_gradients(state, factors, spec, batch):
+        grads = list(state.grads)
+        for p, (w, pre) in enumerate(factors):
+            grads[p] = grads[p] + jnp.einsum(spec, w, pre) / batch
+        return state._replace(grads=tuple(grads))
+
+    def step(params, state, x, target):
+        x, target = check_step("pp_prop", model, loss, params, state, x, target)
+        state, y, factors = advance(params, state, x, target)
+        return with_gradients(state, factors, "bjk,bi->jki", x.shape[0]), y
+
+    def chunk(params, state, inputs, targets):
+        """``K`` steps, the gradient's outer products summed over them in one contraction per layer: the
+        ``(n, k, m)`` accumulator is read and written once per chunk, not once per step."""
+        first = jax.tree_util.tree_map(lambda a: a[:, 0], targets)
+        check_step("pp_prop", model, loss, params, state, inputs[:, 0], first)
+        inputs, targets = cast_data(float_dtype("pp_prop", params), inputs, targets)
+        body = lambda state, xt: advance(params, state, *xt)[::2]
+        state, factors = jax.lax.scan(body, state, (jnp.swapaxes(inputs, 0, 1), time_major(targets)))
+        return with_gradients(state, factors, "tbjk,tbi->jki", inputs.shape[0])
+
+    rule_result = lambda params, state: result(plan, layers, reg, params, state)
+    return OnlineRule(init, step, rule_result, reset, chunk=chunk, plan=PpPlan(plan, decays))
 
 
 def pp_prop(
@@ -143,6 +170,7 @@ def pp_prop(
     feedback="symmetric",
     reg: FiringRateReg | None = None,
     unroll: int | None = None,
+    chunk: int | None = None,
 ) -> GradFn:
     """pp-prop (ES-D-RTRL; Wang et al. 2026, braintrace's ``pp_prop``): e-prop's trace as an outer product.
 
@@ -165,8 +193,9 @@ def pp_prop(
     trace cannot carry); the readout's own gradient is exact, as in e-prop.
 
     Memory per example ``O(m + n s k)`` per layer (e-prop: ``O(s n k m)``), time ``O(n k m)`` for the
-    gradient's outer product (one batched matrix product per step); with ``reg``, plus ``n k m`` per
-    example for the regulariser's time sum.
+    gradient's outer product (one batched matrix product per step, or per chunk of ``K`` steps, which then
+    keeps ``K (n k + m)`` more per example); with ``reg``, plus ``n k m`` per example for the regulariser's
+    time sum.
 
     Args:
       model: ``ep.cells.stack(recurrent layers..., readout)``, every recurrent layer a neuron cell.
@@ -177,6 +206,10 @@ def pp_prop(
       feedback: ``"symmetric"`` or a feedback matrix ``B`` ``(n_rec, n_out)``, as in :func:`eprop`.
       reg: optional :class:`~eproptax.FiringRateReg`.
       unroll: time steps per iteration of the whole-sequence scan: the speed, not the result.
+      chunk: time steps whose gradient contributions are summed in one contraction per layer (the
+        ``(n, k, m)`` accumulator then moves once per chunk). ``None``, the default: the platform's
+        :data:`eproptax.DEFAULT_CHUNK` for a network with a gated layer (GRU, LSTM), else 1, as in
+        :func:`eprop`. The speed, not the result (up to rounding).
 
     Returns:
       ``grad_fn(params, inputs, targets) -> (loss, grads)``.
@@ -191,4 +224,4 @@ def pp_prop(
       neural networks", Nature Communications (2026).
     """
     online = online_pp_prop(model, loss, decay, feedback=feedback, reg=reg)
-    return scan_rule("pp_prop", model, loss, online, unroll)
+    return scan_rule("pp_prop", model, loss, online, unroll, chunk)

@@ -248,7 +248,7 @@ RULES: Mapping[str, RuleInfo] = types.MappingProxyType(
                 online_pp_prop,
                 (_DECAY,),
                 feedback=True,
-                chunk=False,
+                chunk=True,
                 rows=(
                     Row(
                         "",

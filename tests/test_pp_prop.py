@@ -85,9 +85,17 @@ def reference(model, params, inputs, targets, a_x, a_f):
 
 @pytest.mark.parametrize("cell", ["alif", "gru"])
 def test_equals_its_equations_in_a_python_loop(cell):
+    """On the GRU also in chunks of 4 steps (T = 6: one chunk, then two steps), reg included."""
     model, params, inputs, targets = network(cell)
     _, grads = jax.jit(ep.pp_prop(model, mse, (0.6, 0.3)))(params, inputs, targets)
     assert_close(grads, reference(model, params, inputs, targets, 0.6, 0.3), 1e-12, f"pp_prop on {cell}")
+    if cell == "gru":
+        _, chunked = jax.jit(ep.pp_prop(model, mse, (0.6, 0.3), chunk=4))(params, inputs, targets)
+        assert_close(chunked, grads, 1e-12, "pp_prop in chunks")
+        reg = ep.FiringRateReg(0.5, 0.1)
+        step_reg = jax.jit(ep.pp_prop(model, mse, (0.6, 0.3), reg=reg, chunk=1))(params, inputs, targets)
+        chunk_reg = jax.jit(ep.pp_prop(model, mse, (0.6, 0.3), reg=reg, chunk=4))(params, inputs, targets)
+        assert_close(chunk_reg, step_reg, 1e-12, "pp_prop with reg in chunks")
 
 
 def test_equals_eprop_on_lif_and_differs_on_alif():
