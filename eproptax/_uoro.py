@@ -100,8 +100,8 @@ def _signs(key, shape, dtype):
     and the key that follows, from one ``jax.random.split`` of ``key``.
 
     The split's extra keys are random words, every bit of which gives one sign: one hash of a few words per
-    step, where ``jax.random.rademacher`` after a split hashes twice (one word per sign). On the CPU, where
-    each hash is a loop of its own, that is about 2 us per step against 10 us (``C = 130``)."""
+    step, where ``jax.random.rademacher`` after a split hashes twice (one word per sign): on the CPU each
+    hash is a loop of its own."""
     typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
     words_per_key = (jax.random.key_data(key) if typed else key).size
     n = math.prod(shape)
@@ -257,8 +257,8 @@ def uoro(model: Cell, loss: LossFn, *, reg: FiringRateReg | None = None, unroll:
     each step recomputes) gets no sign and a zero row in ``s~`` (so it stays out of the norms too), found
     once per trace from the jaxpr of ``model.apply`` (and, with ``reg``, of the recurrent outputs). Still
     unbiased for all the gradient uses: ``J`` and ``d loss_t / d carry^{t-1}`` have zero columns there, so
-    the estimate of the read rows of ``M^t`` follows the same induction. Signs on them added variance only
-    (the mean of 256 keys on LIF(128) with ``ep.cells.readout``: off BPTT by 2.7, now 1.3).
+    the estimate of the read rows of ``M^t`` follows the same induction. Signs on them would add variance
+    only (benchmarks/README.md, "Peers", compares the mean over keys with braintrace's).
 
     Works on every cell (only ``model.apply`` is differentiated). Memory per example ``O(C + |theta|)``,
     independent of ``T`` (with ``reg``, plus ``n_rec x |theta|`` per example, RTRL-sized); time per step
