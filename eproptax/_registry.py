@@ -237,8 +237,8 @@ RULES: Mapping[str, RuleInfo] = types.MappingProxyType(
                         "n=2",
                         "approximate: drops the influence outside what the one-step pattern reaches in `n` steps;"
                         " exact when that is dense (a dense recurrent layer)",
-                        "`O(n s |theta|)`, as `rtrl` (the mask is applied to a dense influence)",
-                        "as `rtrl`",
+                        "`O(r |theta|)`, `r` the state variables one neuron reaches (`n s`, as `rtrl`, when dense)",
+                        "`O(r^2 |theta|)`",
                     ),
                 ),
             ),

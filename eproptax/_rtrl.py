@@ -111,10 +111,13 @@ def online_rtrl(model: Cell, loss: LossFn, *, reg: FiringRateReg | None = None) 
     return influence_rule("rtrl", model, loss, reg)
 
 
-def influence_rule(where: str, model: Cell, loss: LossFn, reg: FiringRateReg | None, example=None) -> OnlineRule:
-    """RTRL's online rule: the influence ``M^T`` per layer, ``(batch, |carry|) + columns``. ``example(model,
-    loss, reg, params, carry, influence, x, target)`` is one example's step (:func:`_example`'s outputs); SnAp-n
-    (:func:`~eproptax.snap`) gives its masked one."""
+def influence_rule(
+    where: str, model: Cell, loss: LossFn, reg: FiringRateReg | None, example=None, zeros=None, plan=None
+) -> OnlineRule:
+    """RTRL's online rule: the influence ``M^T`` per layer, ``(batch, |carry|) + columns``. SnAp-n
+    (:func:`~eproptax.snap`) gives its own ``example(model, loss, reg, params, carry, influence, x, target)``
+    (one example's step, :func:`_example`'s outputs), ``zeros(batch_size, dtype)`` (the initial influence)
+    and ``plan``."""
     check_reg(where, reg)
     example_step = example or _example
 
@@ -122,7 +125,10 @@ def influence_rule(where: str, model: Cell, loss: LossFn, reg: FiringRateReg | N
         c_vec, _ = _ravel_float(model.init_carry(params))
         dtype = accum_dtype(params)
         cols = _columns(model, params)
-        influence = tuple(jnp.zeros((batch_size, c_vec.size) + P, dtype) for P in cols)  # M^T per layer
+        if zeros is None:
+            influence = tuple(jnp.zeros((batch_size, c_vec.size) + P, dtype) for P in cols)  # M^T per layer
+        else:
+            influence = zeros(batch_size, dtype)
         sizes = [math.prod(P) for P in cols]
         reg_traces = None
         if reg is not None:
@@ -165,7 +171,7 @@ def influence_rule(where: str, model: Cell, loss: LossFn, reg: FiringRateReg | N
                 out.append(ravel_pytree(p)[1](g.astype(dtype)))
         return value, _from_layers(model, out)
 
-    return OnlineRule(init, step, result, reset, plan=_plan(model, reg is not None))
+    return OnlineRule(init, step, result, reset, plan=plan or _plan(model, reg is not None))
 
 
 def _one_step(model: Cell, params, unravel_c, x):
@@ -235,16 +241,17 @@ def _example(model: Cell, loss: LossFn, reg, params, carry, influence, x, target
     return new_carry, tuple(new_influence), value, out, tuple(grads), reg_extras(model, reg, new_carry, new_influence)
 
 
-def reg_extras(model: Cell, reg, carry, influence) -> tuple:
+def reg_extras(model: Cell, reg, carry, influence, contract=None) -> tuple:
     """With ``reg``: ``(z, dz/dtheta)``, the recurrent outputs of ``carry`` and their influence rows (``dz/dc
-    M`` per layer, ``(n_rec, |columns|)``); ``()`` without."""
+    M`` per layer, ``(n_rec, |columns|)``, or ``contract(dz/dc, layer, M)``); ``()`` without."""
     if reg is None:
         return ()
     vec, unravel = _ravel_float(carry)
     z_of = lambda c: recurrent_outputs(model, unravel(c))
-    dtype = influence[0].dtype
+    dtype = jax.tree_util.tree_leaves(influence)[0].dtype
     dz_dc = jax.jacfwd(z_of)(vec).astype(dtype)
-    return z_of(vec).astype(dtype), tuple(dz_dc @ M.reshape(M.shape[0], -1) for M in influence)
+    contract = contract or (lambda dz, q, M: dz @ M.reshape(M.shape[0], -1))
+    return z_of(vec).astype(dtype), tuple(contract(dz_dc, q, M) for q, M in enumerate(influence))
 
 
 def rtrl(model: Cell, loss: LossFn, *, reg: FiringRateReg | None = None, unroll: int | None = None) -> GradFn:

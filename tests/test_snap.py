@@ -17,10 +17,10 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 import eproptax as ep
+import eproptax._snap
 from eproptax._cell import float_state, with_float_state
 from eproptax._engine import scan_rule
-from eproptax._rtrl import influence_rule
-from eproptax._snap import _masked_example, reach
+from eproptax._snap import Block, masked_rule, reach
 
 F64 = jnp.float64
 N_IN, N, N_OUT, T, BATCH = 3, 4, 2, 7, 2
@@ -132,7 +132,7 @@ def test_online_steps_and_chunks_equal_the_whole_sequence():
     assert_tree_close(chunked, whole, 1e-12)
 
 
-def ring_rnn(n_in, n, hops=(1,)):
+def ring_rnn(n_in, n, hops=(1,), gain=1.0):
     """A tanh RNN whose recurrent weights are masked to a ring: neuron ``j`` reads ``j +- h`` for ``h`` in
     ``hops`` (no autapse), so SnAp-n's pattern grows by one neighbour on each side per step."""
     offsets = (np.arange(n)[:, None] - np.arange(n)[None, :]) % n
@@ -151,13 +151,13 @@ def ring_rnn(n_in, n, hops=(1,)):
         n_out=n,
         init=init,
         init_carry=lambda p: jnp.zeros(n, F64),
-        synapse=lambda p, x, z: (p["w_in"] @ x + (ring * p["w_rec"]) @ z + p["b"])[:, None],
+        synapse=lambda p, x, z: (p["w_in"] @ x + gain * (ring * p["w_rec"]) @ z + p["b"])[:, None],
         dynamics=lambda h, a: jnp.tanh(a[:, 0]),
         output=lambda h: h,
     )
 
 
-def masked_rtrl(model, params, inputs, targets, n):
+def masked_rtrl(model, params, inputs, targets, n, reg=None):
     """SnAp-n by its definition on a stack of two layers, on flattened states and parameters. The pattern is
     the whole stack's one-step Jacobians' at a random point (``I = dF/dtheta != 0``, ``A = dF/dc != 0``),
     ``mask = I or A I or ... or A^(n-1) I``. Layer by layer, each masked after its update::
@@ -165,7 +165,8 @@ def masked_rtrl(model, params, inputs, targets, n):
       M0 = mask0 * (dF0/dc0 M0 + dF0/dtheta)
       M1 = mask1 * (dF1/dc1 M1 + dF1/dc0' M0 + dF1/dtheta)      (c0' the new state of layer 0)
 
-    and ``grad += dloss_t/dc1 M1``: the loss of step ``t`` meets the masked influence of the new state."""
+    and ``grad += dloss_t/dc1 M1``: the loss of step ``t`` meets the masked influence of the new state. With
+    ``reg``, the rates' gradient ``c_reg (r_j - f) / T sum_t dz_j/dc0 M0`` is added per example."""
     theta, unravel = ravel_pytree(params)
     c0, unravel_c = ravel_pytree(model.init_carry(params))
     size0 = ravel_pytree(model.init_carry(params)[0])[0].size
@@ -186,9 +187,11 @@ def masked_rtrl(model, params, inputs, targets, n):
         u = bottom.output(unravel_l(c0_new, c1v)[0])
         return ravel_pytree(top.apply(unravel(th)[1], unravel_l(c0_new, c1v)[1], u)[0])[0]
 
+    z_of = lambda c0v: bottom.output(unravel_l(c0v, jnp.zeros(c0.size - size0))[0])
+
     @jax.jit
     def body(carry, xy):
-        c, M, grad = carry
+        (c, M, grad), (zsum, dzsum) = carry
         (c0v, c1v), (M0, M1), x = split(c), split(M), xy[0]
         J00, I0 = jax.jacfwd(f0, argnums=(0, 1))(c0v, theta, x)
         new0 = f0(c0v, theta, x)
@@ -197,11 +200,18 @@ def masked_rtrl(model, params, inputs, targets, n):
         M1 = jnp.where(mask[size0:], J11 @ M1 + J10 @ M0 + I1, 0.0)
         new1 = f1(c1v, new0, theta)
         g = jax.grad(lambda c1: mse(top.output(unravel_l(new0, c1)[1]), xy[1]))(new1)
-        return (jnp.concatenate([new0, new1]), jnp.concatenate([M0, M1]), grad + g @ M1), None
+        rates = (zsum + z_of(new0), dzsum + jax.jacfwd(z_of)(new0) @ M0)
+        return ((jnp.concatenate([new0, new1]), jnp.concatenate([M0, M1]), grad + g @ M1), rates), None
 
     def one(x_seq, y_seq):
+        n_z = z_of(c0[:size0]).size
         init = (c0, jnp.zeros((c0.size, theta.size), F64), jnp.zeros_like(theta))
-        return jax.lax.scan(body, init, (x_seq, y_seq))[0][-1]
+        (*_, grad), (zsum, dzsum) = jax.lax.scan(
+            body, (init, (jnp.zeros(n_z), jnp.zeros((n_z, theta.size)))), (x_seq, y_seq)
+        )[0]
+        if reg is None:
+            return grad
+        return grad + reg.c_reg * (zsum / T - reg.f_target) / T @ dzsum
 
     return unravel(jnp.mean(jax.vmap(one)(inputs, targets), axis=0)), mask.mean()
 
@@ -247,8 +257,7 @@ def test_snap_n_is_rtrl_when_the_pattern_is_complete(cell, readout, layers):
     rtrl = jax.jit(ep.rtrl(model, mse))
     snap = ep.snap(model, mse, 2)
     assert jax.jit(snap).lower(params, inputs, targets).as_text() == rtrl.lower(params, inputs, targets).as_text()
-    layered = influence_rule("snap", model, mse, None, lambda *a: _masked_example(masks, *a))
-    layered = jax.jit(scan_rule("snap", model, mse, layered))
+    layered = jax.jit(scan_rule("snap", model, mse, masked_rule(model, mse, None, masks)))
     assert_tree_close(layered(params, inputs, targets), rtrl(params, inputs, targets), 1e-12)
 
 
@@ -279,3 +288,80 @@ def test_snap_n_needs_neuron_layers():
     model = ep.cells.stack(hidden._replace(synapse=None), ep.cells.readout(N, N_OUT, dtype=F64))
     with pytest.raises(ValueError, match=r"snap: with n >= 2 every layer must be a neuron cell .* got layer 0"):
         ep.snap(model, mse, n=2)
+
+
+def test_snap_n_with_reg_is_masked_rtrl():
+    """The firing-rate regulariser's gradient runs on the kept entries too: ``dz/dc M0`` summed over time."""
+    model, params, inputs, targets = ring_network("leaky")
+    reg = ep.FiringRateReg(0.3, 0.1)
+    _, grads = jax.jit(ep.snap(model, mse, 2, reg=reg))(params, inputs, targets)
+    reference, _ = masked_rtrl(model, params, inputs, targets, 2, reg)
+    assert_tree_close(grads, reference, 1e-12)
+
+
+def ring_stack(n):
+    model = ep.cells.stack(ring_rnn(N_IN, n), ep.cells.readout(n, N_OUT, dtype=F64))
+    return model, model.init(jax.random.key(3))
+
+
+def test_snap_n_stores_only_the_patterns_entries():
+    """On a ring, SnAp-2 reaches each neuron and its two neighbours: the hidden layer's block keeps 3 rows per
+    neuron, not RTRL's ``n``; its parameters reach every readout unit; the readout's parameters reach only their
+    own unit, and never the layer below. The plan counts the state it makes."""
+    n = 12
+    model, params = ring_stack(n)
+    rule = ep.online.snap(model, mse, 2)
+    state = jax.eval_shape(lambda p: rule.init(p, BATCH), params)
+    widths = jax.tree_util.tree_map(lambda a: a.shape[2], state.traces)
+    assert widths == ((3, N_OUT), (None, 1))
+    size = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree_util.tree_leaves(state))
+    assert rule.plan.cost(BATCH, itemsize=8).state_bytes == size
+
+
+def against_rtrl():
+    """SnAp-2's compiled whole-sequence program on a ring of 24 (3 of 24 rows kept), as fractions of RTRL's:
+    ``(temporary bytes, FLOPs)``."""
+    model, params = ring_stack(24)
+    inputs = jnp.zeros((BATCH, T, N_IN), F64)
+    targets = jnp.zeros((BATCH, T, N_OUT), F64)
+
+    def measure(grad_fn):
+        compiled = jax.jit(grad_fn).lower(params, inputs, targets).compile()
+        cost = compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, list) else cost
+        return np.array([compiled.memory_analysis().temp_size_in_bytes, cost["flops"]])
+
+    return measure(ep.snap(model, mse, 2)) / measure(ep.rtrl(model, mse))
+
+
+def test_snap_n_memory_and_work_follow_the_pattern():
+    """Measured 0.20 and 0.10: no dense influence is built and then masked."""
+    memory, work = against_rtrl()
+    assert memory < 0.3 and work < 0.3, (memory, work)
+
+
+def test_a_dense_masked_influence_fails_that_bound(monkeypatch):
+    """The control: every block stored whole, the mask applied to it (the layout of a traced pattern), costs
+    what RTRL costs (measured 1.64 and 1.03)."""
+
+    def dense(masks, sizes):
+        split = np.cumsum([0, *sizes])
+        return tuple(tuple(Block(None, m[split[l] : split[l + 1]].T) for l in range(len(sizes))) for m in masks)
+
+    monkeypatch.setattr(eproptax._snap, "layout", dense)
+    memory, work = against_rtrl()
+    assert memory > 0.9 and work > 0.9, (memory, work)
+
+
+def test_a_traced_pattern_gives_the_same_gradients():
+    """A cell built inside ``jax.vmap`` over a gain on its recurrent weights has a traced pattern: every block is
+    stored whole with the traced mask applied, and the gradients are those of the cells built one by one."""
+    _, params, inputs, targets = ring_network()
+    top = ep.cells.readout(RING, N_OUT, dtype=F64)
+    grads_at = lambda gain: ep.snap(ep.cells.stack(ring_rnn(N_IN, RING, gain=gain), top), mse, 2)(
+        params, inputs, targets
+    )
+    gains = jnp.array([1.0, 0.5], F64)
+    batched = jax.jit(jax.vmap(grads_at))(gains)
+    for i, gain in enumerate([1.0, 0.5]):
+        assert_tree_close(jax.tree_util.tree_map(lambda a: a[i], batched), jax.jit(lambda: grads_at(gain))(), 1e-12)
