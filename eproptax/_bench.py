@@ -61,7 +61,7 @@ class RuleSpec(NamedTuple):
     name: str
     layers: int  # recurrent layers of the network it runs on
     readout: str  # "leaky" or "stateless"
-    kind: str  # "forward", "bptt", "rtrl", "traces", or "other" (a rule of the zoo: roofline where it has a plan)
+    kind: str  # "forward", "bptt", "rtrl", "traces", or "other" (a rule of the zoo)
     rule: Callable  # (model, loss, **options) -> the public whole-sequence function, with its defaults
     online: Callable | None = None  # (model, loss) -> its online rule (state size and roofline)
 
@@ -107,8 +107,8 @@ _MEASURED = (
 _COVERED = {spec.rule.args[0] for spec in _MEASURED if isinstance(spec.rule, functools.partial)}  # rule names
 RULES = _MEASURED + tuple(_spec(name, 1, "leaky", "other", name) for name in REGISTRY if name not in _COVERED)
 """The benchmark's rows: every rule of ``ep.rules`` (a rule registered without a row here runs at its defaults
-on the one-layer leaky network, with a roofline where its online form has a plan), with the forward pass and the
-network variants."""
+on the one-layer leaky network, with the roofline of its online form), with the forward pass and the network
+variants."""
 
 
 def rule_rows(
@@ -144,7 +144,7 @@ def rule_rows(
             cell, spec, prob, n_in=n_in, hidden=hidden, time_steps=time_steps, batch=batch, repeats=repeats, cache=cache
         )
         _attach_references(row, out, spec.kind, variant, refs)
-        if online is not None and online.plan is not None:  # a rule whose plan counts its useful work
+        if online is not None:  # its plan's closed form, or (without a plan) its state's bytes
             row.update(roofline(online, prob, spec.kind, row["per_step_s"], hw))
         rows.append(row)
         if log:
