@@ -99,6 +99,10 @@ def make_cell(
               output=jnp.tanh,
               leak=(lam, 1 - lam))
 
+    Sparse or sign-constrained connectivity (docs/cells.md) goes in ``synapse``: multiply each weight by its
+    boolean mask there (``(p["w_rec"] * mask) @ z``), and for Dale's law use ``dale[None, :] *
+    jnp.abs(p["w_rec"])``; every rule differentiates through it, so a masked weight gets zero gradient.
+
     Args:
       n_in: input width.
       n_out: number of neurons (the output width).

@@ -14,6 +14,7 @@ import numpy as np
 
 from .. import _hyper
 from .._cell import Cell, make_cell
+from ._connectivity import check_dale, check_mask, constrain, fan_in
 
 
 class RNNState(NamedTuple):
@@ -85,26 +86,49 @@ def _state_carry(state_type, n_fields, n_rec, leaf):
     return lambda params: state_type(*[jnp.zeros(n_rec, params[leaf]["kernel"].dtype)] * n_fields)
 
 
-def rnn(n_in: int, n_rec: int, *, dtype=jnp.float32) -> Cell:
+def rnn(n_in: int, n_rec: int, *, mask_in=None, mask_rec=None, dale=None, dtype=jnp.float32) -> Cell:
     """An Elman tanh RNN layer (flax ``SimpleCell``): ``h^t = tanh(x^t W_i + b_i + h^{t-1} W_h)``.
 
     Params ``{"i": {"kernel", "bias"}, "h": {"kernel"}}`` (flax's tree); one gate (``k = 1``), no implicit
     recurrence. ``n_in`` and ``n_rec`` are positive ints, ``dtype`` a floating dtype (checked when built).
+
+    Connectivity, as for :func:`lif` but in flax's ``(pre, post)`` orientation: ``mask_in`` ``(n_in, n_rec)``
+    and ``mask_rec`` ``(n_rec, n_rec)`` boolean masks of the kernels (transpose what :func:`fan_in_mask`
+    draws), and ``dale``, one sign per presynaptic neuron: the recurrent kernel used is ``dale[:, None] *
+    |W_h|``, and ``params["h"]["kernel"]`` holds the magnitudes. Masked-out weights get exactly zero gradient.
     """
     _check_sizes("rnn", n_in, n_rec, dtype)
+    check_mask("rnn", "mask_in", mask_in, (n_in, n_rec))
+    check_mask("rnn", "mask_rec", mask_rec, (n_rec, n_rec))
+    check_dale("rnn", dale, n_rec)
+    dense_init = _dense_init({"i": True, "h": False}, n_in, n_rec, dtype)
+
+    def init(key):
+        params = dense_init(key)
+        w_in, w_rec = params["i"]["kernel"], params["h"]["kernel"]
+        w_in = w_in * jnp.sqrt(n_in / fan_in(mask_in, n_in, pre_axis=0)).astype(dtype)
+        w_rec = w_rec * jnp.sqrt(n_rec / fan_in(mask_rec, n_rec, pre_axis=0)).astype(dtype)
+        w_rec = w_rec if dale is None else jnp.abs(w_rec)  # magnitudes: the kernel used is dale * |W_h|
+        return {"i": {**params["i"], "kernel": constrain(w_in, mask_in)}, "h": {"kernel": constrain(w_rec, mask_rec)}}
 
     def synapse(params, x, z_prev):
-        return (_dense(params, "i", x) + _dense(params, "h", z_prev))[:, None]
+        w_in = constrain(params["i"]["kernel"], mask_in)
+        w_rec = constrain(params["h"]["kernel"], mask_rec, dale, pre_axis=0)
+        return (x @ w_in + params["i"]["bias"] + z_prev @ w_rec)[:, None]
 
     return make_cell(
         n_in=n_in,
         n_out=n_rec,
-        init=_dense_init({"i": True, "h": False}, n_in, n_rec, dtype),
+        init=init if (mask_in is not None or mask_rec is not None or dale is not None) else dense_init,
         init_carry=_state_carry(RNNState, 1, n_rec, "i"),
-        synapse=synapse,
+        synapse=synapse if (mask_in is not None or mask_rec is not None or dale is not None) else _plain_synapse,
         dynamics=lambda h, a: RNNState(jnp.tanh(a[:, 0]).astype(h.h.dtype)),
         output=lambda h: h.h,
     )
+
+
+def _plain_synapse(params, x, z_prev):
+    return (_dense(params, "i", x) + _dense(params, "h", z_prev))[:, None]
 
 
 def lstm(n_in: int, n_rec: int, *, dtype=jnp.float32) -> Cell:

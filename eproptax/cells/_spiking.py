@@ -7,6 +7,7 @@ import jax.numpy as jnp
 
 from .. import _hyper
 from .._cell import Cell, make_cell
+from ._connectivity import check_dale, check_mask, constrain, fan_in
 from ._surrogate import SURROGATES, spike_fn
 
 
@@ -31,28 +32,36 @@ class ALIFState(NamedTuple):
     refractory: jax.Array
 
 
-def _recurrent_init(n_in, n_rec, autapses, dtype):
+def _recurrent_init(n_in, n_rec, dtype, mask_in, mask_rec, dale, scale_rec):
+    """``scale_rec``: the user's recurrent mask, whose fan-in sets the scale (the diagonal does not count)."""
+
     def init(key):
         k_in, k_rec = jax.random.split(key)
-        w_rec = jax.random.normal(k_rec, (n_rec, n_rec), dtype) / jnp.sqrt(n_rec).astype(dtype)
-        if not autapses:
-            w_rec = w_rec * (1 - jnp.eye(n_rec, dtype=dtype))
-        return {
-            "w_in": jax.random.normal(k_in, (n_rec, n_in), dtype) / jnp.sqrt(n_in).astype(dtype),
-            "w_rec": w_rec,
-        }
+        w_in = jax.random.normal(k_in, (n_rec, n_in), dtype) / jnp.sqrt(fan_in(mask_in, n_in)).astype(dtype)
+        w_rec = jax.random.normal(k_rec, (n_rec, n_rec), dtype) / jnp.sqrt(fan_in(scale_rec, n_rec)).astype(dtype)
+        if dale is not None:  # stored as magnitudes: the cell's weight is dale * |w|
+            w_rec = jnp.abs(w_rec)
+        return {"w_in": constrain(w_in, mask_in), "w_rec": constrain(w_rec, mask_rec)}
 
     return init
 
 
-def _recurrent_synapse(n_rec, autapses):
-    mask = None if autapses else 1.0 - jnp.eye(n_rec)
-
+def _recurrent_synapse(mask_in, mask_rec, dale):
     def synapse(params, x, z_prev):
-        w_rec = params["w_rec"] if mask is None else params["w_rec"] * mask.astype(params["w_rec"].dtype)
-        return (params["w_in"] @ x + w_rec @ z_prev)[:, None]
+        return (constrain(params["w_in"], mask_in) @ x + constrain(params["w_rec"], mask_rec, dale) @ z_prev)[:, None]
 
     return synapse
+
+
+def _recurrent_masks(where, n_in, n_rec, autapses, mask_in, mask_rec, dale):
+    """``(mask_in, mask_rec)`` checked, the recurrent one without the diagonal when ``autapses`` is off."""
+    check_mask(where, "mask_in", mask_in, (n_rec, n_in))
+    check_mask(where, "mask_rec", mask_rec, (n_rec, n_rec))
+    check_dale(where, dale, n_rec)
+    if not autapses:
+        off_diagonal = ~jnp.eye(n_rec, dtype=bool)
+        mask_rec = off_diagonal if mask_rec is None else jnp.asarray(mask_rec) & off_diagonal
+    return mask_in, mask_rec
 
 
 def _refractory_counter(z_prev, refractory_prev, n_refractory):
@@ -92,6 +101,9 @@ def lif(
     n_refractory=0,
     detach_reset: bool = True,
     autapses: bool = False,
+    mask_in=None,
+    mask_rec=None,
+    dale=None,
     surrogate: str = "piecewise_linear",
     surrogate_height=10.0,
     surrogate_width=None,
@@ -114,6 +126,15 @@ def lif(
     ``autapses=False`` (the default, as in NEST's and Bellec et al.'s networks) the diagonal of ``w_rec``
     is masked in the synapse, so it has no effect and gets a zero gradient.
 
+    Sparse and sign-constrained connectivity (docs/cells.md): ``mask_in`` and ``mask_rec`` are boolean
+    ``(n_rec, n_in)`` and ``(n_rec, n_rec)`` masks (post x pre, as the weights; draw them with
+    :func:`bernoulli_mask` or :func:`fan_in_mask`). A masked-out weight is multiplied by zero in the synapse:
+    no effect, exactly zero gradient under every rule, stored as zero by ``init``, whose scale is
+    ``1 / sqrt`` of the mean fan-in. ``dale`` holds one sign (+1 excitatory, -1 inhibitory) per
+    presynaptic recurrent neuron (:func:`dale_signs`); the recurrent weight the cell uses is then
+    ``dale[i] * |w_rec[j, i]|``, so the signs hold under every rule and optimizer, and ``params["w_rec"]``
+    holds the magnitudes (a weight driven across zero comes back with its own sign).
+
     Every hyperparameter may be a traced JAX value, so ``jax.vmap`` over, say, ``tau_mem`` works when the
     cell is built inside the vmapped function.
 
@@ -130,6 +151,10 @@ def lif(
       n_refractory: steps blocked after each spike, an int ``>= 0``.
       detach_reset: whether the reset term is excluded from the gradient (a bool).
       autapses: whether neurons connect to themselves (a bool).
+      mask_in: ``None`` (all-to-all) or a boolean ``(n_rec, n_in)`` mask of the input synapses.
+      mask_rec: ``None`` or a boolean ``(n_rec, n_rec)`` mask of the recurrent synapses (the diagonal also
+        masked when ``autapses`` is off).
+      dale: ``None`` or ``(n_rec,)`` signs, +1 or -1, one per presynaptic recurrent neuron.
       surrogate: ``"piecewise_linear"``, ``"exponential"``, ``"fast_sigmoid"`` or ``"arctan"``.
       surrogate_height: the pseudo-derivative's height (NEST's ``surrogate_gradient_height``), finite and ``> 0``.
       surrogate_width: the pseudo-derivative's width in voltage, finite and ``> 0``; ``None`` means ``threshold``.
@@ -140,6 +165,7 @@ def lif(
       pre, as NEST) and carry :class:`LIFState`.
     """
     _check_neuron("lif", locals())  # first: locals() holds the arguments only
+    masks = _recurrent_masks("lif", n_in, n_rec, autapses, mask_in, mask_rec, dale)
     spike = spike_fn(surrogate)
     alpha = jnp.exp(-dt / jnp.asarray(tau_mem))
     gain = 1.0 - alpha if zeta is None else zeta
@@ -161,9 +187,9 @@ def lif(
     return make_cell(
         n_in=n_in,
         n_out=n_rec,
-        init=_recurrent_init(n_in, n_rec, autapses, dtype),
+        init=_recurrent_init(n_in, n_rec, dtype, *masks, dale, mask_rec),
         init_carry=init_carry,
-        synapse=_recurrent_synapse(n_rec, autapses),
+        synapse=_recurrent_synapse(*masks, dale),
         dynamics=dynamics,
         output=output,
         leak=(alpha, gain) if detach_reset else None,
@@ -183,6 +209,9 @@ def alif(
     n_refractory=0,
     detach_reset: bool = True,
     autapses: bool = False,
+    mask_in=None,
+    mask_rec=None,
+    dale=None,
     surrogate: str = "piecewise_linear",
     surrogate_height=10.0,
     surrogate_width=None,
@@ -212,13 +241,14 @@ def alif(
       beta: the adaptation strength, finite and ``>= 0`` (a scalar or one per neuron; ``0`` makes a neuron a
         LIF neuron). A negative ``beta`` would lower the threshold after each spike, a positive feedback that
         neither NEST (``adapt_beta >= 0``) nor Bellec et al. use, and is refused. ``None``: the default above.
-      n_in, n_rec, tau_mem, threshold, dt, zeta, n_refractory, detach_reset, autapses, surrogate,
-        surrogate_height, surrogate_width, dtype: as in :func:`lif`, with the same ranges.
+      n_in, n_rec, tau_mem, threshold, dt, zeta, n_refractory, detach_reset, autapses, mask_in, mask_rec,
+        dale, surrogate, surrogate_height, surrogate_width, dtype: as in :func:`lif`, with the same ranges.
 
     Returns:
       A neuron :class:`Cell` with the params of :func:`lif` and carry :class:`ALIFState`.
     """
     _check_neuron("alif", locals())  # first: locals() holds the arguments only
+    masks = _recurrent_masks("alif", n_in, n_rec, autapses, mask_in, mask_rec, dale)
     spike = spike_fn(surrogate)
     alpha = jnp.exp(-dt / jnp.asarray(tau_mem))
     rho = jnp.exp(-dt / jnp.asarray(tau_adapt))
@@ -246,9 +276,9 @@ def alif(
     return make_cell(
         n_in=n_in,
         n_out=n_rec,
-        init=_recurrent_init(n_in, n_rec, autapses, dtype),
+        init=_recurrent_init(n_in, n_rec, dtype, *masks, dale, mask_rec),
         init_carry=init_carry,
-        synapse=_recurrent_synapse(n_rec, autapses),
+        synapse=_recurrent_synapse(*masks, dale),
         dynamics=dynamics,
         output=output,
         leak=((alpha, gain), None) if detach_reset else None,
