@@ -7,6 +7,7 @@ from ._bptt import bptt as bptt
 from ._cell import Cell as Cell
 from ._checks import check_finite as check_finite
 from ._deep_eprop import deep_eprop as deep_eprop
+from ._deep_r import deep_r as deep_r
 from ._engine import FiringRateReg as FiringRateReg
 from ._engine import OnlineRule as OnlineRule
 from ._engine import OnlineState as OnlineState

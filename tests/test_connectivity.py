@@ -232,3 +232,112 @@ def test_draws():
 def test_bad_connectivity(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Deep R
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_deep_r_removes_what_crossed_zero_and_draws_as_many_per_neuron():
+    key = jax.random.key(0)
+    mask = ep.cells.fan_in_mask(key, (40, 40), 8, autapses=False)
+    signs = jnp.where(jax.random.bernoulli(jax.random.key(1), 0.8, (1, 40)), 1.0, -1.0)  # per presynaptic neuron
+    w = jnp.where(mask, signs * jax.random.uniform(jax.random.key(2), (40, 40), minval=-0.3, maxval=1.0), 0.0)
+    crossed = np.asarray(mask & (w * signs < 0))
+    new_w, new_mask = ep.deep_r(jax.random.key(3), w, mask, signs, autapses=False)
+    new_w, new_mask, old = np.asarray(new_w), np.asarray(new_mask), np.asarray(mask)
+    assert crossed.sum() > 20
+    assert np.all(new_mask.sum(1) == 8) and not np.any(np.diag(new_mask))  # the fan-in, no autapse drawn
+    assert np.all(new_w[~new_mask] == 0) and np.all(new_w * np.asarray(signs) >= 0)
+    kept = old & ~crossed
+    assert np.all(new_mask[kept]) and np.array_equal(new_w[kept], np.asarray(w)[kept])
+    drawn = new_mask & ~kept
+    assert drawn.sum() == crossed.sum() and np.all(new_w[drawn] == 0)
+
+
+def test_deep_r_l1_and_noise():
+    """``theta <- theta - eta l1 + sqrt(2 eta T) nu`` on the active synapses (none removed: theta is large)."""
+    mask = jnp.ones((100, 100), bool)
+    w = -3.0 * jnp.ones((100, 100))  # inhibitory synapses, theta = 3
+    new_w, new_mask = ep.deep_r(jax.random.key(0), w, mask, -1.0, learning_rate=0.1, l1=0.5, temperature=2.0)
+    change = -(np.asarray(new_w) - np.asarray(w))  # in theta
+    assert np.all(np.asarray(new_mask))
+    np.testing.assert_allclose(change.mean(), -0.05, atol=0.01)
+    np.testing.assert_allclose(change.std(), np.sqrt(2 * 0.1 * 2.0), rtol=0.02)
+
+
+def test_deep_r_in_a_training_loop():
+    """e-prop and Adam with Deep R (and its L1 term) after every update: one compiled step for every
+    connectivity (the masks are traced), the fan-in and the signs kept, and an absent synapse has exactly
+    zero weight and gradient."""
+    n, n_in = 16, 4
+    k1, k2 = jax.random.split(jax.random.key(0))
+    mask_in, mask_rec = ep.cells.fan_in_mask(k1, (n, n_in), 2), ep.cells.fan_in_mask(k2, (n, n), 4, autapses=False)
+    dale = ep.cells.dale_signs(n, 0.75)
+    readout = ep.cells.leaky_readout(n, N_OUT, dtype=F64)
+    build = lambda m_in, m_rec: ep.cells.stack(
+        ep.cells.lif(n_in, n, dtype=F64, threshold=0.02, mask_in=m_in, mask_rec=m_rec, dale=dale), readout
+    )
+    params = build(mask_in, mask_rec).init(jax.random.key(1))
+    params = ({**params[0], "w_in": 4.0 * params[0]["w_in"]}, params[1])
+    signs_in = jnp.where(params[0]["w_in"] >= 0, 1.0, -1.0)
+    opt = optax.adam(0.05)
+    inputs = (jax.random.uniform(jax.random.key(4), (BATCH, 12, n_in)) < 0.6).astype(F64)
+    targets = jnp.sin(jnp.arange(12, dtype=F64))[None, :, None] * jnp.ones((BATCH, 1, N_OUT))
+
+    @jax.jit
+    def train_step(params, opt_state, masks, key):
+        _, grads = ep.eprop(build(*masks), mse)(params, inputs, targets)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        new = optax.apply_updates(params, updates)
+        w, masks = ep.deep_r(
+            key,
+            (new[0]["w_in"], new[0]["w_rec"]),
+            masks,
+            (signs_in, 1.0),
+            learning_rate=0.05,
+            l1=0.2,
+            autapses=(True, False),
+        )
+        return ({**new[0], "w_in": w[0], "w_rec": w[1]}, new[1]), opt_state, masks, grads
+
+    masks, opt_state, rewired = (mask_in, mask_rec), opt.init(params), 0
+    for step in range(40):
+        new_params, opt_state, new_masks, grads = train_step(params, opt_state, masks, jax.random.key(step))
+        for g, m in zip((grads[0]["w_in"], grads[0]["w_rec"]), masks):
+            assert np.all(np.asarray(g)[~np.asarray(m)] == 0)
+        drawn = [np.asarray(new) & ~np.asarray(old) for new, old in zip(new_masks, masks)]
+        params, rewired = new_params, rewired + sum(int(d.sum()) for d in drawn)
+        masks = new_masks
+        w_in, w_rec = np.asarray(params[0]["w_in"]), np.asarray(params[0]["w_rec"])
+        assert np.all(np.asarray(masks[0]).sum(1) == 2) and np.all(np.asarray(masks[1]).sum(1) == 4)
+        assert np.all(w_in[~np.asarray(masks[0])] == 0) and np.all(w_rec[~np.asarray(masks[1])] == 0)
+        assert np.all(w_in * np.asarray(signs_in) >= 0) and np.all(w_rec >= 0)
+    assert rewired > 0 and train_step._cache_size() == 1
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (
+            lambda: ep.deep_r(jax.random.key(0), jnp.ones((3, 3)), jnp.ones((3, 3)), 1.0),
+            r"deep_r: each mask must be a boolean array",
+        ),
+        (
+            lambda: ep.deep_r(jax.random.key(0), jnp.ones((3, 3)), jnp.ones((3, 3), bool), 0.0),
+            r"deep_r: `signs` must hold \+1 or -1, got 0.0",
+        ),
+        (
+            lambda: ep.deep_r(jax.random.key(0), jnp.ones((3, 3)), jnp.ones((3, 3), bool), jnp.ones(2)),
+            r"deep_r: `signs` of shape \(2,\) do not broadcast",
+        ),
+        (
+            lambda: ep.deep_r(jax.random.key(0), jnp.ones((3, 3)), jnp.ones((3, 3), bool), 1.0, l1=-1.0),
+            r"deep_r: `l1` must be",
+        ),
+    ],
+)
+def test_bad_deep_r(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
