@@ -618,6 +618,128 @@ print(f"symmetric feedback: NMSE {grid[best]:.3f}; random feedback over {SEEDS} 
     ),
 ]
 
+NOTEBOOKS["06_sparse_dale_deep_r"] = [
+    (
+        "md",
+        """\
+# Sparse excitatory and inhibitory networks, rewired with Deep R
+
+Bellec et al. (2020) trained their spiking networks sparse, with Deep R rewiring (Bellec, Kappel, Maass and
+Legenstein 2018). Here a LIF network with a fixed number of presynaptic partners per neuron (fixed fan-in)
+and Dale's law (80% excitatory neurons, 20% inhibitory) learns the pattern-generation task of notebook 01
+with e-prop, once with its connectivity frozen and once rewired by `ep.deep_r` after every Adam update.""",
+    ),
+    ("code", SETUP),
+    (
+        "code",
+        """\
+T = 200 if QUICK else 1000
+N_REC = 40 if QUICK else 200
+FAN_IN = N_REC // 10  # 10% of the recurrent layer, per neuron
+STEPS = 20 if QUICK else 300
+
+task = ep.tasks.pattern_generation(time_steps=T, periods=(T, T / 2, T / 3, T / 5))
+inputs, targets = task.sample(jax.random.key(1), 1)
+k_in, k_rec = jax.random.split(jax.random.key(2))
+masks = (ep.cells.fan_in_mask(k_in, (N_REC, task.n_in), task.n_in // 5),  # (post, pre): 20% of the inputs
+         ep.cells.fan_in_mask(k_rec, (N_REC, N_REC), FAN_IN, autapses=False))
+dale = ep.cells.dale_signs(N_REC, excitatory=0.8)
+readout = ep.cells.leaky_readout(N_REC, 1, tau_out=30.0)
+
+
+def network(masks):
+    \"\"\"The sparse E/I network: built inside the jitted step, so the masks are traced values.\"\"\"
+    lif = ep.cells.lif(task.n_in, N_REC, tau_mem=30.0, mask_in=masks[0], mask_rec=masks[1], dale=dale)
+    return ep.cells.stack(lif, readout)
+
+
+def loss(out_t, target_t):
+    return 0.5 * target_t["mask"] * jnp.sum((out_t - target_t["y"]) ** 2)
+
+
+params0 = network(masks).init(jax.random.key(0))
+signs_in = jnp.where(params0[0]["w_in"] >= 0, 1.0, -1.0)  # each input synapse keeps the sign it was drawn with
+print(f"{int(masks[1].sum())} recurrent synapses of {N_REC * N_REC} ({masks[1].mean():.0%}), "
+      f"{int(masks[0].sum())} input synapses; "
+      f"{int((dale > 0).sum())} excitatory, {int((dale < 0).sum())} inhibitory neurons")""",
+    ),
+    (
+        "md",
+        """\
+## One training step, with and without rewiring
+
+`ep.deep_r` removes every synapse whose weight crossed zero (its sign would flip) and draws, for each neuron,
+as many new ones among its absent synapses, so every neuron keeps its fan-in. The recurrent layer's
+parameter holds magnitudes (the cell's weight is `dale * |w|`), so its signs are `1`; the input synapses
+keep their own. The L1 term pushes weak synapses out, as in the paper.""",
+    ),
+    (
+        "code",
+        """\
+optimizer = optax.adam(3e-3)
+
+
+def train_step(params, opt_state, masks, key, rewire):
+    value, grads = ep.eprop(network(masks), loss)(params, inputs, targets)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    if rewire:
+        (w_in, w_rec), masks = ep.deep_r(key, (params[0]["w_in"], params[0]["w_rec"]), masks, (signs_in, 1.0),
+                                         learning_rate=3e-3, l1=1e-2, autapses=(True, False))
+        params = ({**params[0], "w_in": w_in, "w_rec": w_rec}, params[1])
+    return params, opt_state, masks, value
+
+
+train_step = jax.jit(train_step, static_argnames="rewire")  # one program per choice, whatever the masks
+runs = {}
+for rewire in (False, True):
+    params, opt_state, m, history, rewired = params0, optimizer.init(params0), masks, [], 0
+    start = time.perf_counter()
+    for step in range(STEPS):
+        params, opt_state, new_m, value = train_step(params, opt_state, m, jax.random.key(step), rewire)
+        rewired += int(jnp.sum(new_m[1] & ~m[1]))
+        m = new_m
+        history.append(float(value))
+    name = "Deep R" if rewire else "fixed connectivity"
+    runs[name] = (params, m, history)
+    print(f"{name}: loss {history[0]:.4f} -> {history[-1]:.4f} in {time.perf_counter() - start:.1f} s, "
+          f"{rewired} recurrent synapses rewired, {train_step._cache_size()} compiled step(s) so far")""",
+    ),
+    (
+        "md",
+        """\
+## What the rewired network keeps
+
+Every neuron still has `FAN_IN` recurrent partners, every excitatory neuron's outgoing weights are
+positive and every inhibitory one's negative, and an absent synapse has weight zero.""",
+    ),
+    (
+        "code",
+        """\
+params, m, _ = runs["Deep R"]
+w_rec = dale[None, :] * jnp.abs(params[0]["w_rec"]) * m[1]  # the weights the cell uses, (post, pre)
+print("fan-in per neuron:", sorted(set(np.asarray(m[1].sum(1)).tolist())))
+print("excitatory columns >= 0:", bool(jnp.all(w_rec[:, dale > 0] >= 0)),
+      "| inhibitory columns <= 0:", bool(jnp.all(w_rec[:, dale < 0] <= 0)),
+      "| absent synapses zero:", bool(jnp.all(params[0]["w_rec"][~m[1]] == 0)))
+
+fig, axes = plt.subplots(1, 3, figsize=(13, 3))
+for name, (_, _, history) in runs.items():
+    axes[0].plot(history, label=name)
+axes[0].set(xlabel="step", ylabel="loss", yscale="log", title="e-prop on a sparse E/I network")
+axes[0].legend()
+axes[1].imshow(np.asarray(w_rec), cmap="bwr", vmin=-float(jnp.abs(w_rec).max()), vmax=float(jnp.abs(w_rec).max()))
+axes[1].set(xlabel="presynaptic", ylabel="postsynaptic", title="recurrent weights after Deep R")
+outputs, _ = ep.tasks.forward(network(m), params, inputs)
+axes[2].plot(targets["y"][0, :, 0], "k--", label="target")
+axes[2].plot(outputs[0, :, 0], label="readout")
+axes[2].set(xlabel="time step", title="readout vs target (Deep R)")
+axes[2].legend()
+plt.tight_layout()
+plt.show()""",
+    ),
+]
+
 
 def build(name: str) -> nbformat.NotebookNode:
     notebook = new_notebook()
