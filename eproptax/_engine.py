@@ -283,7 +283,7 @@ def scan_rule(
         if chunk is not None or online.chunk is None or not getattr(online.plan, "gated", False):
             state = run(chunk or 1)(state)
         else:
-            state = tricks.by_platform_chunk(run, state, time)
+            state = tricks.by_platform_chunk(run, state, time, getattr(online.plan, "chunk_length", None))
         return online.result(params, state)
 
     return grad_fn

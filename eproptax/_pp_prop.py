@@ -48,6 +48,15 @@ class PpPlan(NamedTuple):
         runs in chunks by default (:data:`~eproptax.DEFAULT_CHUNK`), as e-prop's does."""
         return self.traces.gated
 
+    @staticmethod
+    def chunk_length(K: int, time: int) -> int:
+        """The default chunk for ``T = time`` steps, given the platform's :data:`~eproptax.DEFAULT_CHUNK`
+        ``K``: as few chunks of at most ``4 K`` steps as cover the sequence, of equal length (``T`` itself
+        when ``T <= 4 K``), so at most ``T / (4 K)`` steps are left to step one at a time. A pp-prop chunk
+        keeps only ``K (n k + m)`` per example, and the accumulator moves once per chunk: the longer, the
+        faster (benchmarks/README.md, "Peers")."""
+        return time // -(-time // (4 * K))
+
     def cost(self, batch_size: int, itemsize: int = 4) -> StepCost:
         """The least work of one step: the state read and written once; the gradient's outer product,
         ``2 n k m`` FLOPs per layer and example, and the traces' ``O(n s^2 k + m)``."""
@@ -207,9 +216,10 @@ def pp_prop(
       reg: optional :class:`~eproptax.FiringRateReg`.
       unroll: time steps per iteration of the whole-sequence scan: the speed, not the result.
       chunk: time steps whose gradient contributions are summed in one contraction per layer (the
-        ``(n, k, m)`` accumulator then moves once per chunk). ``None``, the default: the platform's
-        :data:`eproptax.DEFAULT_CHUNK` for a network with a gated layer (GRU, LSTM), else 1, as in
-        :func:`eprop`. The speed, not the result (up to rounding).
+        ``(n, k, m)`` accumulator then moves once per chunk). ``None``, the default: for a network with a gated layer
+        (GRU, LSTM) on a platform with a :data:`eproptax.DEFAULT_CHUNK` ``K``, equal chunks of at most ``4 K``
+        steps (:meth:`PpPlan.chunk_length`: the whole sequence up to ``4 K``), else 1. The speed, not the
+        result (up to rounding).
 
     Returns:
       ``grad_fn(params, inputs, targets) -> (loss, grads)``.

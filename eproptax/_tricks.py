@@ -47,12 +47,14 @@ def scan(f: Callable, init, xs, length: int | None = None, unroll: int | None = 
     return jax.lax.platform_dependent(init, xs, default=with_unroll(1), **branches)
 
 
-def by_platform_chunk(run: Callable[[int], Callable], state, time: int):
-    """``run(K)(state)`` with ``K`` the lowering platform's :data:`DEFAULT_CHUNK` (1 where unset).
+def by_platform_chunk(run: Callable[[int], Callable], state, time: int, length: Callable | None = None):
+    """``run(K)(state)`` with ``K`` the lowering platform's :data:`DEFAULT_CHUNK` (1 where unset), or
+    ``length(K, time)`` where a rule sets its own (pp-prop's: :meth:`~eproptax._pp_prop.PpPlan.chunk_length`).
 
-    Contract: a chunk longer than the sequence is not staged (it would step), so a short sequence compiles
-    to the stepping program alone."""
-    branches = {platform: run(K) for platform, K in DEFAULT_CHUNK.items() if 1 < K <= time}
+    Contract: by default a chunk longer than the sequence is not staged (it would step), so a short sequence
+    compiles to the stepping program alone."""
+    length = length or (lambda K, time: K if K <= time else 1)
+    branches = {platform: run(length(K, time)) for platform, K in DEFAULT_CHUNK.items() if length(K, time) > 1}
     return jax.lax.platform_dependent(state, default=run(1), **branches) if branches else run(1)(state)
 
 
