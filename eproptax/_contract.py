@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from . import _tricks as tricks
 from ._engine import reg_value, reg_weights
 from ._jacobians import pull_back
-from ._level0 import z_mix
+from ._level0 import gathered, z_mix
 from ._plan import LayerPlan, TracePlan
 
 
@@ -34,9 +35,12 @@ def contract_z(plan: TracePlan, sig, z_trace):
     return jnp.einsum("bj,bjgki->gki", sig, z_trace)
 
 
-def outer(plan: TracePlan, post, pre, l: int):
-    """``sum_b post[b, j] pre[b, i]`` as ``(n, 1, m)``: a leaky variable's gradient (``k = 1``); a hidden
-    layer's through :func:`~eproptax._tricks.transposed_outer`, the readout's narrow one directly."""
+def outer(plan: TracePlan, post, pre, l: int, d: LayerPlan):
+    """``sum_b post[b, j] pre[b, i]`` as ``(n, 1, width)``: a leaky variable's gradient (``k = 1``); a hidden
+    layer's through :func:`~eproptax._tricks.transposed_outer`, the readout's narrow one directly, and in the
+    gathered layout against each neuron's own entries of ``pre``."""
+    if d.pre is not None:
+        return jnp.einsum("bj,bji->ji", post, gathered(pre, d))[:, None, :]
     if l == plan.R:
         return jnp.einsum("bj,bi->ji", post, pre)[:, None, :]
     return tricks.transposed_outer(post, pre)[:, None, :]
@@ -45,7 +49,7 @@ def outer(plan: TracePlan, post, pre, l: int):
 def contract_compact(plan: TracePlan, w, part, d: LayerPlan):
     """``sum_b w[b, j] part[j, b, ...]`` for a stored compact trace, as ``(n, k, m)``."""
     compact, flat = _specs(plan)
-    return jnp.einsum(compact if part.ndim == 4 else flat, w, part).reshape(d.n, d.k, d.m)
+    return jnp.einsum(compact if part.ndim == 4 else flat, w, part).reshape(d.n, d.k, d.width)
 
 
 def contract_h(plan: TracePlan, delta, trace, l: int, p: int, n: int):
@@ -54,7 +58,7 @@ def contract_h(plan: TracePlan, delta, trace, l: int, p: int, n: int):
     dp = plan.layers[p]
     if plan.own(l, p, n):
         return sum(
-            outer(plan, delta[:, :, c], part, l)
+            outer(plan, delta[:, :, c], part, l, dp)
             if dp.leaks[c] is not None
             else contract_compact(plan, delta[:, :, c], part, dp)
             for c, part in enumerate(trace)
@@ -67,14 +71,26 @@ def contract_mixed(plan: TracePlan, sig, blk, trace, v, l: int, d: LayerPlan):
     stored, from the previous stored traces and ``v`` without forming ``z``: each ``dot`` reads a stored
     trace as it is carried, and no z-space array is written and read back."""
     D, f = (jnp.swapaxes(x, 0, 1) if plan.neuron_major else x for x in z_mix(blk))  # batch-major (B, n, ...)
-    g = jnp.einsum("bjg,bi->jgi", sig[..., None] * f, v)
+    if d.pre is None:
+        g = jnp.einsum("bjg,bi->jgi", sig[..., None] * f, v)
+    else:
+        g = jnp.einsum("bjg,bji->jgi", sig[..., None] * f, gathered(v, d))
     for e, part in zip(d.kept, trace):
         w = sig * D[:, :, e]
         if d.leaks[e] is not None:
-            g = g + outer(plan, w, part, l)
+            g = g + outer(plan, w, part, l, d)
         else:
             g = g + contract_compact(plan, w, part, d)
     return g
+
+
+def scattered(grad, d: LayerPlan):
+    """A gradient ``(n, k, width)`` as the effective weights' ``(n, k, m)``: in the gathered layout each
+    neuron's entries put back where its synapses are (padding adds zeros), once, in ``result``."""
+    if d.pre is None:
+        return grad
+    rows = np.arange(d.n)[:, None]
+    return jnp.zeros((d.n, d.k, d.m), grad.dtype).at[rows, :, d.pre].add(jnp.swapaxes(grad, 1, 2))
 
 
 def filter_stages(plan: TracePlan, filtered: dict, z_sums: dict) -> dict:
@@ -106,7 +122,7 @@ def result(plan: TracePlan, layers, reg, params, state):
     out = []
     for i, (layer, d) in enumerate(zip(layers, plan.layers)):
         if d is not None:
-            out.append(pull_back(layer, params[i], grads[i], dtype))
+            out.append(pull_back(layer, params[i], scattered(grads[i], d), dtype))
         else:
             out.append(jax.tree_util.tree_map(lambda g, w: g.astype(w.dtype), grads[i], params[i]))
     return value, tuple(out)

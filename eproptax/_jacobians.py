@@ -20,6 +20,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ._cell import Cell, float_state, scalar_leak, with_float_state
 
@@ -135,6 +136,22 @@ def effective_weights(layer: Cell, params, n_in: int, dtype) -> jax.Array:
     w_z = jax.jacfwd(lambda z: layer.synapse(params, x0, z))(z0)
     bias = layer.synapse(params, x0, z0)
     return jnp.concatenate([w_x, w_z, bias[..., None]], axis=-1)
+
+
+def synapse_pattern(layer: Cell, params, dtype) -> np.ndarray | None:
+    """Where the effective weights can be nonzero, ``(n, m)`` numpy booleans (any gate), read at random
+    parameters drawn for ``params``' shapes: the synapse is affine in ``v``, so an entry that is zero there is
+    zero for every parameter value (a masked weight). ``None`` where the pattern is traced (a cell built inside
+    ``jax.vmap`` over a hyperparameter, or a mask that is a traced value)."""
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    with jax.ensure_compile_time_eval():  # concrete even while a jit traces the rule's construction
+        keys = jax.random.split(jax.random.key(0), len(leaves))
+        draw = treedef.unflatten([jax.random.normal(k, a.shape, a.dtype) for k, a in zip(keys, leaves)])
+        pattern = jnp.any(effective_weights(layer, draw, layer.n_in, dtype) != 0, axis=1)
+    try:
+        return np.asarray(pattern)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        return None
 
 
 def effective_shape(layer: Cell, params, dtype) -> tuple[int, int, int]:

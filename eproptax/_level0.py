@@ -13,6 +13,7 @@ plan's compact layout (:attr:`~eproptax._plan.TracePlan.neuron_major`).
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
 from . import _tricks as tricks
@@ -24,14 +25,31 @@ def compact_layout(plan: TracePlan, tree):
     return tricks.neuron_major(tree) if plan.neuron_major else tree
 
 
-def broadcast_v(plan: TracePlan, v):
-    """A presynaptic vector ``(B, m)`` broadcast against compact ``(n, B, k, m)`` or ``(B, n, k, m)`` arrays."""
+def gathered(v, d: LayerPlan, neuron_major: bool = False):
+    """A presynaptic vector ``(B, m)`` as each neuron of ``d`` reads it in the gathered layout: ``(B, n, K)``,
+    or ``(n, B, K)`` (one gather either way), its synapses' entries, zero on padding; else ``v`` itself."""
+    if d.pre is None:
+        return v
+    # one gather of whole columns of v, the batch placed where the layout keeps it: no transposed copy
+    batch_at = 1 if neuron_major else 0
+    dims = jax.lax.GatherDimensionNumbers(offset_dims=(batch_at,), collapsed_slice_dims=(1,), start_index_map=(1,))
+    g = jax.lax.gather(v, d.pre[..., None], dims, slice_sizes=(v.shape[0], 1), mode="promise_in_bounds")
+    if d.valid is None:
+        return g
+    return g * jnp.expand_dims(d.valid, batch_at).astype(g.dtype)
+
+
+def broadcast_v(plan: TracePlan, v, d: LayerPlan):
+    """A presynaptic vector ``(B, m)`` broadcast against compact ``(n, B, k, width)`` or ``(B, n, k, width)``
+    arrays: gathered per neuron in the gathered layout (:func:`gathered`)."""
+    if d.pre is not None:
+        return gathered(v, d, plan.neuron_major)[:, :, None, :]
     return v[None, :, None, :] if plan.neuron_major else v[:, None, None, :]
 
 
 def as_compact(plan: TracePlan, part, leak, d: LayerPlan):
     """A stored own trace as a compact array: a leaky variable's ``zbar`` broadcast over the neurons."""
-    return broadcast_v(plan, part) if leak is not None else part.reshape(part.shape[:2] + (d.k, d.m))
+    return broadcast_v(plan, part, d) if leak is not None else part.reshape(part.shape[:2] + (d.k, d.width))
 
 
 def own_update(plan: TracePlan, blk, trace, v, d: LayerPlan, after=None):
@@ -44,7 +62,7 @@ def own_update(plan: TracePlan, blk, trace, v, d: LayerPlan, after=None):
     is added to the previous compact arrays as they are read."""
     kept = d.kept
     layout = lambda a: tricks.unit_axis_dropped(a, d.k)
-    D, f, pre = blk.D[..., None, None], blk.dfda[..., None], layout(broadcast_v(plan, v))
+    D, f, pre = blk.D[..., None, None], blk.dfda[..., None], layout(broadcast_v(plan, v, d))
     olds = [
         layout(as_compact(plan, part, d.leaks[e], d)) if d.leaks[e] is not None or after is None else part + after
         for e, part in zip(kept, trace)
@@ -83,4 +101,4 @@ def own_view(plan: TracePlan, blk, trace, v, d: LayerPlan):
         return own_z(plan, own_update(plan, blk, trace, v, d), blk.dgdh, d)
     D, f = z_mix(blk)
     olds = [as_compact(plan, part, d.leaks[e], d) for e, part in zip(kept, trace)]
-    return sum(D[:, :, e, None, None] * old for e, old in zip(kept, olds)) + f[..., None] * broadcast_v(plan, v)
+    return sum(D[:, :, e, None, None] * old for e, old in zip(kept, olds)) + f[..., None] * broadcast_v(plan, v, d)

@@ -17,6 +17,8 @@ carries::
 Representations. A layer's own level-0 trace is a tuple with one array per *stored* state variable (with
 ``order=0``, the variables that ``dynamics`` reads; every variable otherwise). A leaky variable's trace is
 the presynaptic ``zbar`` ``(m,)``; any other is *compact*, ``(n, k, m)``, stored ``(n, m)`` when ``k = 1``.
+In the *gathered* layout (a sparse layer under order 0, spatial:
+:func:`gathered_layout`) a compact array keeps ``K`` columns, each neuron's synapses, instead of ``m``.
 Every other influence level is *dense*, ``(n_l, s_l, n_p, k_p, m_p)``. Over a batch, compact arrays keep
 the batch second, ``(n, B, ...)``, when no dense level reads them (:attr:`TracePlan.neuron_major`); every
 other array puts it first.
@@ -33,7 +35,7 @@ import numpy as np
 
 from ._cell import Cell, is_neuron, layers_of, scalar_leak, variable_leaks
 from ._contract_check import check_cell
-from ._jacobians import read_states, synapse_struct
+from ._jacobians import read_states, synapse_pattern, synapse_struct
 
 
 class EpropTraces(NamedTuple):
@@ -60,11 +62,19 @@ class LayerPlan(NamedTuple):
     leaks: tuple  # per state variable: ``(decay, gain)`` if declared leaky, else ``None``
     stored: tuple  # per state variable: whether its own level-0 trace is carried to the next step
     scalar: tuple | None  # ``(decay, gain)`` when the whole state is one leaky variable (a filter)
+    pre: Any = None  # the gathered layout: ``(n, K)`` numpy indices of each neuron's synapses in ``v``
+    valid: Any = None  # ``(n, K)`` numpy booleans, ``False`` on padding (``None``: no padding)
+
+    @property
+    def width(self) -> int:
+        """The columns a neuron's per-synapse arrays keep: ``m``, or ``K`` in the gathered layout."""
+        return self.m if self.pre is None else self.pre.shape[1]
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        """The effective weights' shape ``(n, k, m)``: a gradient's, and a dense level's columns."""
-        return (self.n, self.k, self.m)
+        """The stored columns ``(n, k, width)``: a gradient's and a compact trace's, and a dense level's (the
+        effective weights' ``(n, k, m)`` outside the gathered layout)."""
+        return (self.n, self.k, self.width)
 
     @property
     def kept(self) -> list[int]:
@@ -74,7 +84,7 @@ class LayerPlan(NamedTuple):
     @property
     def compact_shape(self) -> tuple[int, ...]:
         """A compact own trace as stored, per example: ``(n, k, m)``, or ``(n, m)`` when ``k = 1``."""
-        return (self.n, self.m) if self.k == 1 else (self.n, self.k, self.m)
+        return (self.n, self.width) if self.k == 1 else (self.n, self.k, self.width)
 
 
 class StepCost(NamedTuple):
@@ -157,6 +167,11 @@ class TracePlan(NamedTuple):
     def filter_top(self) -> bool:
         """Whether the readout is one leaky variable, whose leak filters the traces below it."""
         return self.top is not None and self.top.scalar is not None
+
+    @property
+    def gathered(self) -> bool:
+        """Whether some layer keeps its per-synapse arrays in the gathered layout (:func:`gathered_layout`)."""
+        return any(d is not None and d.pre is not None for d in self.layers)
 
     @property
     def gated(self) -> bool:
@@ -288,9 +303,18 @@ def layer_plan(layer: Cell, params, dtype, order: int, self_recurrent: bool = Fa
 
 
 def make_plan(
-    model: Cell, *, order: int, depth: str, feedback, reg: bool, where: str, self_recurrent: bool = False
+    model: Cell,
+    *,
+    order: int,
+    depth: str,
+    feedback,
+    reg: bool,
+    where: str,
+    self_recurrent: bool = False,
+    gather: bool = False,
 ) -> TracePlan:
-    """Validates a rule's static configuration and resolves its :class:`TracePlan`."""
+    """Validates a rule's static configuration and resolves its :class:`TracePlan`; with ``gather`` (order 0,
+    spatial), a sparse recurrent layer keeps its per-synapse arrays in the gathered layout."""
     if not isinstance(order, (int, np.integer)) or order < 0:
         raise ValueError(f"{where}: `order` must be a non-negative Python int, got {order!r}.")
     if depth not in ("spatial", "collapsed", "full"):
@@ -304,6 +328,11 @@ def make_plan(
     plans = tuple(
         layer_plan(layer, p, dtype, order, self_recurrent and i < R) for i, (layer, p) in enumerate(zip(layers, params))
     )
+    if gather and order == 0 and depth == "spatial":
+        plans = tuple(
+            gathered_layout(d, layer, p, dtype) if i < R else d
+            for i, (d, layer, p) in enumerate(zip(plans, layers, params))
+        )
     full = depth == "full"
     filter_top = plans[R] is not None and plans[R].scalar is not None
 
@@ -327,6 +356,28 @@ def make_plan(
         top_params=0 if plans[R] is not None else sum(leaf.size for leaf in jax.tree_util.tree_leaves(params[R])),
         self_recurrent=self_recurrent,
     )
+
+
+SPARSE_FRACTION = 0.5
+"""A recurrent layer runs the gathered layout when its widest neuron has at most this fraction of the ``m``
+presynaptic values as synapses: below it, gathering ``v`` per neuron costs less than the absent synapses'
+traces (docs/cells.md, "What is stored")."""
+
+
+def gathered_layout(d: LayerPlan | None, layer: Cell, params, dtype) -> LayerPlan | None:
+    """``d`` in the gathered layout where the layer's synapses are sparse enough (:data:`SPARSE_FRACTION`),
+    else ``d``: each neuron keeps the ``K`` presynaptic entries its effective weights can be nonzero at (the
+    pattern read at random parameters, :func:`~eproptax._jacobians.synapse_pattern`; a traced pattern, a
+    cell built inside ``jax.vmap``, keeps the dense layout), padded to the widest neuron."""
+    pattern = None if d is None else synapse_pattern(layer, params, dtype)
+    if pattern is None:
+        return d
+    K = int(pattern.sum(1).max())
+    if K > SPARSE_FRACTION * d.m:
+        return d
+    pre = np.argsort(~pattern, axis=1, kind="stable")[:, :K]  # each neuron's synapses first, in order
+    valid = np.take_along_axis(pattern, pre, 1)
+    return d._replace(pre=pre, valid=None if valid.all() else valid)
 
 
 def same_step_plan(model: Cell, *, feedback, reg: bool, where: str) -> TracePlan:

@@ -70,6 +70,7 @@ def online_traces(
         reg=reg is not None,
         where=where,
         self_recurrent=self_recurrent,
+        gather=True,
     )
     layers = layers_of(model)
     B = None if isinstance(feedback, str) else jnp.asarray(feedback)
@@ -97,7 +98,7 @@ def online_traces(
         lambda params, state: result(plan, layers, reg, params, state),
         reset,
         axes,
-        chunk if plan.neuron_major else None,
+        chunk if plan.neuron_major and not plan.gathered else None,
         plan,
     )
 

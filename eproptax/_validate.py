@@ -179,6 +179,11 @@ def check_chunk(where: str, chunk, online: Any) -> None:
             f"platform's default), got {chunk!r}."
         )
     if chunk is not None and chunk > 1 and online.chunk is None:
+        if getattr(online.plan, "gathered", False):
+            raise ValueError(
+                f"{where}: `chunk={chunk}` has no chunked form on a sparse layer's gathered layout (its traces "
+                "are kept only where synapses exist, docs/cells.md); pass chunk=1 or None."
+            )
         raise ValueError(
             f"{where}: `chunk={chunk}` needs a rule with a chunked form: level-0 traces only "
             "(order=0, depth='spatial' or 'collapsed'); pass chunk=1 or None."

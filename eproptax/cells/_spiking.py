@@ -4,6 +4,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from .. import _hyper
 from .._cell import Cell, make_cell
@@ -58,9 +59,12 @@ def _recurrent_masks(where, n_in, n_rec, autapses, mask_in, mask_rec, dale):
     check_mask(where, "mask_in", mask_in, (n_rec, n_in))
     check_mask(where, "mask_rec", mask_rec, (n_rec, n_rec))
     check_dale(where, dale, n_rec)
-    if not autapses:
-        off_diagonal = ~jnp.eye(n_rec, dtype=bool)
-        mask_rec = off_diagonal if mask_rec is None else jnp.asarray(mask_rec) & off_diagonal
+    if not autapses:  # numpy where the mask is concrete: a constant even while a jit traces the cell's build
+        off_diagonal = ~np.eye(n_rec, dtype=bool)
+        if mask_rec is None:
+            mask_rec = off_diagonal
+        else:
+            mask_rec = (jnp.asarray if _hyper.is_traced(mask_rec) else np.asarray)(mask_rec) & off_diagonal
     return mask_in, mask_rec
 
 
