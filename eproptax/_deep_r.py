@@ -77,12 +77,7 @@ def _check(w, mask, sign, autapses):
         raise ValueError(
             f"deep_r: `signs` of shape {jnp.shape(sign)} do not broadcast to the weight {w.shape}."
         ) from None
-    if not hyper.is_traced(sign):
-        values = np.asarray(sign)
-        if not np.all(np.isin(values, (-1, 1))):
-            raise ValueError(
-                f"deep_r: `signs` must hold +1 or -1, got {values[~np.isin(values, (-1, 1))][0].item()!r}."
-            )
+    hyper.sign("deep_r", "signs", sign)
 
 
 def _rewire(key, w, mask, sign, learning_rate, l1, temperature, autapses):

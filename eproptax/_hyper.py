@@ -115,6 +115,11 @@ def non_negative_int(where: str, name: str, value: Any) -> None:
         raise ValueError(f"{where}: `{name}` must be an int >= 0 in every entry, got {_got(value, arr, bad)}.")
 
 
+def sign(where: str, name: str, value: Any) -> None:
+    """``+1`` or ``-1`` in every entry (Dale's signs, Deep R's synapse signs)."""
+    _real(where, name, value, lambda a: np.isin(a, (-1, 1)), "+1 or -1")
+
+
 def boolean(where: str, name: str, value: Any) -> None:
     """A Python or numpy bool (a flag such as ``autapses``: a string or a number would pass as true)."""
     if not isinstance(value, (bool, np.bool_)):

@@ -138,16 +138,22 @@ def effective_weights(layer: Cell, params, n_in: int, dtype) -> jax.Array:
     return jnp.concatenate([w_x, w_z, bias[..., None]], axis=-1)
 
 
-def synapse_pattern(layer: Cell, params, dtype) -> np.ndarray | None:
-    """Where the effective weights can be nonzero, ``(n, m)`` numpy booleans (any gate), read at random
-    parameters drawn for ``params``' shapes: the synapse is affine in ``v``, so an entry that is zero there is
-    zero for every parameter value (a masked weight). ``None`` where the pattern is traced (a cell built inside
-    ``jax.vmap`` over a hyperparameter, or a mask that is a traced value)."""
+def nonzero_synapses(layer: Cell, params, dtype) -> jax.Array:
+    """Where the effective weights can be nonzero, ``(n, m)`` booleans (any gate), read at random parameters
+    drawn for ``params``' shapes: the synapse is affine in ``v``, so an entry that is zero there is zero for
+    every parameter value (a masked weight). Evaluated at once even while a jit traces the caller; traced
+    where the synapse closes over traced values (a cell built inside ``jax.vmap`` over a hyperparameter, a
+    mask that is a traced value)."""
     leaves, treedef = jax.tree_util.tree_flatten(params)
-    with jax.ensure_compile_time_eval():  # concrete even while a jit traces the rule's construction
+    with jax.ensure_compile_time_eval():
         keys = jax.random.split(jax.random.key(0), len(leaves))
         draw = treedef.unflatten([jax.random.normal(k, a.shape, a.dtype) for k, a in zip(keys, leaves)])
-        pattern = jnp.any(effective_weights(layer, draw, layer.n_in, dtype) != 0, axis=1)
+        return jnp.any(effective_weights(layer, draw, layer.n_in, dtype) != 0, axis=1)
+
+
+def synapse_pattern(layer: Cell, params, dtype) -> np.ndarray | None:
+    """:func:`nonzero_synapses` as numpy, or ``None`` where it is traced."""
+    pattern = nonzero_synapses(layer, params, dtype)
     try:
         return np.asarray(pattern)
     except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):

@@ -17,7 +17,7 @@ from ._hyper import check_reg
 from ._plan import StepCost, TracePlan, is_shape, same_step_plan, state_shapes
 from ._traces import init_state, readout_step
 from ._typing import GradFn, LossFn
-from ._validate import cast_data, check_step, float_dtype
+from ._validate import check_chunk_data, check_step
 
 
 class PpTraces(NamedTuple):
@@ -160,9 +160,7 @@ def online_pp_prop(
     def chunk(params, state, inputs, targets):
         """``K`` steps, the gradient's outer products summed over them in one contraction per layer: the
         ``(n, k, m)`` accumulator is read and written once per chunk, not once per step."""
-        first = jax.tree_util.tree_map(lambda a: a[:, 0], targets)
-        check_step("pp_prop", model, loss, params, state, inputs[:, 0], first)
-        inputs, targets = cast_data(float_dtype("pp_prop", params), inputs, targets)
+        inputs, targets = check_chunk_data("pp_prop", model, loss, params, state, inputs, targets)
         body = lambda state, xt: advance(params, state, *xt)[::2]
         state, factors = jax.lax.scan(body, state, (jnp.swapaxes(inputs, 0, 1), time_major(targets)))
         return with_gradients(state, factors, "tbjk,tbi->jki", inputs.shape[0])

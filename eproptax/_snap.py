@@ -15,7 +15,7 @@ from ._cell import Cell, is_neuron, layers_of
 from ._contract_check import check_cell
 from ._engine import FiringRateReg, OnlineRule, scan_rule
 from ._hyper import is_traced, positive_int
-from ._jacobians import effective_weights
+from ._jacobians import nonzero_synapses
 from ._plan import StepCost
 from ._rtrl import RtrlPlan, _columns, _plan, _ravel_float, influence_rule, reg_extras
 from ._traces import online_traces
@@ -225,15 +225,13 @@ def _structure(model: Cell):
     """Per layer, ``(feedforward, recurrent)`` boolean patterns ``(n, n_in)`` and ``(n, n)``: which inputs and
     which neurons' previous outputs reach each neuron's synaptic input, from the effective weights at random
     parameters (the synapse is affine, so an entry that is zero there is zero for every parameter value).
-    Computed with ``jax.numpy``: a cell built inside ``jax.vmap`` over a hyperparameter gets a traced
-    pattern, the same in every entry."""
+    A cell built inside ``jax.vmap`` over a hyperparameter gets a traced pattern, the same in every entry
+    (:func:`~eproptax._jacobians.nonzero_synapses`)."""
     shapes = jax.eval_shape(model.init, jax.random.key(0))
-    leaves, treedef = jax.tree_util.tree_flatten(shapes)
-    keys = jax.random.split(jax.random.key(0), len(leaves))
-    params = treedef.unflatten([jax.random.normal(k, a.shape, a.dtype) for k, a in zip(keys, leaves)])
+    dtype = jax.tree_util.tree_leaves(shapes)[0].dtype
     out = []
-    for layer, p in zip(layers_of(model), params if model.layers else (params,)):
-        w = jnp.any(effective_weights(layer, p, layer.n_in, leaves[0].dtype) != 0, axis=1)
+    for layer, p in zip(layers_of(model), shapes if model.layers else (shapes,)):
+        w = nonzero_synapses(layer, p, dtype)
         out.append((w[:, : layer.n_in], w[:, layer.n_in : layer.n_in + layer.n_out]))
     return out
 

@@ -45,7 +45,7 @@ from ._hyper import check_reg
 from ._level0 import compact_layout, own_update, own_view, own_z
 from ._plan import EpropTraces, TracePlan, batch_axes, is_shape, make_plan, state_shapes
 from ._typing import LossFn
-from ._validate import cast_data, check_step, float_dtype
+from ._validate import check_chunk_data, check_step
 
 
 def online_traces(
@@ -84,9 +84,7 @@ def online_traces(
         return trace_step(plan, layers, reg, fwd, params, state, x, target)
 
     def chunk(params, state, inputs, targets):
-        first = jax.tree_util.tree_map(lambda a: a[:, 0], targets)
-        check_step(where, model, loss, params, state, inputs[:, 0], first)
-        inputs, targets = cast_data(float_dtype(where, params), inputs, targets)
+        inputs, targets = check_chunk_data(where, model, loss, params, state, inputs, targets)
         return chunk_step(plan, reg, fwd, params, state, inputs, targets)
 
     def axes(state):

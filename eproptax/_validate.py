@@ -171,6 +171,14 @@ def check_key(where: str, key) -> None:
         )
 
 
+def check_chunk_data(where: str, model: Cell, loss: LossFn, params: Params, state: Any, inputs: Array, targets: Any):
+    """Validates a chunk of ``K`` steps (``inputs (B, K, n_in)``, ``targets`` leaves ``(B, K, ...)``) as
+    :func:`check_step` does its first step; returns them in the parameters' dtype."""
+    first = jax.tree_util.tree_map(lambda a: a[:, 0], targets)
+    check_step(where, model, loss, params, state, inputs[:, 0], first)
+    return cast_data(float_dtype(where, params), inputs, targets)
+
+
 def check_chunk(where: str, chunk, online: Any) -> None:
     """``chunk``: a positive int or ``None``, and above 1 only for a rule with a chunked form (``online.chunk``)."""
     if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1):

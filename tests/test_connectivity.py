@@ -216,7 +216,7 @@ def test_draws():
         ),
         (
             lambda: ep.cells.lif(3, 4, dale=np.array([1, -1, 0, 1])),
-            r"lif: `dale` must hold \+1 or -1, got 0 at index 2",
+            r"lif: `dale` must be \+1 or -1, got 0 at index \(2,\)",
         ),
         (
             lambda: ep.cells.rnn(3, 4, dale=np.ones(3)),
@@ -326,7 +326,7 @@ def test_deep_r_in_a_training_loop():
         ),
         (
             lambda: ep.deep_r(jax.random.key(0), jnp.ones((3, 3)), jnp.ones((3, 3), bool), 0.0),
-            r"deep_r: `signs` must hold \+1 or -1, got 0.0",
+            r"deep_r: `signs` must be \+1 or -1, got 0.0",
         ),
         (
             lambda: ep.deep_r(jax.random.key(0), jnp.ones((3, 3)), jnp.ones((3, 3), bool), jnp.ones(2)),

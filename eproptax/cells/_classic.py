@@ -67,8 +67,9 @@ def _dense_init(names_with_bias, n_in, n_rec, dtype):
     return init
 
 
-def _dense(params, name, v):
-    out = v @ params[name]["kernel"]
+def _dense(params, name, v, kernel=None):
+    """``v @ kernel + bias`` of the entry ``name`` (``kernel``: the entry's own, or a constrained one)."""
+    out = v @ (params[name]["kernel"] if kernel is None else kernel)
     return out + params[name]["bias"] if "bias" in params[name] else out
 
 
@@ -109,26 +110,26 @@ def rnn(n_in: int, n_rec: int, *, mask_in=None, mask_rec=None, dale=None, dtype=
         w_in = w_in * jnp.sqrt(n_in / fan_in(mask_in, n_in, pre_axis=0)).astype(dtype)
         w_rec = w_rec * jnp.sqrt(n_rec / fan_in(mask_rec, n_rec, pre_axis=0)).astype(dtype)
         w_rec = w_rec if dale is None else jnp.abs(w_rec)  # magnitudes: the kernel used is dale * |W_h|
-        return {"i": {**params["i"], "kernel": constrain(w_in, mask_in)}, "h": {"kernel": constrain(w_rec, mask_rec)}}
+        i, h = (
+            {**params["i"], "kernel": constrain(w_in, mask_in)},
+            {**params["h"], "kernel": constrain(w_rec, mask_rec)},
+        )
+        return {"i": i, "h": h}
 
     def synapse(params, x, z_prev):
         w_in = constrain(params["i"]["kernel"], mask_in)
         w_rec = constrain(params["h"]["kernel"], mask_rec, dale, pre_axis=0)
-        return (x @ w_in + params["i"]["bias"] + z_prev @ w_rec)[:, None]
+        return (_dense(params, "i", x, w_in) + _dense(params, "h", z_prev, w_rec))[:, None]
 
     return make_cell(
         n_in=n_in,
         n_out=n_rec,
-        init=init if (mask_in is not None or mask_rec is not None or dale is not None) else dense_init,
+        init=init,
         init_carry=_state_carry(RNNState, 1, n_rec, "i"),
-        synapse=synapse if (mask_in is not None or mask_rec is not None or dale is not None) else _plain_synapse,
+        synapse=synapse,
         dynamics=lambda h, a: RNNState(jnp.tanh(a[:, 0]).astype(h.h.dtype)),
         output=lambda h: h.h,
     )
-
-
-def _plain_synapse(params, x, z_prev):
-    return (_dense(params, "i", x) + _dense(params, "h", z_prev))[:, None]
 
 
 def lstm(n_in: int, n_rec: int, *, dtype=jnp.float32) -> Cell:

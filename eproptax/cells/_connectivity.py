@@ -89,12 +89,7 @@ def check_dale(where: str, dale: Any, n: int) -> None:
     arr = dale if isinstance(dale, (jax.Array, np.ndarray)) else np.asarray(dale)
     if tuple(arr.shape) != (n,):
         raise ValueError(f"{where}: `dale` must have shape ({n},), one sign per presynaptic neuron, got {arr.shape}.")
-    values = None if _hyper.is_traced(arr) else np.asarray(arr)
-    if values is not None:
-        bad = ~np.isin(values, (-1, 1))
-        if np.any(bad):
-            i = int(np.argwhere(bad)[0, 0])
-            raise ValueError(f"{where}: `dale` must hold +1 or -1, got {values[i].item()!r} at index {i}.")
+    _hyper.sign(where, "dale", arr)
 
 
 def constrain(w, mask=None, dale=None, pre_axis: int = 1):
