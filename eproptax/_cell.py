@@ -26,6 +26,13 @@ adaptation does not). A leaky variable's eligibility trace is the same for every
 trace ``zbar``, so the rules keep one vector instead of one trace per synapse; a cell whose whole state
 is one leaky variable also collapses into a scalar filter. It is a promise about ``dynamics``, and the
 tests check every shipped cell's promise against autodiff.
+
+``synapses`` declares a cell that stores its weights per synapse (compressed, a fixed number ``K`` per
+neuron): a pair ``(pre, weights)`` with ``pre`` the ``(n, K)`` integer indices into ``v = [x, z_prev, 1]``
+of each neuron's synapses and ``weights(params) -> (n, k, K)`` their weights, so that ``synapse(params, x,
+z_prev)[j] = weights(params)[j] @ v[pre[j]]``. e-prop's family then keeps its traces in that layout and
+pulls its gradient back through ``weights`` (no ``(n, m)`` array); ``pre`` may be a traced value (Deep R's
+rewired connectivity, docs/cells.md).
 """
 
 from __future__ import annotations
@@ -53,6 +60,7 @@ class Cell(NamedTuple):
       layers: for a :func:`stack`, its layers in order; ``()`` for a single cell.
       n_in: the input width.
       n_out: the output width.
+      synapses: for a cell storing its weights per synapse, ``(pre, weights)`` (see above), else ``None``.
     """
 
     init: Callable[[PRNGKey], Params]
@@ -65,6 +73,7 @@ class Cell(NamedTuple):
     layers: tuple = ()
     n_in: int | None = None
     n_out: int | None = None
+    synapses: tuple | None = None
 
 
 def make_cell(
@@ -77,6 +86,7 @@ def make_cell(
     dynamics: Callable[[Any, Array], Any],
     output: Callable[[Any], Array],
     leak: tuple | None = None,
+    synapses: tuple | None = None,
 ) -> Cell:
     """Builds a neuron cell from its synaptic stage, its neuron-wise dynamics and its output.
 
@@ -102,6 +112,8 @@ def make_cell(
     Sparse or sign-constrained connectivity (docs/cells.md) goes in ``synapse``: multiply each weight by its
     boolean mask there (``(p["w_rec"] * mask) @ z``), and for Dale's law use ``dale[None, :] *
     jnp.abs(p["w_rec"])``; every rule differentiates through it, so a masked weight gets zero gradient.
+    A neuron that stores only its synapses' weights (``(n, K)`` arrays read through index tables, as
+    :func:`~eproptax.cells.lif` with ``pre_in`` and ``pre_rec``) declares ``synapses=(pre, weights)``.
 
     Args:
       n_in: input width.
@@ -113,6 +125,7 @@ def make_cell(
       output: ``output(h) -> z`` of shape ``(n_out,)``, neuron-wise.
       leak: optional ``(decay, gain)``, or one such pair or ``None`` per differentiable state variable;
         see :class:`Cell`.
+      synapses: optional ``(pre, weights)`` for a cell storing its weights per synapse; see :class:`Cell`.
 
     Returns:
       A :class:`Cell`.
@@ -123,7 +136,7 @@ def make_cell(
         carry = dynamics(carry, a)
         return carry, output(carry)
 
-    return Cell(init, init_carry, apply, synapse, dynamics, output, leak, (), n_in, n_out)
+    return Cell(init, init_carry, apply, synapse, dynamics, output, leak, (), n_in, n_out, synapses)
 
 
 def layers_of(cell: Cell) -> tuple[Cell, ...]:

@@ -16,7 +16,7 @@ import numpy as np
 
 from . import _tricks as tricks
 from ._engine import reg_value, reg_weights
-from ._jacobians import pull_back
+from ._jacobians import pull_back, pull_back_synapses
 from ._level0 import gathered, z_mix
 from ._plan import LayerPlan, TracePlan
 
@@ -122,7 +122,11 @@ def result(plan: TracePlan, layers, reg, params, state):
     out = []
     for i, (layer, d) in enumerate(zip(layers, plan.layers)):
         if d is not None:
-            out.append(pull_back(layer, params[i], scattered(grads[i], d), dtype))
+            out.append(
+                pull_back_synapses(layer, params[i], grads[i])
+                if layer.synapses is not None and d.pre is not None
+                else pull_back(layer, params[i], scattered(grads[i], d), dtype)
+            )
         else:
             out.append(jax.tree_util.tree_map(lambda g, w: g.astype(w.dtype), grads[i], params[i]))
     return value, tuple(out)

@@ -227,6 +227,29 @@ def _neuron_shapes(name: str, layer: Cell, params, carry, x) -> None:
         variable_leaks(layer, s, a.shape[1])
     except ValueError as e:
         raise ContractError(f"{name}: {e}") from None
+    if layer.synapses is not None:
+        _synapse_table(name, layer, params, a.shape[1])
+
+
+def _synapse_table(name: str, layer: Cell, params, k: int) -> None:
+    """A cell storing its weights per synapse: ``synapses = (pre, weights)``, ``pre`` integer ``(n, K)`` and
+    ``weights(params)`` ``(n, k, K)``."""
+    try:
+        pre, weights = layer.synapses
+    except (TypeError, ValueError):
+        raise ContractError(f"{name}: `synapses` must be a pair (pre, weights), got {layer.synapses!r}.") from None
+    n = layer.n_out
+    if not jnp.issubdtype(jnp.result_type(pre), jnp.integer) or jnp.ndim(pre) != 2 or jnp.shape(pre)[0] != n:
+        raise ContractError(
+            f"{name}: `synapses` pre must be an integer (n={n}, K) index table into [x, z_prev, 1], got "
+            f"{jnp.result_type(pre)} of shape {jnp.shape(pre)}."
+        )
+    w = _call(name, "synapses weights", weights, params)
+    if tuple(w.shape) != (n, k, jnp.shape(pre)[1]):
+        raise ContractError(
+            f"{name}: `synapses` weights(params) must return (n={n}, k={k}, K={jnp.shape(pre)[1]}), the weights "
+            f"in the order of pre, got {w.shape}."
+        )
 
 
 def _neuron_carry(name: str, layer: Cell, carry) -> None:

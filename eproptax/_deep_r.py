@@ -8,9 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _hyper as hyper
+from .cells._connectivity import check_table, to_dense
 
 
-def deep_r(key, weights, masks, signs, *, learning_rate=0.0, l1=0.0, temperature=0.0, autapses=True):
+def deep_r(key, weights, masks, signs, *, learning_rate=0.0, l1=0.0, temperature=0.0, autapses=True, n_pre=None):
     """One Deep R step on sparse weights, applied after ``optax.apply_updates``: ``(weights, masks)``.
 
     Each synapse ``k`` has a fixed sign ``s_k`` and a parameter ``theta_k = s_k w_k``, active while
@@ -28,11 +29,18 @@ def deep_r(key, weights, masks, signs, *, learning_rate=0.0, l1=0.0, temperature
     traced values, so a rewired network runs the same compiled program (docs/cells.md, "Deep R"). An
     absent synapse is masked inside the cell's synapse, so its gradient is exactly zero until it is drawn.
 
+    Compressed weights (``ep.cells.lif(..., pre_in=, pre_rec=)``): pass the ``(n_post, K)`` weights and
+    their int index tables as ``masks``, with ``n_pre``. A removed synapse's slot takes the new synapse
+    (its table entry rewritten, its weight zero), so the tables keep their shape ``(n_post, K)`` and, passed
+    traced to the cell, the e-prop family's gathered layout follows the rewiring with one compilation. A
+    per-synapse sign then belongs to the slot (the ``dale`` of a cell storing magnitudes: pass ``1``).
+
     Args:
       key: a ``jax.random.key`` (the new synapses, and the noise).
       weights: the weights after the optimizer's update, an array ``(n_post, n_pre)`` or a pytree of them
         (transpose ``rnn``'s ``(pre, post)`` kernels around the call).
-      masks: the boolean masks before the update, the structure of ``weights``.
+      masks: the boolean masks before the update, the structure of ``weights``; or, for compressed
+        weights, their int index tables.
       signs: the synapses' fixed signs, ``+1`` or ``-1``, each broadcastable to its weight: per synapse,
         or ``dale[None, :]`` per presynaptic neuron. A cell built with ``dale`` stores magnitudes: pass
         ``1``.
@@ -41,6 +49,8 @@ def deep_r(key, weights, masks, signs, *, learning_rate=0.0, l1=0.0, temperature
       temperature: the noise temperature ``T``, ``>= 0``.
       autapses: whether a neuron may draw itself, a bool for every weight or one per weight (the structure
         of ``weights``); ``False`` (a square recurrent matrix) never draws the diagonal.
+      n_pre: for index tables, the presynaptic population's size: an int for every table, or one per weight
+        (the structure of ``weights``, ``None`` on a dense weight).
 
     Returns:
       ``(weights, masks)``, rewired, in the structure given.
@@ -53,21 +63,31 @@ def deep_r(key, weights, masks, signs, *, learning_rate=0.0, l1=0.0, temperature
     autapse_leaves = [autapses] * len(leaves) if isinstance(autapses, bool) else per_leaf(autapses)
     for a in autapse_leaves:
         hyper.boolean("deep_r", "autapses", a)
+    pre_leaves = [n_pre] * len(leaves) if n_pre is None or isinstance(n_pre, int) else per_leaf(n_pre)
     keys = jax.random.split(key, len(leaves))
     out = [
-        _rewire(k, w, m, s, learning_rate, l1, temperature, a)
-        for k, w, m, s, a in zip(keys, leaves, per_leaf(masks), per_leaf(signs), autapse_leaves)
+        _rewire(k, w, m, s, learning_rate, l1, temperature, a, n)
+        for k, w, m, s, a, n in zip(keys, leaves, per_leaf(masks), per_leaf(signs), autapse_leaves, pre_leaves)
     ]
     return treedef.unflatten([w for w, _ in out]), treedef.unflatten([m for _, m in out])
 
 
-def _check(w, mask, sign, autapses):
-    if getattr(mask, "dtype", None) != jnp.bool_ or tuple(mask.shape) != tuple(w.shape):
+def _check(w, mask, sign, autapses, n_pre):
+    table = jnp.issubdtype(getattr(mask, "dtype", np.float64), jnp.integer)
+    if (getattr(mask, "dtype", None) != jnp.bool_ and not table) or tuple(mask.shape) != tuple(w.shape):
         raise ValueError(
-            f"deep_r: each mask must be a boolean array of its weight's shape {tuple(w.shape)}, got "
-            f"{getattr(mask, 'dtype', type(mask).__name__)} of shape {tuple(getattr(mask, 'shape', ()))}."
+            f"deep_r: each mask must be a boolean array (or an int index table) of its weight's shape "
+            f"{tuple(w.shape)}, got {getattr(mask, 'dtype', type(mask).__name__)} of shape "
+            f"{tuple(getattr(mask, 'shape', ()))}."
         )
-    if w.ndim != 2 or (not autapses and w.shape[0] != w.shape[1]):
+    if table:
+        if not isinstance(n_pre, (int, np.integer)) or n_pre < w.shape[1] + (0 if autapses else 1):
+            raise ValueError(
+                f"deep_r: an index table of {w.shape[1]} synapses per neuron needs `n_pre`, the presynaptic "
+                f"population's size, an int >= {w.shape[1] + (0 if autapses else 1)}; got {n_pre!r}."
+            )
+        check_table("deep_r", "masks", mask, w.shape[0], n_pre, autapses)
+    elif w.ndim != 2 or (not autapses and w.shape[0] != w.shape[1]):
         raise ValueError(
             f"deep_r: weights must be (n_post, n_pre) matrices (square with autapses=False), got {w.shape}."
         )
@@ -80,18 +100,25 @@ def _check(w, mask, sign, autapses):
     hyper.sign("deep_r", "signs", sign)
 
 
-def _rewire(key, w, mask, sign, learning_rate, l1, temperature, autapses):
+def _rewire(key, w, mask, sign, learning_rate, l1, temperature, autapses, n_pre):
     """One weight matrix's step (see :func:`deep_r`)."""
-    _check(w, mask, sign, autapses)
+    _check(w, mask, sign, autapses, n_pre)
     k_noise, k_draw = jax.random.split(key)
     s = jnp.broadcast_to(jnp.asarray(sign, w.dtype), w.shape)
     theta = s * w - learning_rate * l1
     theta = theta + jnp.sqrt(2.0 * learning_rate * temperature) * jax.random.normal(k_noise, w.shape, w.dtype)
-    removed = mask & (theta < 0)
-    kept = mask & ~removed
-    allowed = ~kept if autapses else ~kept & ~jnp.eye(w.shape[0], dtype=bool)
-    scores = jnp.where(allowed, jax.random.uniform(k_draw, w.shape), -1.0)
-    rank = jnp.argsort(jnp.argsort(-scores, axis=1), axis=1)  # 0 for each row's best-scored absent synapse
+    table = mask.dtype != jnp.bool_
+    present = to_dense(jnp.ones(mask.shape, bool), mask, n_pre) if table else mask
+    removed = (theta < 0) if table else mask & (theta < 0)
+    kept = present & ~(to_dense(removed, mask, n_pre) if table else removed)
+    allowed = ~kept if autapses else ~kept & ~jnp.eye(kept.shape[0], kept.shape[1], dtype=bool)
+    scores = jnp.where(allowed, jax.random.uniform(k_draw, kept.shape), -1.0)
+    best = jnp.argsort(-scores, axis=1)  # each row's absent synapses, best-scored first
+    new_w = jnp.where(removed, 0.0, s * theta).astype(w.dtype) if table else jnp.where(kept, s * theta, 0.0)
+    if table:  # the removed slots take the best-scored absent synapses, in slot order
+        slot = jnp.cumsum(removed, axis=1) - 1
+        new_pre = jnp.where(removed, jnp.take_along_axis(best, jnp.maximum(slot, 0), axis=1), mask)
+        return new_w, new_pre.astype(mask.dtype)
+    rank = jnp.argsort(best, axis=1)  # 0 for each row's best-scored absent synapse
     drawn = allowed & (rank < jnp.sum(removed, axis=1, keepdims=True))
-    new_mask = kept | drawn
-    return jnp.where(kept, s * theta, 0.0).astype(w.dtype), new_mask
+    return new_w.astype(w.dtype), kept | drawn

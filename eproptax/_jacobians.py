@@ -16,6 +16,7 @@ the same-step edge from the layer below go through the synaptic stage (``_dense.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
@@ -132,8 +133,10 @@ def effective_weights(layer: Cell, params, n_in: int, dtype) -> jax.Array:
     kernels, masked autapses, shared weights) then gets the right gradient.
     """
     x0, z0 = jnp.zeros((n_in,), dtype), jnp.zeros((layer.n_out,), dtype)
-    w_x = jax.jacfwd(lambda x: layer.synapse(params, x, z0))(x0)
-    w_z = jax.jacfwd(lambda z: layer.synapse(params, x0, z))(z0)
+    n_a = math.prod(synapse_struct(layer, params, dtype).shape)
+    jac = lambda dim: jax.jacrev if n_a < dim else jax.jacfwd  # the smaller identity: no (m, m) one
+    w_x = jac(n_in)(lambda x: layer.synapse(params, x, z0))(x0)
+    w_z = jac(layer.n_out)(lambda z: layer.synapse(params, x0, z))(z0)
     bias = layer.synapse(params, x0, z0)
     return jnp.concatenate([w_x, w_z, bias[..., None]], axis=-1)
 
@@ -170,3 +173,10 @@ def pull_back(layer: Cell, params, grads, dtype):
     of :func:`effective_weights`, which every forward-mode rule applies once, in its ``result``."""
     w_eff, pull = jax.vjp(lambda p: effective_weights(layer, p, layer.n_in, dtype), params)
     return pull(grads.reshape(w_eff.shape).astype(w_eff.dtype))[0]
+
+
+def pull_back_synapses(layer: Cell, params, grads):
+    """A gradient ``(n, k, K)`` in the layout of a cell that stores its weights per synapse (``Cell.synapses``)
+    as a gradient for ``params``: the vjp of the cell's ``weights``, with no ``(n, m)`` array."""
+    w, pull = jax.vjp(layer.synapses[1], params)
+    return pull(grads.reshape(w.shape).astype(w.dtype))[0]

@@ -62,7 +62,8 @@ class LayerPlan(NamedTuple):
     leaks: tuple  # per state variable: ``(decay, gain)`` if declared leaky, else ``None``
     stored: tuple  # per state variable: whether its own level-0 trace is carried to the next step
     scalar: tuple | None  # ``(decay, gain)`` when the whole state is one leaky variable (a filter)
-    pre: Any = None  # the gathered layout: ``(n, K)`` numpy indices of each neuron's synapses in ``v``
+    pre: Any = None  # the gathered layout: ``(n, K)`` indices of each neuron's synapses in ``v`` (numpy, or the
+    # cell's own table, maybe traced, for a cell storing its weights per synapse)
     valid: Any = None  # ``(n, K)`` numpy booleans, ``False`` on padding (``None``: no padding)
 
     @property
@@ -368,7 +369,10 @@ def gathered_layout(d: LayerPlan | None, layer: Cell, params, dtype) -> LayerPla
     """``d`` in the gathered layout where the layer's synapses are sparse enough (:data:`SPARSE_FRACTION`),
     else ``d``: each neuron keeps the ``K`` presynaptic entries its effective weights can be nonzero at (the
     pattern read at random parameters, :func:`~eproptax._jacobians.synapse_pattern`; a traced pattern, a
-    cell built inside ``jax.vmap``, keeps the dense layout), padded to the widest neuron."""
+    cell built inside ``jax.vmap``, keeps the dense layout), padded to the widest neuron. A cell that stores
+    its weights per synapse (``Cell.synapses``) runs its own table, traced or not, whatever its density."""
+    if d is not None and layer.synapses is not None:  # the cell's own table: its params are per synapse
+        return d._replace(pre=jnp.asarray(layer.synapses[0], jnp.int32), valid=None)
     pattern = None if d is None else synapse_pattern(layer, params, dtype)
     if pattern is None:
         return d

@@ -317,12 +317,76 @@ def test_deep_r_in_a_training_loop():
     assert rewired > 0 and train_step._cache_size() == 1
 
 
+def test_deep_r_on_index_tables():
+    """Compressed weights: each removed slot takes a new partner (not one the neuron keeps, never itself) at
+    weight zero; a kept slot keeps its partner and weight."""
+    pre = ep.cells.fan_in_indices(jax.random.key(0), (40, 40), 8, autapses=False)
+    w = jax.random.uniform(jax.random.key(2), (40, 8), minval=-0.3, maxval=1.0)
+    crossed = np.asarray(w < 0)
+    new_w, new_pre = ep.deep_r(jax.random.key(3), w, pre, 1.0, autapses=False, n_pre=40)
+    new_w, new_pre, old = np.asarray(new_w), np.asarray(new_pre), np.asarray(pre)
+    assert crossed.sum() > 20 and new_pre.shape == (40, 8) and new_pre.dtype == old.dtype
+    assert np.all(new_pre[~crossed] == old[~crossed]) and np.array_equal(new_w[~crossed], np.asarray(w)[~crossed])
+    assert np.all(new_w[crossed] == 0) and np.all(new_w >= 0)
+    for row in range(40):  # no partner twice, no autapse, every new partner one the neuron did not keep
+        assert len(set(new_pre[row])) == 8 and row not in new_pre[row]
+        assert not set(new_pre[row][crossed[row]]) & set(old[row][~crossed[row]])
+
+
+def test_deep_r_on_compressed_weights_in_a_training_loop():
+    """e-prop, Adam and Deep R on a LIF layer storing its weights per synapse, the tables traced: one compiled
+    step, the gathered layout's table follows the rewiring, and in the dense view an absent synapse has
+    exactly zero weight and gradient, the signs hold."""
+    n, n_in = 16, 4
+    k1, k2 = jax.random.split(jax.random.key(0))
+    tables = ep.cells.fan_in_indices(k1, (n, n_in), 2), ep.cells.fan_in_indices(k2, (n, n), 4, autapses=False)
+    dale = ep.cells.dale_signs(n, 0.75)
+    readout = ep.cells.leaky_readout(n, N_OUT, dtype=F64)
+    build = lambda t_in, t_rec: ep.cells.stack(
+        ep.cells.lif(n_in, n, dtype=F64, threshold=0.02, pre_in=t_in, pre_rec=t_rec, dale=dale), readout
+    )
+    params = build(*tables).init(jax.random.key(1))
+    params = ({**params[0], "w_in": 4.0 * params[0]["w_in"]}, params[1])
+    signs_in = jnp.where(params[0]["w_in"] >= 0, 1.0, -1.0)  # per slot
+    opt = optax.adam(0.05)
+    inputs = (jax.random.uniform(jax.random.key(4), (BATCH, 12, n_in)) < 0.6).astype(F64)
+    targets = jnp.sin(jnp.arange(12, dtype=F64))[None, :, None] * jnp.ones((BATCH, 1, N_OUT))
+
+    @jax.jit
+    def train_step(params, opt_state, tables, key):
+        _, grads = ep.eprop(build(*tables), mse)(params, inputs, targets)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        new = optax.apply_updates(params, updates)
+        w, tables = ep.deep_r(
+            key, (new[0]["w_in"], new[0]["w_rec"]), tables, (signs_in, 1.0), l1=0.2, learning_rate=0.05,
+            autapses=(True, False), n_pre=(n_in, n),
+        )  # fmt: skip
+        return ({**new[0], "w_in": w[0], "w_rec": w[1]}, new[1]), opt_state, tables, grads
+
+    opt_state, rewired = opt.init(params), 0
+    for step in range(40):
+        params, opt_state, new_tables, grads = train_step(params, opt_state, tables, jax.random.key(step))
+        rewired += int(np.sum(np.asarray(new_tables[1]) != np.asarray(tables[1])))
+        for g, t, old_t, n_pre in zip((grads[0]["w_in"], grads[0]["w_rec"]), new_tables, tables, (n_in, n)):
+            mask = np.asarray(ep.cells.to_dense(jnp.ones(t.shape, bool), old_t, n_pre))
+            assert np.all(np.asarray(ep.cells.to_dense(g, old_t, n_pre))[~mask] == 0)  # not a synapse: no gradient
+            assert t.shape == old_t.shape and all(len(set(row)) == t.shape[1] for row in np.asarray(t))
+        assert np.all(np.asarray(params[0]["w_in"]) * np.asarray(signs_in) >= 0)
+        assert np.all(np.asarray(params[0]["w_rec"]) >= 0)  # magnitudes: the cell applies Dale's signs
+        tables = new_tables
+    assert rewired > 0 and train_step._cache_size() == 1
+
+
 @pytest.mark.parametrize(
     "call, message",
     [
         (
             lambda: ep.deep_r(jax.random.key(0), jnp.ones((3, 3)), jnp.ones((3, 3)), 1.0),
-            r"deep_r: each mask must be a boolean array",
+            r"deep_r: each mask must be a boolean array \(or an int index table\)",
+        ),
+        (
+            lambda: ep.deep_r(jax.random.key(0), jnp.ones((3, 2)), jnp.array([[0, 1], [1, 2], [0, 2]]), 1.0),
+            r"deep_r: an index table of 2 synapses per neuron needs `n_pre`, .* an int >= 2; got None",
         ),
         (
             lambda: ep.deep_r(jax.random.key(0), jnp.ones((3, 3)), jnp.ones((3, 3), bool), 0.0),

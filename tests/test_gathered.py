@@ -129,26 +129,182 @@ def test_a_dense_layer_and_a_traced_mask_keep_the_dense_layout():
 @functools.cache
 def against_dense():
     """The compiled e-prop program of a LIF(256) layer at 10% fixed fan-in, leaky readout, batch 16: its
-    temporaries plus outputs in the gathered layout, as a fraction of the dense layout's."""
+    temporaries plus outputs in the gathered layout, and with its weights compressed, as fractions of the
+    dense layout's."""
     n, n_in = 256, 32
     k1, k2 = jax.random.split(jax.random.key(0))
     m_in, m_rec = ep.cells.fan_in_mask(k1, (n, n_in), 3), ep.cells.fan_in_mask(k2, (n, n), 26, autapses=False)
-    model = ep.cells.stack(ep.cells.lif(n_in, n, mask_in=m_in, mask_rec=m_rec), ep.cells.leaky_readout(n, 2))
-    params = model.init(jax.random.key(1))
+    p_in, p_rec = ep.cells.fan_in_indices(k1, (n, n_in), 3), ep.cells.fan_in_indices(k2, (n, n), 26, autapses=False)
+    masked = ep.cells.stack(ep.cells.lif(n_in, n, mask_in=m_in, mask_rec=m_rec), ep.cells.leaky_readout(n, 2))
+    packed = ep.cells.stack(ep.cells.lif(n_in, n, pre_in=p_in, pre_rec=p_rec), ep.cells.leaky_readout(n, 2))
     inputs, targets = jnp.zeros((16, 10, n_in)), jnp.zeros((16, 10, 2))
 
-    def memory():
-        compiled = jax.jit(keyed(ep.rules["eprop"], ep.eprop(model, mse))).lower(params, inputs, targets).compile()
-        analysis = compiled.memory_analysis()
+    def memory(model):
+        fn = jax.jit(keyed(ep.rules["eprop"], ep.eprop(model, mse)))
+        analysis = fn.lower(model.init(jax.random.key(1)), inputs, targets).compile().memory_analysis()
         return analysis.temp_size_in_bytes + analysis.output_size_in_bytes
 
-    gathered = memory()
+    gathered, packed = memory(masked), memory(packed)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(eproptax._plan, "SPARSE_FRACTION", 0.0)
-        return gathered / memory()
+        dense = memory(masked)
+    return gathered / dense, packed / dense
 
 
 def test_memory_follows_the_synapses():
-    """Measured 0.26: the traces shrink to a tenth; the dense gradient output and the presynaptic vector
-    gathered each step (a trace-sized temporary) stay. A dense trace kept anywhere would be above 0.35."""
-    assert against_dense() < 0.35
+    """Measured 0.26 masked: the traces shrink to a tenth; the dense gradient output and the presynaptic
+    vector gathered each step (a trace-sized temporary) stay. A dense trace kept anywhere would be above
+    0.35. Compressed, measured 0.165: the traces, one dense view of the weights for the forward product and
+    the compressed gradients; the masked layer's dense gradient output and its scatter would put it above
+    0.2."""
+    masked, packed = against_dense()
+    assert masked < 0.35 and packed < 0.2, (masked, packed)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Compressed weights: index tables (`pre_in`, `pre_rec`), the weights stored per synapse
+# ----------------------------------------------------------------------------------------------------------
+
+
+def tables(key, n_in):
+    """The index tables of :func:`masks`' fixed fan-in draw: the same key, the same synapses."""
+    k1, k2 = jax.random.split(key)
+    return ep.cells.fan_in_indices(k1, (N, n_in), 2), ep.cells.fan_in_indices(k2, (N, N), 3, autapses=False)
+
+
+@functools.cache
+def compressed(cell, readout, layers=1):
+    """:func:`network`'s fixed fan-in network with its weights compressed: ``(model, params, tables)``, the
+    params the compressed entries of the masked network's (whose dense view they are)."""
+    _, dense_params, *_ = network(cell, readout, layers, "fan_in")
+    keys = jax.random.split(jax.random.key(0), layers)
+    hidden, params, all_tables = [], [], []
+    for i in range(layers):
+        n_in = N_IN if i == 0 else N
+        pre_in, pre_rec = tables(keys[i], n_in)
+        options = dict(beta=0.05, tau_adapt=10.0) if cell == "alif" else {}
+        make = ep.cells.alif if cell == "alif" else ep.cells.lif
+        hidden.append(make(n_in, N, dtype=F64, threshold=0.02, pre_in=pre_in, pre_rec=pre_rec, **options))
+        p = dense_params[i]
+        params.append(
+            {"w_in": ep.cells.to_compressed(p["w_in"], pre_in), "w_rec": ep.cells.to_compressed(p["w_rec"], pre_rec)}
+        )
+        all_tables.append((pre_in, pre_rec))
+    top = (ep.cells.leaky_readout if readout == "leaky" else ep.cells.readout)(N, N_OUT, dtype=F64)
+    return ep.cells.stack(*hidden, top), (*params, dense_params[-1]), tuple(all_tables)
+
+
+def dense_view(grads, all_tables):
+    """Compressed gradients (or params) as the masked network's ``(post, pre)`` ones; the readout's as they are."""
+    hidden = [
+        {
+            "w_in": ep.cells.to_dense(g["w_in"], t_in, N_IN if i == 0 else N),
+            "w_rec": ep.cells.to_dense(g["w_rec"], t_rec, N),
+        }
+        for i, (g, (t_in, t_rec)) in enumerate(zip(grads, all_tables))
+    ]
+    return (*hidden, grads[-1])
+
+
+COMPRESSED = [
+    ("eprop", "lif", "leaky", 1),
+    ("eprop_reg", "alif", "stateless", 2),
+    ("snap", "lif", "stateless", 1),
+    ("deep_eprop", "alif", "leaky", 2),
+    ("snap2", "lif", "leaky", 1),
+    ("rtrl", "alif", "leaky", 1),
+    ("bptt", "lif", "leaky", 2),
+]
+EXACT_RULES = {
+    **RULES,
+    "snap2": lambda m: ep.snap(m, mse, 2),
+    "rtrl": lambda m: ep.rtrl(m, mse),
+    "bptt": lambda m: ep.bptt(m, mse),
+}
+
+
+@pytest.mark.parametrize("rule, cell, readout, layers", COMPRESSED)
+def test_compressed_equals_masked(rule, cell, readout, layers):
+    """Every rule on compressed weights gives the masked network's loss and, mapped by ``to_dense``, its
+    gradients; the e-prop family keeps the cell's own table as its gathered layout."""
+    model, params, all_tables = compressed(cell, readout, layers)
+    masked, dense_params, inputs, targets = network(cell, readout, layers, "fan_in")
+    for a, b in zip(jax.tree_util.tree_leaves(dense_view(params, all_tables)), jax.tree_util.tree_leaves(dense_params)):
+        np.testing.assert_array_equal(a, b)  # the same network
+    if rule not in ("rtrl", "bptt", "snap2"):
+        plan = ep.online.eprop(model, mse).plan
+        assert all(d.pre.shape == (N, 5) for d in plan.layers[:-1])
+    value, grads = jax.jit(EXACT_RULES[rule](model))(params, inputs, targets)
+    value_m, grads_m = jax.jit(EXACT_RULES[rule](masked))(dense_params, inputs, targets)
+    np.testing.assert_allclose(value, value_m, rtol=1e-13)
+    assert all(g["w_in"].shape == (N, 2) and g["w_rec"].shape == (N, 3) for g in grads[:-1])
+    for a, b in zip(jax.tree_util.tree_leaves(dense_view(grads, all_tables)), jax.tree_util.tree_leaves(grads_m)):
+        np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-14)
+    assert all(np.any(np.asarray(g["w_rec"]) != 0) for g in grads[:-1])
+
+
+def test_traced_tables_keep_the_gathered_layout():
+    """Index tables passed traced (as Deep R's training loop does): still the gathered layout, their width."""
+    pre_in, pre_rec = tables(jax.random.key(0), N_IN)
+    seen = []
+
+    def layout(pre_rec):
+        model = ep.cells.stack(
+            ep.cells.lif(N_IN, N, dtype=F64, pre_in=pre_in, pre_rec=pre_rec), ep.cells.readout(N, N_OUT, dtype=F64)
+        )
+        seen.append(ep.online.eprop(model, mse).plan.layers[0].pre)
+        return 0.0
+
+    jax.jit(layout)(pre_rec)
+    assert isinstance(seen[0], jax.core.Tracer) and seen[0].shape == (N, 5)
+
+
+def test_compressed_tables_and_conversions():
+    """``fan_in_indices`` draws ``fan_in_mask``'s synapses; ``to_dense`` and ``to_compressed`` invert each other
+    on them; the layer's table lists the inputs, then the recurrent partners offset by ``n_in``."""
+    key = jax.random.key(3)
+    pre = ep.cells.fan_in_indices(key, (N, N), 3, autapses=False)
+    mask = ep.cells.fan_in_mask(key, (N, N), 3, autapses=False)
+    assert pre.dtype == jnp.int32 and np.all(np.diff(np.asarray(pre), axis=1) > 0)
+    np.testing.assert_array_equal(ep.cells.to_dense(jnp.ones((N, 3), bool), pre, N), mask)
+    w = jax.random.normal(key, (N, 3))
+    np.testing.assert_array_equal(ep.cells.to_compressed(ep.cells.to_dense(w, pre, N), pre), w)
+    model, *_ = compressed("lif", "leaky")
+    pre_in, pre_rec = tables(jax.random.split(jax.random.key(0), 1)[0], N_IN)
+    np.testing.assert_array_equal(model.layers[0].synapses[0], np.concatenate([pre_in, pre_rec + N_IN], 1))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(pre_in=np.zeros((N, 2), np.int32)), r"lif: a compressed layer needs both index tables"),
+        (dict(pre_in=np.zeros((N, 2)), pre_rec=np.zeros((N, 2))), r"lif: `pre_in` must be an integer index table"),
+        (dict(pre_in=np.zeros((N, 1), int), pre_rec=np.zeros((N - 1, 1), int)), r"shape \(12, K\), got int64"),
+        (dict(pre_in=np.full((N, 1), N_IN), pre_rec=np.ones((N, 1), int)), r"`pre_in` entries must be in \[0, 5\)"),
+        (
+            dict(pre_in=np.zeros((N, 2), int), pre_rec=np.ones((N, 2), int)),
+            r"`pre_in` lists a presynaptic partner twice",
+        ),
+        (dict(pre_in=np.zeros((N, 1), int), pre_rec=np.zeros((N, 1), int)), r"`pre_rec` connects neuron 0 to itself"),
+        (
+            dict(pre_in=np.zeros((N, 1), int), pre_rec=np.ones((N, 1), int), mask_in=np.ones((N, N_IN), bool)),
+            r"give either masks \(`mask_in`, `mask_rec`\) or index tables",
+        ),
+    ],
+)
+def test_bad_tables(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ep.cells.lif(N_IN, N, **kwargs)
+
+
+def test_a_broken_synapse_table_is_a_contract_error():
+    """``Cell.synapses`` is checked when a rule is built: an integer ``(n, K)`` table, weights ``(n, k, K)``."""
+    good = compressed("lif", "leaky")[0].layers[0]
+    pre, weights = good.synapses
+    for synapses, message in (
+        ((pre.astype(F64), weights), r"`synapses` pre must be an integer \(n=12, K\) index table"),
+        ((pre, lambda p: weights(p)[:, :, :4]), r"weights\(params\) must return \(n=12, k=1, K=5\)"),
+    ):
+        layer = good._replace(synapses=synapses)
+        with pytest.raises(ep.cells.ContractError, match=message):
+            ep.eprop(ep.cells.stack(layer, ep.cells.readout(N, N_OUT, dtype=F64)), mse)

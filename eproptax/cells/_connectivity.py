@@ -6,6 +6,11 @@ stores it as zero. Dale's law is a parametrisation: the weights from presynaptic
 ``dale[i] * |w[:, i]|``, so every optimizer keeps the signs (nothing needs to be chained in optax). A weight
 whose update carries it across zero comes back with its own sign: its magnitude reflects off zero (at
 exactly zero its gradient is one-sided, ``d|w|/dw = 1``, so it is not stuck there).
+
+An index table is the compressed form of a fixed fan-in: ``pre[j]`` lists the ``K`` presynaptic partners of
+neuron ``j``, and a cell given tables (``lif(..., pre_in=, pre_rec=)``) stores ``(n_post, K)`` weights, one
+per synapse, in the order of its table. :func:`to_dense` and :func:`to_compressed` map such parameters (and
+their gradients, which have their shape) to the dense ``(n_post, n_pre)`` view and back.
 """
 
 from __future__ import annotations
@@ -108,3 +113,50 @@ def fan_in(mask, n: int, pre_axis: int = 1):
     if mask is None:
         return n
     return jnp.maximum(jnp.mean(jnp.sum(jnp.asarray(mask), axis=pre_axis)), 1)
+
+
+def fan_in_indices(key, shape: tuple, k: int, *, autapses: bool = True) -> jax.Array:
+    """The index table of a fixed fan-in: ``(n_post, k)`` int32, row ``j`` the ``k`` presynaptic partners of
+    neuron ``j`` in increasing order, drawn as :func:`fan_in_mask` draws them (the same key gives the same
+    synapses). Pass it as ``pre_in`` or ``pre_rec`` of :func:`lif` or :func:`alif`."""
+    mask = fan_in_mask(key, shape, k, autapses=autapses)
+    return jnp.argsort(~mask, axis=1, stable=True)[:, :k].astype(jnp.int32)
+
+
+def to_dense(w, pre, n_pre: int) -> jax.Array:
+    """Compressed ``(n_post, K)`` weights (or their gradients) as the dense ``(n_post, n_pre)`` view: entry
+    ``(j, pre[j, c])`` holds ``w[j, c]``, every absent synapse zero. A boolean ``w`` gives the mask."""
+    n_post = jnp.shape(w)[0]
+    rows = jnp.arange(n_post)[:, None]
+    dense = jnp.zeros((n_post, int(n_pre)), jnp.asarray(w).dtype)
+    return dense.at[rows, pre].set(w)
+
+
+def to_compressed(dense, pre) -> jax.Array:
+    """The dense ``(n_post, n_pre)`` view (weights or gradients) back to the ``(n_post, K)`` entries of the
+    table ``pre``: the inverse of :func:`to_dense` on the synapses of ``pre``."""
+    return jnp.take_along_axis(jnp.asarray(dense), jnp.asarray(pre), axis=1)
+
+
+def check_table(where: str, name: str, pre: Any, n_post: int, n_pre: int, autapses: bool = True) -> None:
+    """``pre`` is an integer ``(n_post, K)`` index table into ``n_pre`` presynaptic neurons; where it is
+    concrete, every entry in range, no partner twice in a row, and no neuron its own partner without
+    ``autapses`` (a ``ValueError`` names the argument, the expected and the actual value)."""
+    arr = pre if isinstance(pre, (jax.Array, np.ndarray)) else np.asarray(pre)
+    if not jnp.issubdtype(arr.dtype, jnp.integer) or arr.ndim != 2 or arr.shape[0] != n_post:
+        raise ValueError(
+            f"{where}: `{name}` must be an integer index table of shape ({n_post}, K), got {arr.dtype} of "
+            f"shape {tuple(arr.shape)}."
+        )
+    if _hyper.is_traced(arr):
+        return
+    arr = np.asarray(arr)
+    if arr.size and (arr.min() < 0 or arr.max() >= n_pre):
+        raise ValueError(f"{where}: `{name}` entries must be in [0, {n_pre}), got [{arr.min()}, {arr.max()}].")
+    ordered = np.sort(arr, axis=1)
+    if np.any(ordered[:, 1:] == ordered[:, :-1]):
+        row = int(np.nonzero(np.any(ordered[:, 1:] == ordered[:, :-1], axis=1))[0][0])
+        raise ValueError(f"{where}: `{name}` lists a presynaptic partner twice in row {row}: {arr[row].tolist()}.")
+    if not autapses and np.any(arr == np.arange(n_post)[:, None]):
+        row = int(np.nonzero(np.any(arr == np.arange(n_post)[:, None], axis=1))[0][0])
+        raise ValueError(f"{where}: `{name}` connects neuron {row} to itself, but `autapses` is False.")

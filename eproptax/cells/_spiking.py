@@ -8,7 +8,7 @@ import numpy as np
 
 from .. import _hyper
 from .._cell import Cell, make_cell
-from ._connectivity import check_dale, check_mask, constrain, fan_in
+from ._connectivity import check_dale, check_mask, check_table, constrain, fan_in, to_dense
 from ._surrogate import SURROGATES, spike_fn
 
 
@@ -68,6 +68,57 @@ def _recurrent_masks(where, n_in, n_rec, autapses, mask_in, mask_rec, dale):
     return mask_in, mask_rec
 
 
+def _compressed(where, n_in, n_rec, dtype, autapses, pre_in, pre_rec, dale):
+    """``(init, synapse, synapses)`` of a layer storing its weights per synapse: ``w_in`` ``(n_rec, K_in)``
+    and ``w_rec`` ``(n_rec, K_rec)`` in the order of the index tables ``pre_in`` and ``pre_rec``."""
+    check_table(where, "pre_in", pre_in, n_rec, n_in)
+    check_table(where, "pre_rec", pre_rec, n_rec, n_rec, autapses)
+    check_dale(where, dale, n_rec)
+    pre_in, pre_rec = jnp.asarray(pre_in, jnp.int32), jnp.asarray(pre_rec, jnp.int32)
+
+    def init(key):
+        k_in, k_rec = jax.random.split(key)
+        shapes = (pre_in.shape, pre_rec.shape)
+        w_in, w_rec = (
+            jax.random.normal(k, shape, dtype) / max(shape[1], 1) ** 0.5 for k, shape in zip((k_in, k_rec), shapes)
+        )
+        return {"w_in": w_in, "w_rec": jnp.abs(w_rec) if dale is not None else w_rec}
+
+    def weights(params):  # (n_rec, 1, K_in + K_rec): the synapses' weights in the order of `pre`
+        w_rec = params["w_rec"]
+        if dale is not None:
+            w_rec = jnp.abs(w_rec) * jnp.asarray(dale, w_rec.dtype)[pre_rec]
+        return jnp.concatenate([params["w_in"], w_rec], axis=1)[:, None, :]
+
+    def synapse(params, x, z_prev):  # the dense view times v: a matrix product (the scatter is loop-invariant)
+        w = weights(params)[:, 0]
+        k_in = pre_in.shape[1]
+        return (to_dense(w[:, :k_in], pre_in, n_in) @ x + to_dense(w[:, k_in:], pre_rec, n_rec) @ z_prev)[:, None]
+
+    return init, synapse, (jnp.concatenate([pre_in, pre_rec + n_in], axis=1), weights)
+
+
+def _connections(where, n_in, n_rec, dtype, autapses, mask_in, mask_rec, pre_in, pre_rec, dale):
+    """The keyword arguments ``init``, ``synapse`` and ``synapses`` of :func:`make_cell` for a layer's dense
+    (maybe masked) or compressed (index tables) weights."""
+    if pre_in is None and pre_rec is None:
+        masks = _recurrent_masks(where, n_in, n_rec, autapses, mask_in, mask_rec, dale)
+        return dict(
+            init=_recurrent_init(n_in, n_rec, dtype, *masks, dale, mask_rec), synapse=_recurrent_synapse(*masks, dale)
+        )
+    if pre_in is None or pre_rec is None:
+        raise ValueError(
+            f"{where}: a compressed layer needs both index tables, `pre_in` and `pre_rec` (got only "
+            f"`{'pre_in' if pre_rec is None else 'pre_rec'}`); draw a full one with fan_in_indices(key, shape, n_pre)."
+        )
+    if mask_in is not None or mask_rec is not None:
+        raise ValueError(
+            f"{where}: give either masks (`mask_in`, `mask_rec`) or index tables (`pre_in`, `pre_rec`), not both."
+        )
+    init, synapse, synapses = _compressed(where, n_in, n_rec, dtype, autapses, pre_in, pre_rec, dale)
+    return dict(init=init, synapse=synapse, synapses=synapses)
+
+
 def _refractory_counter(z_prev, refractory_prev, n_refractory):
     # NEST: r <- max(r - 1, 0) at the start of a step, r = t_ref / dt after a spike. A counter of
     # n_refractory + 1 set at the spike blocks exactly the n_refractory following steps.
@@ -108,6 +159,8 @@ def lif(
     mask_in=None,
     mask_rec=None,
     dale=None,
+    pre_in=None,
+    pre_rec=None,
     surrogate: str = "piecewise_linear",
     surrogate_height=10.0,
     surrogate_width=None,
@@ -139,6 +192,14 @@ def lif(
     ``dale[i] * |w_rec[j, i]|``, so the signs hold under every rule and optimizer, and ``params["w_rec"]``
     holds the magnitudes (a weight driven across zero comes back with its own sign).
 
+    Compressed weights (a fixed fan-in; docs/cells.md): with index tables ``pre_in`` ``(n_rec, K_in)`` and
+    ``pre_rec`` ``(n_rec, K_rec)`` instead of masks, ``params["w_in"]`` and ``params["w_rec"]`` hold only the
+    synapses, ``(n_rec, K_in)`` and ``(n_rec, K_rec)`` in the order of the tables (drawn with scale
+    ``1 / sqrt(K)``), and the cell declares them (``Cell.synapses``), so e-prop's traces and gradients never
+    take an ``(n_rec, n_in + n_rec)`` array; :func:`to_dense` and :func:`to_compressed` map parameters and
+    gradients to the masked cell's dense view and back. The tables may be traced values (Deep R rewires
+    them without a new compilation: :func:`~eproptax.deep_r`).
+
     Every hyperparameter may be a traced JAX value, so ``jax.vmap`` over, say, ``tau_mem`` works when the
     cell is built inside the vmapped function.
 
@@ -159,6 +220,10 @@ def lif(
       mask_rec: ``None`` or a boolean ``(n_rec, n_rec)`` mask of the recurrent synapses (the diagonal also
         masked when ``autapses`` is off).
       dale: ``None`` or ``(n_rec,)`` signs, +1 or -1, one per presynaptic recurrent neuron.
+      pre_in: ``None`` or an int ``(n_rec, K_in)`` index table of each neuron's input partners
+        (:func:`fan_in_indices`); with ``pre_rec``, the weights are stored compressed (see above).
+      pre_rec: ``None`` or an int ``(n_rec, K_rec)`` index table of each neuron's recurrent partners (no
+        neuron its own partner while ``autapses`` is off).
       surrogate: ``"piecewise_linear"``, ``"exponential"``, ``"fast_sigmoid"`` or ``"arctan"``.
       surrogate_height: the pseudo-derivative's height (NEST's ``surrogate_gradient_height``), finite and ``> 0``.
       surrogate_width: the pseudo-derivative's width in voltage, finite and ``> 0``; ``None`` means ``threshold``.
@@ -166,10 +231,10 @@ def lif(
 
     Returns:
       A neuron :class:`Cell` with params ``{"w_in": (n_rec, n_in), "w_rec": (n_rec, n_rec)}`` (post x
-      pre, as NEST) and carry :class:`LIFState`.
+      pre, as NEST; ``(n_rec, K_in)`` and ``(n_rec, K_rec)`` with index tables) and carry :class:`LIFState`.
     """
     _check_neuron("lif", locals())  # first: locals() holds the arguments only
-    masks = _recurrent_masks("lif", n_in, n_rec, autapses, mask_in, mask_rec, dale)
+    connections = _connections("lif", n_in, n_rec, dtype, autapses, mask_in, mask_rec, pre_in, pre_rec, dale)
     spike = spike_fn(surrogate)
     alpha = jnp.exp(-dt / jnp.asarray(tau_mem))
     gain = 1.0 - alpha if zeta is None else zeta
@@ -191,9 +256,8 @@ def lif(
     return make_cell(
         n_in=n_in,
         n_out=n_rec,
-        init=_recurrent_init(n_in, n_rec, dtype, *masks, dale, mask_rec),
         init_carry=init_carry,
-        synapse=_recurrent_synapse(*masks, dale),
+        **connections,
         dynamics=dynamics,
         output=output,
         leak=(alpha, gain) if detach_reset else None,
@@ -216,6 +280,8 @@ def alif(
     mask_in=None,
     mask_rec=None,
     dale=None,
+    pre_in=None,
+    pre_rec=None,
     surrogate: str = "piecewise_linear",
     surrogate_height=10.0,
     surrogate_width=None,
@@ -246,13 +312,14 @@ def alif(
         LIF neuron). A negative ``beta`` would lower the threshold after each spike, a positive feedback that
         neither NEST (``adapt_beta >= 0``) nor Bellec et al. use, and is refused. ``None``: the default above.
       n_in, n_rec, tau_mem, threshold, dt, zeta, n_refractory, detach_reset, autapses, mask_in, mask_rec,
-        dale, surrogate, surrogate_height, surrogate_width, dtype: as in :func:`lif`, with the same ranges.
+        dale, pre_in, pre_rec, surrogate, surrogate_height, surrogate_width, dtype: as in :func:`lif`, with
+        the same ranges.
 
     Returns:
       A neuron :class:`Cell` with the params of :func:`lif` and carry :class:`ALIFState`.
     """
     _check_neuron("alif", locals())  # first: locals() holds the arguments only
-    masks = _recurrent_masks("alif", n_in, n_rec, autapses, mask_in, mask_rec, dale)
+    connections = _connections("alif", n_in, n_rec, dtype, autapses, mask_in, mask_rec, pre_in, pre_rec, dale)
     spike = spike_fn(surrogate)
     alpha = jnp.exp(-dt / jnp.asarray(tau_mem))
     rho = jnp.exp(-dt / jnp.asarray(tau_adapt))
@@ -280,9 +347,8 @@ def alif(
     return make_cell(
         n_in=n_in,
         n_out=n_rec,
-        init=_recurrent_init(n_in, n_rec, dtype, *masks, dale, mask_rec),
         init_carry=init_carry,
-        synapse=_recurrent_synapse(*masks, dale),
+        **connections,
         dynamics=dynamics,
         output=output,
         leak=((alpha, gain), None) if detach_reset else None,
