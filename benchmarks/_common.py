@@ -9,24 +9,10 @@ from __future__ import annotations
 import argparse
 import os
 
-from eproptax._bench import _best_times, device_info, device_name, write_json
+from eproptax._bench import device_info, device_name, write_json
+from eproptax._bench_sparse import interleaved_slopes as interleaved_slopes
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def interleaved_slopes(programs: dict, lengths, rounds: int, repeats: int = 2) -> tuple[dict, dict]:
-    """Times compiled programs ``{(label, T): (compiled, call)}``, one of each label per length in
-    ``lengths = (T1, T2)``, in interleaved rounds (every program once per round, the minimum kept: the VM's
-    speed moves within minutes, so programs compared must share the rounds). Returns each label's cost of
-    one more step, ``(t(T2) - t(T1)) / (T2 - T1)``, and the minimum times themselves."""
-    best = {key: float("inf") for key in programs}
-    for _ in range(rounds):
-        for key, (compiled, call) in programs.items():
-            best[key] = min(best[key], _best_times(compiled, *call, repeats=repeats)[0])
-    t1, t2 = lengths
-    labels = dict.fromkeys(label for label, _ in programs)
-    slopes = {label: (best[(label, t2)] - best[(label, t1)]) / (t2 - t1) for label in labels}
-    return slopes, best
 
 
 def results_dir(out=None) -> str:

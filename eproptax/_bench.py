@@ -32,7 +32,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._cli import HelpFormatter, non_negative_int, positive_int, seed, writable_folder
+from ._cli import HelpFormatter, fraction, non_negative_int, positive_int, seed, writable_folder
 from ._compare import Problem, alignment
 from ._engine import sequence_loss
 from ._measure import _best_times as _best_times
@@ -297,6 +297,8 @@ def run(args) -> int:
     info = device_info()
     out = writable_folder(args.out if args.out is not None else os.path.join("results", f"bench-{info['device']}"))
     start = time.perf_counter()
+    if args.connectivity:
+        return run_connectivity(args, info, out, start)
     print(
         f"eproptax bench on {info['device']} ({info['cpu'] if info['platform'] == 'cpu' else info['device_kind']}),"
         f" jax {info['jax']}, float32; n_in={args.n_in}, hidden={args.hidden}, T={args.steps}, "
@@ -350,6 +352,29 @@ def run(args) -> int:
     return 0
 
 
+def run_connectivity(args, info, out, start) -> int:
+    """``--connectivity``: e-prop on a sparse LIF layer against the dense cell (:mod:`._bench_sparse`)."""
+    from ._bench_sparse import format_rows, measure_connectivity
+
+    print(
+        f"eproptax bench --connectivity on {info['device']}, jax {info['jax']}, float32: LIF({args.hidden}) with "
+        f"{args.n_in} inputs, both masks at each fixed fan-in, leaky readout of 4, batch {args.batch}, ep.eprop; "
+        "memory: XLA's temporaries + outputs (T = 50); step: the cost of one more step (T = 20 and 50)\n"
+    )
+    rows = []
+    for p in args.connectivity:
+        rows.append(measure_connectivity(args.hidden, p, n_in=args.n_in, batch=args.batch, rounds=args.repeats))
+        print(format_rows(rows)[-1] if len(rows) > 1 else "\n".join(format_rows(rows)), flush=True)
+    elapsed = time.perf_counter() - start
+    os.makedirs(out, exist_ok=True)
+    write_json(
+        os.path.join(out, "bench.json"),
+        dict(connectivity=rows, seconds=elapsed, args={k: v for k, v in vars(args).items() if k != "func"}),
+    )
+    print(f"\nwrote {out}/bench.json ({elapsed:.0f} s)")
+    return 0
+
+
 def add_parser(sub) -> None:
     """Adds ``eproptax bench`` to ``sub``; its sizes are checked while parsing, ``--out`` before the sweep."""
     p = sub.add_parser(
@@ -380,6 +405,14 @@ def add_parser(sub) -> None:
     )
     p.add_argument(
         "--quick", action="store_true", help="one-layer leaky-readout networks only, smaller reference arrays"
+    )
+    p.add_argument(
+        "--connectivity",
+        nargs="+",
+        type=fraction,
+        metavar="P",
+        help="instead of the rules: e-prop on a LIF(--hidden) layer at each fixed fan-in P in (0, 1], "
+        "compressed and masked against the dense cell (memory and time per step)",
     )
     p.add_argument(
         "--out", metavar="DIR", help="results folder, checked before the sweep (default: results/bench-<device>)"

@@ -99,6 +99,14 @@ def positive_float(text: str) -> float:
     return value
 
 
+def fraction(text: str) -> float:
+    """argparse ``type=``: a number in ``(0, 1]`` (``--connectivity``)."""
+    value = positive_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1], got {text}")
+    return value
+
+
 def writable_folder(path: str, option: str = "--out") -> str:
     """Creates the folder ``path`` if needed and writes (then removes) a probe file in it; returns ``path``.
 

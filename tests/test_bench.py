@@ -50,3 +50,18 @@ def test_useful_work_of_deep_full_counts_only_products_from_dense_levels():
     _, online = build(spec, prob)
     columns_0 = HIDDEN * 1 * (N_IN + HIDDEN + 1)  # layer 0's effective weights
     assert useful_work(online, prob, spec.kind)["flops"] == 2.0 * BATCH * HIDDEN * 1 * columns_0 * HIDDEN
+
+
+def test_connectivity_sweep(tmp_path):
+    """``eproptax bench --connectivity``: every form's memory and step measured and written to bench.json; the
+    compressed and masked programs take less memory than the dense cell's at 25% fan-in."""
+    import json
+
+    from eproptax._cli import main
+
+    argv = ["bench", "--connectivity", "0.25", "--hidden", "32", "--n-in", "8", "--batch", "2", "--repeats", "1"]
+    assert main([*argv, "--out", str(tmp_path)]) == 0
+    (row,) = json.loads((tmp_path / "bench.json").read_text())["connectivity"]
+    assert set(row["memory"]) == set(row["step"]) == {"compressed", "masked", "dense"}
+    assert row["memory"]["compressed"] < row["memory"]["dense"] and row["memory"]["masked"] < row["memory"]["dense"]
+    assert all(v > 0 for v in row["memory"].values())

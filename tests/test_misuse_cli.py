@@ -77,6 +77,7 @@ CASES = [
     ("bench-repeats-0", ["bench", "--repeats", "0"], ["--repeats", "got 0"]),
     ("bench-rtrl-max-negative", ["bench", "--rtrl-max-hidden", "-1"], ["--rtrl-max-hidden", "got -1"]),
     ("bench-out-file", ["bench", "--quick", "--out", FILE], ["--out", FILE, "file"]),
+    ("bench-connectivity-2", ["bench", "--connectivity", "0.1", "2"], ["--connectivity", "(0, 1]", "got 2"]),
 ]
 HELP = ("train-help", ["train", "--help"])
 # one case of each kind of check through a real process: parsing, rule options, task options, factories, --out
