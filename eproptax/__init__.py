@@ -1,6 +1,7 @@
 """eproptax: recurrent learning rules (BPTT, RTRL, e-prop and its family) as JAX function transforms."""
 
 from . import cells as cells
+from . import nest as nest
 from . import online as online
 from . import tasks as tasks
 from ._bptt import bptt as bptt

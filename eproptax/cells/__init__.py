@@ -21,6 +21,7 @@ from ._connectivity import fan_in_indices as fan_in_indices
 from ._connectivity import fan_in_mask as fan_in_mask
 from ._connectivity import to_compressed as to_compressed
 from ._connectivity import to_dense as to_dense
+from ._lsnn import lsnn as lsnn
 from ._readout import ReadoutState as ReadoutState
 from ._readout import leaky_readout as leaky_readout
 from ._readout import readout as readout

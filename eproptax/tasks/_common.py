@@ -142,6 +142,7 @@ def network(
     layers: int = 1,
     readout: str | None = None,
     tau_out=20.0,
+    zeta_out=None,
     input_scale=1.0,
     rec_scale=1.0,
     adaptive_fraction: float = 1.0,
@@ -164,6 +165,8 @@ def network(
       readout: ``"leaky"`` (:func:`~eproptax.cells.leaky_readout`, the default for spiking cells) or
         ``"linear"`` (:func:`~eproptax.cells.readout`, the default for the others).
       tau_out: the leaky readout's time constant (in units of the cell's ``dt``), finite and ``> 0``.
+      zeta_out: the leaky readout's input gain (:func:`~eproptax.cells.leaky_readout`), finite; ``None``:
+        ``1 - exp(-dt / tau_out)`` (NEST's ``regular_spike_arrival = False``; ``1.0`` is ``True``).
       input_scale: factor on the initial input weights of the spiking layers, finite.
       rec_scale: factor on the initial recurrent weights of the spiking layers, finite.
       adaptive_fraction: for ``"alif"``, the fraction of neurons that adapt, in [0, 1] (the others get
@@ -176,6 +179,8 @@ def network(
     """
     _check_network(n_in, n_out, cell, n_rec, layers, readout, tau_out, input_scale, rec_scale, adaptive_fraction, dtype)
     readout = readout or ("leaky" if cell in SPIKING else "linear")
+    if zeta_out is not None and readout != "leaky":
+        raise ValueError(f"network: `zeta_out` is the leaky readout's gain; readout {readout!r} has none.")
     if cell not in SPIKING and cell_options:
         raise ValueError(f"network: cell {cell!r} takes no options, got {sorted(cell_options)}.")
     stack = []
@@ -197,7 +202,7 @@ def network(
             stack.append(getattr(cells, cell)(width, n_rec, dtype=dtype))
     dt = cell_options.get("dt", 1.0)
     if readout == "leaky":
-        stack.append(cells.leaky_readout(n_rec, n_out, tau_out=tau_out, dt=dt, dtype=dtype))
+        stack.append(cells.leaky_readout(n_rec, n_out, tau_out=tau_out, dt=dt, zeta_out=zeta_out, dtype=dtype))
     else:
         stack.append(cells.readout(n_rec, n_out, dtype=dtype))
     model = cells.stack(*stack)
@@ -238,6 +243,7 @@ NETWORK_OPTIONS = (
     "layers",
     "readout",
     "tau_out",
+    "zeta_out",
     "input_scale",
     "rec_scale",
     "adaptive_fraction",
