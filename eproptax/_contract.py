@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from . import _tricks as tricks
 from ._engine import reg_value, reg_weights
-from ._jacobians import pull_back, pull_back_synapses
+from ._jacobians import pull_back, pull_back_gathered
 from ._level0 import gathered, z_mix
 from ._plan import LayerPlan, TracePlan
 
@@ -84,15 +83,6 @@ def contract_mixed(plan: TracePlan, sig, blk, trace, v, l: int, d: LayerPlan):
     return g
 
 
-def scattered(grad, d: LayerPlan):
-    """A gradient ``(n, k, width)`` as the effective weights' ``(n, k, m)``: in the gathered layout each
-    neuron's entries put back where its synapses are (padding adds zeros), once, in ``result``."""
-    if d.pre is None:
-        return grad
-    rows = np.arange(d.n)[:, None]
-    return jnp.zeros((d.n, d.k, d.m), grad.dtype).at[rows, :, d.pre].add(jnp.swapaxes(grad, 1, 2))
-
-
 def filter_stages(plan: TracePlan, filtered: dict, z_sums: dict) -> dict:
     """Every filter cascade one step on: ``{p: (ebar_1, ...)}`` from the previous stages and the z-space sums
     they filter, ``ebar_i <- decay_i ebar_i + gain_i ebar_{i-1}`` with ``ebar_0`` the observed trace."""
@@ -123,9 +113,9 @@ def result(plan: TracePlan, layers, reg, params, state):
     for i, (layer, d) in enumerate(zip(layers, plan.layers)):
         if d is not None:
             out.append(
-                pull_back_synapses(layer, params[i], grads[i])
-                if layer.synapses is not None and d.pre is not None
-                else pull_back(layer, params[i], scattered(grads[i], d), dtype)
+                pull_back(layer, params[i], grads[i], dtype)
+                if d.pre is None
+                else pull_back_gathered(layer, params[i], grads[i], d.pre, dtype)
             )
         else:
             out.append(jax.tree_util.tree_map(lambda g, w: g.astype(w.dtype), grads[i], params[i]))

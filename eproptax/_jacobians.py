@@ -175,8 +175,17 @@ def pull_back(layer: Cell, params, grads, dtype):
     return pull(grads.reshape(w_eff.shape).astype(w_eff.dtype))[0]
 
 
-def pull_back_synapses(layer: Cell, params, grads):
-    """A gradient ``(n, k, K)`` in the layout of a cell that stores its weights per synapse (``Cell.synapses``)
-    as a gradient for ``params``: the vjp of the cell's ``weights``, with no ``(n, m)`` array."""
-    w, pull = jax.vjp(layer.synapses[1], params)
-    return pull(grads.reshape(w.shape).astype(w.dtype))[0]
+def pull_back_gathered(layer: Cell, params, grads, pre, dtype):
+    """A gradient ``(n, k, K)`` on each neuron's presynaptic entries ``pre`` ``(n, K)`` (the gathered layout)
+    as a gradient for ``params``: through the cell's own ``weights`` where it stores them per synapse
+    (``Cell.synapses``: no ``(n, m)`` array), else put back where the synapses are (padding adds zeros) and
+    pulled back through the effective weights (:func:`pull_back`)."""
+    if layer.synapses is not None:
+        w, pull = jax.vjp(layer.synapses[1], params)
+        return pull(grads.reshape(w.shape).astype(w.dtype))[0]
+    n, k, m = effective_shape(layer, params, dtype)
+    rows = np.arange(n)[:, None]
+    grads = grads.reshape(n, k, -1)
+    return pull_back(
+        layer, params, jnp.zeros((n, k, m), grads.dtype).at[rows, :, pre].add(jnp.swapaxes(grads, 1, 2)), dtype
+    )

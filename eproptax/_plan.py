@@ -365,23 +365,31 @@ presynaptic values as synapses: below it, gathering ``v`` per neuron costs less 
 traces (docs/cells.md, "What is stored")."""
 
 
-def gathered_layout(d: LayerPlan | None, layer: Cell, params, dtype) -> LayerPlan | None:
-    """``d`` in the gathered layout where the layer's synapses are sparse enough (:data:`SPARSE_FRACTION`),
-    else ``d``: each neuron keeps the ``K`` presynaptic entries its effective weights can be nonzero at (the
-    pattern read at random parameters, :func:`~eproptax._jacobians.synapse_pattern`; a traced pattern, a
-    cell built inside ``jax.vmap``, keeps the dense layout), padded to the widest neuron. A cell that stores
-    its weights per synapse (``Cell.synapses``) runs its own table, traced or not, whatever its density."""
-    if d is not None and layer.synapses is not None:  # the cell's own table: its params are per synapse
-        return d._replace(pre=jnp.asarray(layer.synapses[0], jnp.int32), valid=None)
-    pattern = None if d is None else synapse_pattern(layer, params, dtype)
+def sparse_columns(layer: Cell, params, dtype, m: int) -> tuple | None:
+    """``(pre, valid)``, the presynaptic entries each neuron of a sparse layer keeps, or ``None`` for the
+    dense ``m`` columns: a cell that stores its weights per synapse (``Cell.synapses``) gives its own table
+    (traced or not, whatever its density, ``valid`` ``None``); otherwise where the layer's synapses are sparse
+    enough (:data:`SPARSE_FRACTION`), each neuron's ``K`` entries its effective weights can be nonzero at (the
+    pattern read at random parameters, :func:`~eproptax._jacobians.synapse_pattern`; a traced pattern, a cell
+    built inside ``jax.vmap``, keeps the dense columns), padded to the widest neuron (``valid`` ``False`` on
+    padding, ``None`` without)."""
+    if layer.synapses is not None:
+        return jnp.asarray(layer.synapses[0], jnp.int32), None
+    pattern = synapse_pattern(layer, params, dtype)
     if pattern is None:
-        return d
+        return None
     K = int(pattern.sum(1).max())
-    if K > SPARSE_FRACTION * d.m:
-        return d
+    if K > SPARSE_FRACTION * m:
+        return None
     pre = np.argsort(~pattern, axis=1, kind="stable")[:, :K]  # each neuron's synapses first, in order
     valid = np.take_along_axis(pattern, pre, 1)
-    return d._replace(pre=pre, valid=None if valid.all() else valid)
+    return pre, None if valid.all() else valid
+
+
+def gathered_layout(d: LayerPlan | None, layer: Cell, params, dtype) -> LayerPlan | None:
+    """``d`` in the gathered layout where the layer is sparse (:func:`sparse_columns`), else ``d``."""
+    columns = None if d is None else sparse_columns(layer, params, dtype, d.m)
+    return d if columns is None else d._replace(pre=columns[0], valid=columns[1])
 
 
 def same_step_plan(model: Cell, *, feedback, reg: bool, where: str) -> TracePlan:

@@ -24,8 +24,8 @@ from ._engine import (
     scan_rule,
 )
 from ._hyper import check_reg
-from ._jacobians import effective_shape, pull_back, synapse_struct
-from ._plan import StepCost
+from ._jacobians import effective_shape, pull_back, pull_back_gathered, synapse_struct
+from ._plan import StepCost, sparse_columns
 from ._typing import GradFn, LossFn
 from ._validate import check_step
 
@@ -48,7 +48,8 @@ class RtrlPlan(NamedTuple):
 
     Attributes:
       carry: ``C``, the floating state variables of one example.
-      columns: per layer, the influence block's columns (a neuron layer's effective weights ``(n, k, m)``).
+      columns: per layer, the influence block's columns (a neuron layer's effective weights ``(n, k, m)``,
+        ``(n, k, K)`` on a sparse layer's synapses).
       theta: ``|theta|``, the number of parameters.
       carry_bytes: the model's carry for one example, in bytes.
       recurrent: the recurrent layers' outputs (the regulariser's sums), or 0 without it.
@@ -69,15 +70,16 @@ class RtrlPlan(NamedTuple):
         return StepCost(state, 2 * state, 2.0 * batch_size * self.theta * self.carry**2)
 
 
-def _plan(model: Cell, reg: bool) -> RtrlPlan:
-    """RTRL's sizes for ``model``, from its parameters' and carry's shapes (nothing is run)."""
+def _plan(model: Cell, reg: bool, gather: bool = True) -> RtrlPlan:
+    """RTRL's sizes for ``model``, from its parameters' and carry's shapes (nothing is run); ``gather``: a
+    sparse layer's columns are its synapses' (RTRL's own layout; SnAp keeps the dense columns)."""
     params = jax.eval_shape(model.init, jax.random.key(0))
     carry = jax.eval_shape(model.init_carry, params)
     floats = [leaf for leaf in jax.tree_util.tree_leaves(carry) if jnp.issubdtype(leaf.dtype, jnp.inexact)]
     recurrent = recurrent_size(model, params) if reg else 0
     return RtrlPlan(
         carry=sum(leaf.size for leaf in floats),
-        columns=tuple(_columns(model, params)),
+        columns=tuple(_columns(model, params, _sparse(model, params) if gather else None)),
         theta=sum(leaf.size for leaf in jax.tree_util.tree_leaves(params)),
         carry_bytes=sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree_util.tree_leaves(carry)),
         recurrent=recurrent,
@@ -92,14 +94,25 @@ def _from_layers(model: Cell, seq):
     return tuple(seq) if model.layers else seq[0]
 
 
-def _columns(model: Cell, params) -> list:
-    """The influence's columns per layer: the effective weights' shape ``(n, k, m)`` (neuron layer), or
-    ``(|theta^l|,)``."""
+def _sparse(model: Cell, params) -> tuple:
+    """Per layer, ``(pre, valid)`` where a neuron layer's influence keeps only its synapses' columns (a sparse
+    layer: :func:`~eproptax._plan.sparse_columns`, the e-prop family's gathered layout), else ``None``."""
+    dtype = jax.tree_util.tree_leaves(params)[0].dtype
+    return tuple(
+        sparse_columns(layer, p, dtype, effective_shape(layer, p, dtype)[2]) if is_neuron(layer) else None
+        for layer, p in zip(layers_of(model), _as_layers(model, params))
+    )
+
+
+def _columns(model: Cell, params, sparse=None) -> list:
+    """The influence's columns per layer: the effective weights' shape ``(n, k, m)`` (neuron layer; ``(n, k,
+    K)`` on the synapses of a layer ``sparse`` gathers), or ``(|theta^l|,)``."""
     dtype = jax.tree_util.tree_leaves(params)[0].dtype
     out = []
-    for layer, p in zip(layers_of(model), _as_layers(model, params)):
+    for i, (layer, p) in enumerate(zip(layers_of(model), _as_layers(model, params))):
         if is_neuron(layer):
-            out.append(effective_shape(layer, p, dtype))
+            n, k, m = effective_shape(layer, p, dtype)
+            out.append((n, k, m) if sparse is None or sparse[i] is None else (n, k, sparse[i][0].shape[1]))
         else:
             out.append((ravel_pytree(p)[0].size,))
     return out
@@ -119,12 +132,14 @@ def influence_rule(
     (one example's step, :func:`_example`'s outputs), ``zeros(batch_size, dtype)`` (the initial influence)
     and ``plan``."""
     check_reg(where, reg)
-    example_step = example or _example
+    gather = example is None  # RTRL's own columns: a sparse layer's synapses only
+    sparse = lambda params: _sparse(model, params) if gather else None
+    example_step = example or (lambda *args: _example(*args, sparse=sparse(args[3])))
 
     def init(params, batch_size, key=None):
         c_vec, _ = _ravel_float(model.init_carry(params))
         dtype = accum_dtype(params)
-        cols = _columns(model, params)
+        cols = _columns(model, params, sparse(params))
         if zeros is None:
             influence = tuple(jnp.zeros((batch_size, c_vec.size) + P, dtype) for P in cols)  # M^T per layer
         else:
@@ -164,8 +179,12 @@ def influence_rule(
             grads = [g + jnp.einsum("bnp,bn->p", t, weights) for g, t in zip(grads, state.reg_traces)]
             value = value + reg_value(reg, state.spikes, state.steps)
         out = []
-        for layer, p, g in zip(layers_of(model), _as_layers(model, params), grads):
-            if is_neuron(layer):  # pulled back from the effective weights to the layer's own parameters
+        for layer, p, g, sp in zip(
+            layers_of(model), _as_layers(model, params), grads, sparse(params) or (None,) * len(grads)
+        ):
+            if is_neuron(layer) and sp is not None:  # a sparse layer's synapses, then its own parameters
+                out.append(pull_back_gathered(layer, p, g, sp[0], dtype))
+            elif is_neuron(layer):  # pulled back from the effective weights to the layer's own parameters
                 out.append(pull_back(layer, p, g, dtype))
             else:
                 out.append(ravel_pytree(p)[1](g.astype(dtype)))
@@ -204,7 +223,7 @@ def _one_step(model: Cell, params, unravel_c, x):
     return run, eps, ths
 
 
-def _example(model: Cell, loss: LossFn, reg, params, carry, influence, x, target):
+def _example(model: Cell, loss: LossFn, reg, params, carry, influence, x, target, sparse=None):
     """One example's step: ``(carry, influence, loss value, output, grads, regulariser extras)``.
 
     The influence is stored per layer as ``M^T`` (``|carry|`` rows of that layer's columns), so that the
@@ -213,7 +232,8 @@ def _example(model: Cell, loss: LossFn, reg, params, carry, influence, x, target
     gives both the new influence and this step's gradient, reading ``M`` once. The same jvps along the
     synaptic vectors give ``d carry^t / d a`` at neuron size, and the immediate term is its outer product
     with the presynaptic vector, formed inside the add: no ``(C, P)`` Jacobian is materialised. Jacobians
-    are taken in the cell's dtype; the influence accumulates in the state's."""
+    are taken in the cell's dtype; the influence accumulates in the state's. On a sparse layer (``sparse``,
+    :func:`_sparse`) the columns are each neuron's synapses: ``v`` is gathered per neuron."""
     c_vec, unravel_c = _ravel_float(carry)
     run, eps, ths = _one_step(model, params, unravel_c, x)
     new_c = lambda c, eps, ths: _ravel_float(run(c, eps, ths)[0])[0]
@@ -226,12 +246,13 @@ def _example(model: Cell, loss: LossFn, reg, params, carry, influence, x, target
     dtype = influence[0].dtype
     neuron, other = iter(zip(jac_eps, g_eps, vs)), iter(zip(jac_th, g_th))
     new_influence, grads = [], []
-    for layer, M in zip(layers_of(model), influence):
+    for layer, M, sp in zip(layers_of(model), influence, sparse or (None,) * len(influence)):
         rows = jnp.tensordot(lhs.astype(dtype), M, 1)
         if is_neuron(layer):  # rows (C + 1, n, k, m), plus the outer product of [J; g] with v
             J, g, v = (a.astype(dtype) for a in next(neuron))
-            new_M = rows[:-1] + J[..., None] * v[None, None, None]
-            grad = (rows[-1] + g[..., None] * v[None, None]).reshape(-1)
+            v = v[None, None] if sp is None else _gather(v, *sp)[:, None]  # (1, 1, m) or (n, 1, K)
+            new_M = rows[:-1] + J[..., None] * v[None]
+            grad = (rows[-1] + g[..., None] * v).reshape(-1)
         else:
             J, g = next(other)
             new_M, grad = rows[:-1] + J.astype(dtype), rows[-1] + g.astype(dtype)
@@ -239,6 +260,12 @@ def _example(model: Cell, loss: LossFn, reg, params, carry, influence, x, target
         grads.append(grad)
     new_carry = run(c_vec, eps, ths)[0]
     return new_carry, tuple(new_influence), value, out, tuple(grads), reg_extras(model, reg, new_carry, new_influence)
+
+
+def _gather(v, pre, valid):
+    """``v`` ``(m,)`` as each neuron reads it on its synapses ``pre`` ``(n, K)``, zero on padding."""
+    g = v[pre]
+    return g if valid is None else g * jnp.asarray(valid, g.dtype)
 
 
 def reg_extras(model: Cell, reg, carry, influence, contract=None) -> tuple:
@@ -272,7 +299,8 @@ def rtrl(model: Cell, loss: LossFn, *, reg: FiringRateReg | None = None, unroll:
     layer's parameters once, in ``result``. The synapse is affine, so the immediate term is an outer
     product, ``d carry^t / d W_eff[j, g, i] = (d carry^t / d a[j, g]) v[i]``: the same jvps give
     ``d carry^t / d a`` at neuron size, and the ``|carry| x |W_eff|`` term is formed inside the add, never
-    as a Jacobian of its own. Any other layer's columns are its raveled parameters, with the immediate
+    as a Jacobian of its own. A sparse neuron layer (masks at most half full, or compressed weights: the
+    e-prop family's gathered layout) keeps only its synapses' columns, ``(n, k, K)``. Any other layer's columns are its raveled parameters, with the immediate
     term from ``jax.jacrev``: ``rtrl`` works for every cell, with or without the split. It equals
     :func:`bptt` to rounding error; memory per example is ``|carry| x |W_eff|`` (``|theta|`` for a layer
     without the split, and per layer ``n k (n_in + n + 1)``, about ``|theta|``), independent of ``T``, and

@@ -68,12 +68,16 @@ CASES = [
     ("eprop_reg", "alif", "leaky", 1, "fan_in"),
     ("snap", "lif", "leaky", 1, "bernoulli"),
     ("deep_eprop", "alif", "leaky", 2, "fan_in"),
+    ("rtrl", "alif", "stateless", 2, "bernoulli"),
+    ("rtrl_reg", "lif", "leaky", 1, "fan_in"),
 ]
 RULES = {
     "eprop": lambda m: ep.eprop(m, mse),
     "eprop_reg": lambda m: ep.eprop(m, mse, reg=ep.FiringRateReg(0.5, 0.05)),
     "snap": lambda m: ep.snap(m, mse),
     "deep_eprop": lambda m: ep.deep_eprop(m, mse, depth="spatial"),
+    "rtrl": lambda m: ep.rtrl(m, mse),
+    "rtrl_reg": lambda m: ep.rtrl(m, mse, reg=ep.FiringRateReg(0.5, 0.05)),
 }
 
 
@@ -104,6 +108,18 @@ def test_the_layout_keeps_each_neurons_synapses():
     assert rule.chunk is None
     with pytest.raises(ValueError, match=r"eprop: `chunk=8` has no chunked form on a sparse layer's gathered layout"):
         ep.eprop(model, mse, chunk=8)
+    assert rule.plan.cost(BATCH, itemsize=8).state_bytes == sum(
+        leaf.size * leaf.dtype.itemsize for leaf in jax.tree_util.tree_leaves(state)
+    )
+
+
+def test_rtrl_keeps_columns_only_for_synapses():
+    """RTRL's influence on a sparse layer: ``(B, |carry|, n, k, K)``, each neuron's synapses (the readout's
+    dense); its plan counts what it stores."""
+    model, params, *_ = network("lif", "leaky")
+    rule = ep.online.rtrl(model, mse)
+    state = jax.eval_shape(lambda p: rule.init(p, BATCH), params)
+    assert [M.shape for M in state.traces] == [(BATCH, N + N_OUT, N, 1, 5), (BATCH, N + N_OUT, N_OUT, 1, N + N_OUT + 1)]
     assert rule.plan.cost(BATCH, itemsize=8).state_bytes == sum(
         leaf.size * leaf.dtype.itemsize for leaf in jax.tree_util.tree_leaves(state)
     )
