@@ -300,8 +300,9 @@ def rtrl(model: Cell, loss: LossFn, *, reg: FiringRateReg | None = None, unroll:
     product, ``d carry^t / d W_eff[j, g, i] = (d carry^t / d a[j, g]) v[i]``: the same jvps give
     ``d carry^t / d a`` at neuron size, and the ``|carry| x |W_eff|`` term is formed inside the add, never
     as a Jacobian of its own. A sparse neuron layer (masks at most half full, or compressed weights: the
-    e-prop family's gathered layout) keeps only its synapses' columns, ``(n, k, K)``. Any other layer's columns are its raveled parameters, with the immediate
-    term from ``jax.jacrev``: ``rtrl`` works for every cell, with or without the split. It equals
+    e-prop family's gathered layout) keeps only its synapses' columns, ``(n, k, K)``. Any other layer's
+    columns are its raveled parameters, with the immediate term from ``jax.jacrev``: ``rtrl`` works for
+    every cell, with or without the split. It equals
     :func:`bptt` to rounding error; memory per example is ``|carry| x |W_eff|`` (``|theta|`` for a layer
     without the split, and per layer ``n k (n_in + n + 1)``, about ``|theta|``), independent of ``T``, and
     time per step ``O(|carry|^2 |W_eff|)`` (one matrix product): use it on small networks, or as a reference.
