@@ -17,9 +17,9 @@ carries::
 Representations. A layer's own level-0 trace is a tuple with one array per *stored* state variable (with
 ``order=0``, the variables that ``dynamics`` reads; every variable otherwise). A leaky variable's trace is
 the presynaptic ``zbar`` ``(m,)``; any other is *compact*, ``(n, k, m)``, stored ``(n, m)`` when ``k = 1``.
-In the *gathered* layout (a sparse layer under order 0, spatial:
-:func:`gathered_layout`) a compact array keeps ``K`` columns, each neuron's synapses, instead of ``m``.
-Every other influence level is *dense*, ``(n_l, s_l, n_p, k_p, m_p)``. Over a batch, compact arrays keep
+Every other influence level is *dense*, ``(n_l, s_l, n_p, k_p, m_p)``. In the *gathered* layout (a sparse
+layer: :func:`gathered_layout`) a compact array and a dense level of that layer's parameters keep ``K``
+columns, each neuron's synapses, instead of ``m``. Over a batch, compact arrays keep
 the batch second, ``(n, B, ...)``, when no dense level reads them (:attr:`TracePlan.neuron_major`); every
 other array puts it first.
 """
@@ -314,8 +314,9 @@ def make_plan(
     self_recurrent: bool = False,
     gather: bool = False,
 ) -> TracePlan:
-    """Validates a rule's static configuration and resolves its :class:`TracePlan`; with ``gather`` (order 0,
-    spatial), a sparse recurrent layer keeps its per-synapse arrays in the gathered layout."""
+    """Validates a rule's static configuration and resolves its :class:`TracePlan`; with ``gather`` (the
+    e-prop family), a sparse recurrent layer keeps its per-synapse arrays, its own traces and the dense
+    levels of the parameters it holds, in the gathered layout."""
     if not isinstance(order, (int, np.integer)) or order < 0:
         raise ValueError(f"{where}: `order` must be a non-negative Python int, got {order!r}.")
     if depth not in ("spatial", "collapsed", "full"):
@@ -329,7 +330,7 @@ def make_plan(
     plans = tuple(
         layer_plan(layer, p, dtype, order, self_recurrent and i < R) for i, (layer, p) in enumerate(zip(layers, params))
     )
-    if gather and order == 0 and depth == "spatial":
+    if gather:
         plans = tuple(
             gathered_layout(d, layer, p, dtype) if i < R else d
             for i, (d, layer, p) in enumerate(zip(plans, layers, params))

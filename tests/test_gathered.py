@@ -4,7 +4,8 @@ A sparse recurrent layer (``mask_in`` / ``mask_rec``) keeps, per neuron, the ``K
 synapses read; the same rule with the layout switched off (``_plan.SPARSE_FRACTION = 0``) keeps the dense
 ``(n, m)`` traces, with zeros at the absent synapses. The two give the same gradients, in float64, on fixed
 fan-in masks and on Bernoulli masks (rows of unequal length: padded), under both readouts, on two layers,
-with the regulariser, for e-prop, SnAp-1 and spatial deep e-prop.
+with the regulariser, for e-prop, SnAp-1, m-order e-prop's dense levels, deep e-prop (spatial and full)
+and RTRL's influence columns; compressed weights (index tables) equal the masked network under every rule.
 """
 
 from __future__ import annotations
@@ -68,6 +69,9 @@ CASES = [
     ("eprop_reg", "alif", "leaky", 1, "fan_in"),
     ("snap", "lif", "leaky", 1, "bernoulli"),
     ("deep_eprop", "alif", "leaky", 2, "fan_in"),
+    ("eprop_m1", "lif", "leaky", 1, "fan_in"),
+    ("eprop_m2", "alif", "stateless", 2, "bernoulli"),
+    ("deep_full", "alif", "leaky", 2, "fan_in"),
     ("rtrl", "alif", "stateless", 2, "bernoulli"),
     ("rtrl_reg", "lif", "leaky", 1, "fan_in"),
 ]
@@ -76,6 +80,9 @@ RULES = {
     "eprop_reg": lambda m: ep.eprop(m, mse, reg=ep.FiringRateReg(0.5, 0.05)),
     "snap": lambda m: ep.snap(m, mse),
     "deep_eprop": lambda m: ep.deep_eprop(m, mse, depth="spatial"),
+    "eprop_m1": lambda m: ep.eprop_m(m, mse, 1),
+    "eprop_m2": lambda m: ep.eprop_m(m, mse, 2),
+    "deep_full": lambda m: ep.deep_eprop(m, mse, depth="full"),
     "rtrl": lambda m: ep.rtrl(m, mse),
     "rtrl_reg": lambda m: ep.rtrl(m, mse, reg=ep.FiringRateReg(0.5, 0.05)),
 }
@@ -227,6 +234,7 @@ COMPRESSED = [
     ("eprop_reg", "alif", "stateless", 2),
     ("snap", "lif", "stateless", 1),
     ("deep_eprop", "alif", "leaky", 2),
+    ("eprop_m2", "lif", "stateless", 2),
     ("snap2", "lif", "leaky", 1),
     ("rtrl", "alif", "leaky", 1),
     ("bptt", "lif", "leaky", 2),
