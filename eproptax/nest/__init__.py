@@ -6,6 +6,7 @@ from ._conventions import firing_rate_reg as firing_rate_reg
 from ._conventions import mean_squared_error as mean_squared_error
 from ._conventions import value_and_grad as value_and_grad
 from ._conventions import window_weights as window_weights
+from ._neurons import CellState as CellState
 from ._neurons import NestNeuron as NestNeuron
 from ._neurons import NeuronInfo as NeuronInfo
 from ._neurons import NeuronState as NeuronState

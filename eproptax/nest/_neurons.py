@@ -4,7 +4,8 @@
 Each factory takes NEST's parameter names and units (``Create``'s dictionary: absolute mV, ms, pF, pA and
 ``f_target`` in Hz) and returns a :class:`NestNeuron`, a NamedTuple of pure functions over an explicit state.
 The learner of :func:`eproptax.nest.online_eprop` drives them; they are also usable on their own (a network
-simulation without learning). Voltages inside the state are relative to ``E_L``, as in NEST.
+simulation without learning), and each one's ``cell(n_in)`` is the same neurons as a library cell, for every rule.
+Voltages inside the state are relative to ``E_L``, as in NEST.
 """
 
 from __future__ import annotations
@@ -16,7 +17,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import _hyper
-from ..cells._surrogate import _SHAPES
+from .._cell import Cell, make_cell
+from ..cells._connectivity import check_mask, constrain
+from ..cells._readout import _readout_init, _readout_synapse
+from ..cells._spiking import _connections
+from ..cells._surrogate import _SHAPES, _make_spike
 
 NEVER = np.iinfo(np.int32).max // 2
 """The step count that stands for an infinite duration (a cutoff or a flush interval of ``inf`` ms)."""
@@ -122,6 +127,10 @@ class NestNeuron(NamedTuple):
       rho: ``exp(-dt / adapt_tau)`` for the adaptive models, else ``None``.
       cutoff: ``round(eprop_isi_trace_cutoff / dt)`` (an int32 array of shape ``()`` or ``(n,)``; ``NEVER``
         for ``inf``).
+      cell: ``cell(n_in, *, mask_in=None, mask_rec=None, dtype=jnp.float32) -> Cell`` (recurrent) or
+        ``cell(n_in, *, mask=None, dtype=jnp.float32) -> Cell`` (readout): these neurons as an
+        :class:`eproptax.Cell` of ``n_in`` inputs, for every rule of the library (:func:`_recurrent_cell`,
+        docs/nest.md).
     """
 
     model: str
@@ -135,6 +144,7 @@ class NestNeuron(NamedTuple):
     beta: Any = None
     rho: Any = None
     cutoff: Any = None
+    cell: Any = None
 
 
 def steps_of(where: str, name: str, ms: Any, dt: float) -> np.ndarray:
@@ -223,22 +233,24 @@ def _recurrent(model: str, args: dict) -> NestNeuron:
         r = jnp.zeros(n, jnp.int32)
         return NeuronState(v, r, zeros, zeros, a, threshold, zeros, zeros, r)
 
-    def iaf(k, h, I_syn):
-        # eprop_iaf(_adapt): refractory counter first, integrate, adapt, spike, reset in the same step
+    # One NEST step is integrate (everything up to the spike condition), the spike, then reset. NestNeuron.step
+    # and the Cell (whose state is the one between integrate and reset) call these same functions.
+    def integrate_iaf(k, h, I_syn):
+        # eprop_iaf(_adapt): refractory counter first, integrate, adapt
         r = jnp.maximum(h.r - 1, 0)
         v = jnp.maximum(k["P_I"] * h.i + I_syn + k["alpha"] * h.v, k["V_min"])
         a, threshold = h.a, h.threshold
         if adaptive:
             a = k["rho"] * h.a + h.z
             threshold = k["V_th"] + k["beta"] * a
-        psi = jnp.where(r > 0, 0.0, sg(v - threshold))
-        spike = (v >= threshold) & (r == 0)
-        v = jnp.where(spike, v - k["V_th"], v)
-        r = jnp.where(spike, n_ref, r)
         i = jnp.broadcast_to(k["I_e"], v.shape)
-        return h._replace(v=v, r=r, a=a, threshold=threshold, i=i), spike, psi
+        return h._replace(v=v, r=r, a=a, threshold=threshold, i=i)
 
-    def iaf_psc_delta(k, h, I_syn):
+    def reset_iaf(k, h, spike):
+        # the reset in the same step: subtract the base threshold
+        return h._replace(v=jnp.where(spike, h.v - k["V_th"], h.v), r=jnp.where(spike, n_ref, h.r))
+
+    def integrate_psc_delta(k, h, I_syn):
         # eprop_iaf_psc_delta(_adapt): integrate when not refractory, else hold v (and buffer the input)
         free = h.r == 0
         v_free = k["P_I"] * (h.i + k["I_e"]) + k["alpha"] * h.v + I_syn
@@ -253,17 +265,24 @@ def _recurrent(model: str, args: dict) -> NestNeuron:
         if adaptive:
             a = jnp.where(free, k["rho"] * h.a + h.z, h.a)
             threshold = jnp.where(free, k["V_th"] + k["beta"] * a, h.threshold)
-        psi = jnp.where(r > 0, 0.0, sg(v - threshold))
-        spike = v >= threshold
-        v = jnp.where(spike, k["V_reset"], v)
-        r = jnp.where(spike, n_ref, r)
-        return h._replace(v=v, r=r, a=a, threshold=threshold, buf=buf, i=jnp.zeros_like(v)), spike, psi
+        return h._replace(v=v, r=r, a=a, threshold=threshold, buf=buf, i=jnp.zeros_like(v))
 
-    update = iaf_psc_delta if delta else iaf
+    def reset_psc_delta(k, h, spike):
+        return h._replace(v=jnp.where(spike, k["V_reset"], h.v), r=jnp.where(spike, n_ref, h.r))
+
+    integrate, reset = (integrate_psc_delta, reset_psc_delta) if delta else (integrate_iaf, reset_iaf)
+
+    def fires(h):
+        """``(spike, psi)`` of the state between integrate and reset; psc_delta spikes also when refractory."""
+        psi = jnp.where(h.r > 0, 0.0, sg(h.v - h.threshold))
+        spike = h.v >= h.threshold
+        return (spike if delta else spike & (h.r == 0)), psi
 
     def step(h, I_syn, s):
         k = _cast(K, h.v.dtype)
-        h, spike, psi = update(k, h, I_syn)
+        h = integrate(k, h, I_syn)
+        spike, psi = fires(h)
+        h = reset(k, h, spike)
         z = spike.astype(h.v.dtype)
         flush = ~spike & (h.last_event > 0) & (s - h.last_event >= n_flush)
         last_event = jnp.where(spike | flush, s, h.last_event).astype(jnp.int32)
@@ -274,8 +293,144 @@ def _recurrent(model: str, args: dict) -> NestNeuron:
         info = NeuronInfo(z, psi, fr, flush, h.v + k["E_L"], h.threshold + k["E_L"], adaptation)
         return h, info
 
-    return NestNeuron(
-        model, n, dt, init, step, alpha, np.asarray(args["kappa"], np.float64), K["kappa_reg"], beta, rho, cutoff
+    def cell(n_in: int, *, mask_in=None, mask_rec=None, dtype=jnp.float32) -> Cell:
+        return _recurrent_cell(
+            model, n, n_in, mask_in, mask_rec, dtype, K, integrate, reset, args, delta, adaptive, refractory_input
+        )
+
+    kappa = np.asarray(args["kappa"], np.float64)
+    return NestNeuron(model, n, dt, init, step, alpha, kappa, K["kappa_reg"], beta, rho, cutoff, cell)
+
+
+class CellState(NamedTuple):
+    """The state of a NEST neuron :class:`~eproptax.Cell` (``neuron.cell(n_in)``) after a step, every leaf ``(n,)``.
+
+    It is NEST's state between the integration of a step and that step's reset: the rules differentiate the
+    floating leaves, and ``output`` reads the spike (with NEST's surrogate gradient) from them.
+
+    Attributes:
+      v: the membrane voltage relative to ``E_L`` before the reset (the readout's: its voltage, no reset).
+      a: the threshold adaptation (``*_adapt``), else ``None``.
+      buf: the input buffered during refractoriness (``*_psc_delta*`` with ``refractory_input``), else ``None``.
+      r: the refractory counter before the reset (int32; the readout's: ``None``).
+      started: 1 after the first step, 0 in the initial state (int32): ``I_e`` reaches ``eprop_iaf``'s and the
+        readout's voltage from the second step on (as in NEST), and the initial state emits no spike.
+    """
+
+    v: jax.Array
+    a: Any = None
+    buf: Any = None
+    r: Any = None
+    started: Any = None
+
+
+def _never_clamps(K: dict) -> bool:
+    """Whether ``V_min`` is ``-inf`` or NEST's default ``-DBL_MAX`` (the clamp ``max(v, V_min)`` never acts)."""
+    return not _hyper.is_traced(K["V_min"]) and bool(np.all(np.asarray(K["V_min"]) <= -_DBL_MAX))
+
+
+def _recurrent_cell(model, n, n_in, mask_in, mask_rec, dtype, K, integrate, reset, args, delta, adaptive, buffered):
+    """The recurrent NEST neurons as a :class:`~eproptax.Cell`: NEST's ``integrate`` and ``reset`` of one step.
+
+    ``dynamics(h, a)`` is NEST's reset of the previous step (the spike detached), then NEST's integration of
+    ``a``; ``output(h)`` is the spike condition with NEST's surrogate gradient.
+    """
+    where = f"{model}.cell"
+    _hyper.positive_int(where, "n_in", n_in)
+    _hyper.floating_dtype(where, "dtype", dtype)
+    connections = _connections(where, n_in, n, dtype, False, mask_in, mask_rec, None, None, None)
+    spike = _make_spike(SURROGATES[args["surrogate_gradient_function"]])
+    height, width = args["surrogate_gradient_height"], args["surrogate_gradient_width"]
+
+    def threshold(k, h):
+        return jnp.broadcast_to(k["V_th"] + k["beta"] * h.a if adaptive else k["V_th"], h.v.shape)
+
+    def output(h):
+        k = _cast(K, h.v.dtype)
+        z = spike(h.v - threshold(k, h), height, width)  # (v >= threshold), derivative sg(v - threshold)
+        # NEST: psi = 0 while refractory; eprop_iaf cannot spike then, eprop_iaf_psc_delta can (without psi)
+        z = jnp.where(h.r == 0, z, jax.lax.stop_gradient(z) if delta else 0.0)
+        return jnp.where(h.started > 0, z, 0.0)  # the initial state emits nothing (NEST's z = 0)
+
+    def dynamics(h, a):
+        k = _cast(K, h.v.dtype)
+        z = output(h)
+        zeros = jnp.zeros_like(h.v)
+        i = jnp.where(h.started > 0, k["I_e"], 0.0) if not delta else zeros  # NEST's i after a step
+        nest_h = NeuronState(
+            v=h.v,
+            r=h.r,
+            i=jnp.broadcast_to(i, h.v.shape),
+            f=zeros,
+            a=h.a if adaptive else zeros,
+            threshold=threshold(k, h),
+            z=z,  # read by the adaptation: its derivative is the implicit recurrence
+            buf=h.buf if buffered else zeros,
+            last_event=h.r,
+        )
+        nest_h = integrate(k, reset(k, nest_h, jax.lax.stop_gradient(z) > 0), a[:, 0])
+        return CellState(
+            v=nest_h.v.astype(h.v.dtype),
+            a=nest_h.a.astype(h.v.dtype) if adaptive else None,
+            buf=nest_h.buf.astype(h.v.dtype) if buffered else None,
+            r=nest_h.r.astype(jnp.int32),
+            started=jnp.ones_like(h.started),
+        )
+
+    def init_carry(params):
+        dt_ = params["w_in"].dtype
+        k = _cast(K, dt_)
+        v0 = jnp.broadcast_to(jnp.asarray(args["V_m"], dt_) - k["E_L"], (n,))
+        a0 = jnp.broadcast_to(jnp.asarray(args["adaptation"], dt_), (n,)) if adaptive else None
+        zi = jnp.zeros(n, jnp.int32)
+        return CellState(v0, a0, jnp.zeros(n, dt_) if buffered else None, zi, zi)
+
+    leak = None
+    if not delta and _never_clamps(K):  # eprop_iaf(_adapt): v = alpha v_prev + a (+ P_I I_e), the reset detached
+        pair = (jnp.asarray(K["alpha"], dtype), jnp.asarray(1.0, dtype))
+        leak = (pair, None) if adaptive else pair
+    return make_cell(
+        n_in=n_in, n_out=n, init_carry=init_carry, **connections, dynamics=dynamics, output=output, leak=leak
+    )
+
+
+def _readout_cell(n, n_in, mask, dtype, K, integrate):
+    """``eprop_readout`` as a :class:`~eproptax.Cell`: ``V <- max(P_I i + a + kappa V, V_min)``, output ``V + E_L``."""
+    where = "eprop_readout.cell"
+    _hyper.positive_int(where, "n_in", n_in)
+    _hyper.floating_dtype(where, "dtype", dtype)
+    check_mask(where, "mask", mask, (n, n_in))
+    init = _readout_init(n_in, n, False, dtype)
+    if mask is not None:
+        mask = (jnp.asarray if _hyper.is_traced(mask) else np.asarray)(mask, bool)
+        init = lambda key, _init=init: {"w_out": constrain(_init(key)["w_out"], mask)}
+
+    def synapse(params, x, z_prev):
+        return _readout_synapse({"w_out": constrain(params["w_out"], mask)}, x, z_prev)
+
+    def dynamics(h, a):
+        k = _cast(K, h.v.dtype)
+        i = jnp.broadcast_to(jnp.where(h.started > 0, k["I_e"], 0.0), h.v.shape)
+        v = integrate(k, ReadoutState(h.v, i), a[:, 0]).v
+        return CellState(v=v.astype(h.v.dtype), started=jnp.ones_like(h.started))
+
+    def init_carry(params):
+        k = _cast(K, params["w_out"].dtype)
+        return CellState(v=jnp.broadcast_to(k["V_m"], (n,)), started=jnp.zeros(n, jnp.int32))
+
+    def output(h):
+        return h.v + _cast(K, h.v.dtype)["E_L"]
+
+    leak = (jnp.asarray(K["kappa"], dtype), jnp.asarray(1.0, dtype)) if _never_clamps(K) else None
+    return make_cell(
+        n_in=n_in,
+        n_out=n,
+        init=init,
+        init_carry=init_carry,
+        synapse=synapse,
+        dynamics=dynamics,
+        output=output,
+        leak=leak,
     )
 
 
@@ -334,7 +489,12 @@ def eprop_iaf(
         never). ``dt`` is the kernel's resolution in ms.
 
     Returns:
-      A :class:`NestNeuron`. Its cost is O(n) per step.
+      A :class:`NestNeuron`. Its cost is O(n) per step. ``.cell(n_in, *, mask_in=None, mask_rec=None,
+      dtype=jnp.float32)`` gives the same neurons as a library :class:`~eproptax.Cell` (params ``w_in``
+      ``(n, n_in)`` and ``w_rec`` ``(n, n)``, no autapses; carry :class:`CellState`) for every rule
+      (``ep.bptt``, ``ep.rtrl``, ``ep.eprop``, ...): NEST's dynamics and surrogate gradient, the reset's
+      spike detached; NEST's online learning (its traces, learning-signal timing, regulariser, cutoff and
+      optimizers) stays in :func:`~eproptax.nest.online_eprop` (docs/nest.md).
     """
     return _recurrent("eprop_iaf", locals())
 
@@ -473,6 +633,9 @@ def eprop_readout(
 
     Returns:
       A :class:`NestNeuron` whose ``step(state, I_syn, target, window)`` returns :class:`ReadoutInfo`.
+      ``.cell(n_in, *, mask=None, dtype=jnp.float32)`` gives a library :class:`~eproptax.Cell` (params
+      ``w_out`` ``(n, n_in)``, output ``V + E_L``, the top of an ``ep.cells.stack``, where it integrates the
+      spikes of the same step: NEST's readout integrates the previous step's).
     """
     where = "eprop_readout"
     args = locals()
@@ -493,12 +656,19 @@ def eprop_readout(
         k = _cast(K, dtype)
         return ReadoutState(jnp.broadcast_to(k["V_m"], (n,)), jnp.zeros(n, dtype))
 
+    def integrate(k, h, I_syn):  # the readout's step, shared by NestNeuron.step and the Cell
+        v = jnp.maximum(k["P_I"] * h.i + I_syn + k["kappa"] * h.v, k["V_min"])
+        return ReadoutState(v, jnp.broadcast_to(k["I_e"], v.shape))
+
     def step(h, I_syn, target, window):
         k = _cast(K, h.v.dtype)
-        v = jnp.maximum(k["P_I"] * h.i + I_syn + k["kappa"] * h.v, k["V_min"])
-        y = v + k["E_L"]
+        h = integrate(k, h, I_syn)
+        y = h.v + k["E_L"]
         err = (y - target) * window
         info = ReadoutInfo(y, y * window, target * window, err)
-        return ReadoutState(v, jnp.broadcast_to(k["I_e"], v.shape)), info
+        return h, info
 
-    return NestNeuron(where, n, dt, init, step, kappa_out, cutoff=cutoff)
+    def cell(n_in: int, *, mask=None, dtype=jnp.float32) -> Cell:
+        return _readout_cell(n, n_in, mask, dtype, K, integrate)
+
+    return NestNeuron(where, n, dt, init, step, kappa_out, cutoff=cutoff, cell=cell)
