@@ -193,7 +193,9 @@ def reg_weights(reg: FiringRateReg, spikes: Array, steps: Array) -> Array:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def sequence_loss(model: Cell, loss: LossFn, *, reg: FiringRateReg | None = None, unroll: int | None = None):
+def sequence_loss(
+    model: Cell, loss: LossFn, *, reg: FiringRateReg | None = None, unroll: int | None = None, parts: bool = False
+):
     """The scalar objective every rule estimates the gradient of.
 
     ``objective(params, inputs, targets)`` is the mean over the batch of ``sum_t loss(outputs_t,
@@ -207,10 +209,12 @@ def sequence_loss(model: Cell, loss: LossFn, *, reg: FiringRateReg | None = None
       unroll: time steps per iteration of the ``lax.scan`` (its ``unroll``): the speed, the compile time
         and the peak memory, not the result. ``None``, the default: the platform's (:data:`DEFAULT_UNROLL`:
         1 on CPU, 4 on CUDA GPUs), chosen when the function is lowered.
+      parts: also return the objective's two parts, for ``jax.value_and_grad(..., has_aux=True)``.
 
     Returns:
       ``objective(params, inputs, targets) -> scalar`` with ``inputs`` of shape ``(B, T, n_in)`` and
-      ``targets`` a pytree of leaves with leading axes ``(B, T)``.
+      ``targets`` a pytree of leaves with leading axes ``(B, T)``; with ``parts``, ``(objective, (loss,
+      reg))``, the batch means of the summed loss and of the regulariser (0 without ``reg``).
     """
 
     check_unroll("sequence_loss", unroll)
@@ -227,13 +231,15 @@ def sequence_loss(model: Cell, loss: LossFn, *, reg: FiringRateReg | None = None
 
             _, (losses, zs) = tricks.scan(body, model.init_carry(params), (x_seq, target_seq), unroll=unroll)
             dtype = accum_dtype(params)
-            total = jnp.sum(losses.astype(dtype))
+            reg_part = jnp.zeros((), dtype)
             if reg is not None:
                 rate = jnp.mean(zs.astype(dtype), axis=0)
-                total = total + 0.5 * reg.c_reg * jnp.sum((rate - reg.f_target) ** 2)
-            return total
+                reg_part = 0.5 * reg.c_reg * jnp.sum((rate - reg.f_target) ** 2)
+            return jnp.sum(losses.astype(dtype)), reg_part
 
-        return jnp.mean(jax.vmap(one)(inputs, targets))
+        task, reg_part = jax.vmap(one)(inputs, targets)
+        objective = jnp.mean(task + reg_part)
+        return (objective, (jnp.mean(task), jnp.mean(reg_part))) if parts else objective
 
     return objective
 
@@ -272,21 +278,38 @@ def scan_rule(
     The returned ``grad_fn(params, inputs, targets, *, key=None)`` hands ``key`` to ``online.init``: a rule
     that draws noise draws it from that key (another key, other noise), and ``jax.vmap`` over keys works.
     """
+    final_state = sequence_state(where, model, loss, online, unroll, chunk)
+
+    def grad_fn(params, inputs, targets, *, key=None):
+        return online.result(params, final_state(params, inputs, targets, key=key))
+
+    return grad_fn
+
+
+def sequence_state(
+    where: str,
+    model: Cell,
+    loss: LossFn,
+    online: OnlineRule,
+    unroll: int | None = None,
+    chunk: int | None = None,
+):
+    """:func:`scan_rule` without ``result``: ``state_fn(params, inputs, targets, *, key=None)``, the online
+    state after the whole sequence (its accumulators, ``state.loss`` without the regulariser, and
+    ``state.spikes`` for it)."""
     check_unroll(where, unroll)
     check_chunk(where, chunk, online)
 
-    def grad_fn(params, inputs, targets, *, key=None):
+    def state_fn(params, inputs, targets, *, key=None):
         inputs, targets = check_inputs(where, model, loss, params, inputs, targets)
         batch, time = np.shape(inputs)[:2]
         state = online.init(params, batch) if key is None else online.init(params, batch, key=key)
         run = lambda K: lambda state: _run_sequence(online, params, state, inputs, targets, K, unroll)
         if chunk is not None or online.chunk is None or not getattr(online.plan, "gated", False):
-            state = run(chunk or 1)(state)
-        else:
-            state = tricks.by_platform_chunk(run, state, time, getattr(online.plan, "chunk_length", None))
-        return online.result(params, state)
+            return run(chunk or 1)(state)
+        return tricks.by_platform_chunk(run, state, time, getattr(online.plan, "chunk_length", None))
 
-    return grad_fn
+    return state_fn
 
 
 def _run_sequence(online: OnlineRule, params, state, inputs, targets, K: int, unroll):

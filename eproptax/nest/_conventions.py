@@ -15,12 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import _hyper
-from .._bptt import bptt
 from .._cell import Cell
-from .._engine import FiringRateReg, recurrent_outputs, reg_value
+from .._engine import FiringRateReg, reg_value, sequence_loss, sequence_state
 from .._registry import RULES, make_rule
 from .._typing import Array, LossFn
-from .._validate import check_inputs
 
 
 class NestInfo(NamedTuple):
@@ -136,7 +134,8 @@ def value_and_grad(
         ``eprop_learning_window`` in steps), a positive int at most ``T``; ``None``: every step.
       average_gradient: NEST's ``average_gradient`` (a bool).
       reg: NEST's firing-rate regulariser (see :func:`firing_rate_reg`), or ``None``.
-      **options: the online form's options of the rule (``feedback=B``, ``order=``, ...; for ``"bptt"`` only
+      **options: the rule's options (``feedback=B``, ``order=``, ...), and ``unroll`` and ``chunk`` of its
+        whole-sequence scan (the engine's, as the rule's own ``grad_fn`` runs it; ``"bptt"`` takes only
         ``unroll``).
 
     Returns:
@@ -158,6 +157,10 @@ def value_and_grad(
     def weighted(outputs_t, targets_t):
         return targets_t["weight"].astype(outputs_t.dtype) * loss(outputs_t, targets_t["target"])
 
+    whole = {name: options.pop(name) for name in ("unroll", "chunk") if name in options}
+    if rule == "bptt" and options:
+        raise ValueError(f"value_and_grad: rule 'bptt' takes only `unroll`, got {sorted(options)}.")
+
     def grad_fn(params, inputs, targets, *, key=None):
         batch, time = np.shape(inputs)[:2]
         window = _check_window(where, learning_window, time)
@@ -166,50 +169,14 @@ def value_and_grad(
         w = window_weights(time, window, average_gradient=average_gradient)
         weights = jnp.broadcast_to(jnp.asarray(w, jax.tree_util.tree_leaves(params)[0].dtype), (batch, time))
         wrapped = {"target": targets, "weight": weights}
-        if rule == "bptt":
-            return _bptt(model, weighted, scaled, params, inputs, wrapped, options)
-        online = make_rule(rule, model, weighted, online=True, reg=scaled, **options)
-        state = online.init(params, batch) if key is None else online.init(params, batch, key=key)
-        inputs, wrapped = check_inputs(where, model, weighted, params, inputs, wrapped)
-
-        def body(state, t):
-            at = lambda a: jax.lax.dynamic_index_in_dim(a, t, axis=1, keepdims=False)
-            return online.step(params, state, at(inputs), jax.tree_util.tree_map(at, wrapped))[0], None
-
-        state, _ = jax.lax.scan(body, state, jnp.arange(time))
-        objective, grads = online.result(params, state)
+        if rule == "bptt":  # the exact gradient, both parts from the one forward pass
+            objective = sequence_loss(model, weighted, reg=scaled, parts=True, **whole)
+            (value, (task, reg_part)), grads = jax.value_and_grad(objective, has_aux=True)(params, inputs, wrapped)
+            return (value, NestInfo(task, reg_part)), grads
+        rule_ = make_rule(rule, model, weighted, online=True, reg=scaled, **options)
+        state = sequence_state(where, model, weighted, rule_, **whole)(params, inputs, wrapped, key=key)
+        objective, grads = rule_.result(params, state)
         reg_part = jnp.zeros_like(state.loss) if scaled is None else reg_value(scaled, state.spikes, state.steps)
         return (objective, NestInfo(state.loss, reg_part.astype(state.loss.dtype))), grads
 
     return grad_fn
-
-
-def _bptt(model, weighted, reg, params, inputs, targets, options):
-    """BPTT's gradient of the objective and both parts of it from one forward pass."""
-    if set(options) - {"unroll"}:
-        raise ValueError(f"value_and_grad: rule 'bptt' takes only `unroll`, got {sorted(options)}.")
-    bptt(model, weighted, reg=reg, **options)  # checks the configuration as ep.bptt does
-    unroll = options.get("unroll") or 1
-
-    def objective(params):
-        inputs_, targets_ = check_inputs("value_and_grad", model, weighted, params, inputs, targets)
-
-        def one(x_seq, target_seq):
-            def body(carry, xt):
-                carry, out = model.apply(params, carry, xt[0])
-                z = recurrent_outputs(model, carry) if reg is not None else ()
-                return carry, (weighted(out, xt[1]), z)
-
-            _, (losses, zs) = jax.lax.scan(body, model.init_carry(params), (x_seq, target_seq), unroll=unroll)
-            dtype = losses.dtype
-            reg_part = jnp.zeros((), dtype)
-            if reg is not None:
-                rate = jnp.mean(zs.astype(dtype), axis=0)
-                reg_part = 0.5 * reg.c_reg * jnp.sum((rate - reg.f_target) ** 2)
-            return jnp.sum(losses), reg_part
-
-        task, reg_part = jax.vmap(one)(inputs_, targets_)
-        info = NestInfo(jnp.mean(task), jnp.mean(reg_part))
-        return info.loss + info.reg, info
-
-    return jax.value_and_grad(objective, has_aux=True)(params)
