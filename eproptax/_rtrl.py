@@ -70,16 +70,17 @@ class RtrlPlan(NamedTuple):
         return StepCost(state, 2 * state, 2.0 * batch_size * self.theta * self.carry**2)
 
 
-def _plan(model: Cell, reg: bool, gather: bool = True) -> RtrlPlan:
-    """RTRL's sizes for ``model``, from its parameters' and carry's shapes (nothing is run); ``gather``: a
-    sparse layer's columns are its synapses' (RTRL's own layout; SnAp keeps the dense columns)."""
+def _plan(model: Cell, reg: bool, sparse=None) -> RtrlPlan:
+    """RTRL's sizes for ``model``, from its parameters' and carry's shapes (nothing is run); ``sparse``
+    (:func:`_sparse`): a sparse layer's columns are its synapses' (RTRL's own layout; SnAp keeps the dense
+    columns)."""
     params = jax.eval_shape(model.init, jax.random.key(0))
     carry = jax.eval_shape(model.init_carry, params)
     floats = [leaf for leaf in jax.tree_util.tree_leaves(carry) if jnp.issubdtype(leaf.dtype, jnp.inexact)]
     recurrent = recurrent_size(model, params) if reg else 0
     return RtrlPlan(
         carry=sum(leaf.size for leaf in floats),
-        columns=tuple(_columns(model, params, _sparse(model, params) if gather else None)),
+        columns=tuple(_columns(model, params, sparse)),
         theta=sum(leaf.size for leaf in jax.tree_util.tree_leaves(params)),
         carry_bytes=sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree_util.tree_leaves(carry)),
         recurrent=recurrent,
@@ -132,14 +133,14 @@ def influence_rule(
     (one example's step, :func:`_example`'s outputs), ``zeros(batch_size, dtype)`` (the initial influence)
     and ``plan``."""
     check_reg(where, reg)
-    gather = example is None  # RTRL's own columns: a sparse layer's synapses only
-    sparse = lambda params: _sparse(model, params) if gather else None
-    example_step = example or (lambda *args: _example(*args, sparse=sparse(args[3])))
+    # RTRL's own columns: a sparse layer's synapses only, read once from the parameters' shapes
+    columns = _sparse(model, jax.eval_shape(model.init, jax.random.key(0))) if example is None else None
+    example_step = example or (lambda *args: _example(*args, sparse=columns))
 
     def init(params, batch_size, key=None):
         c_vec, _ = _ravel_float(model.init_carry(params))
         dtype = accum_dtype(params)
-        cols = _columns(model, params, sparse(params))
+        cols = _columns(model, params, columns)
         if zeros is None:
             influence = tuple(jnp.zeros((batch_size, c_vec.size) + P, dtype) for P in cols)  # M^T per layer
         else:
@@ -179,9 +180,7 @@ def influence_rule(
             grads = [g + jnp.einsum("bnp,bn->p", t, weights) for g, t in zip(grads, state.reg_traces)]
             value = value + reg_value(reg, state.spikes, state.steps)
         out = []
-        for layer, p, g, sp in zip(
-            layers_of(model), _as_layers(model, params), grads, sparse(params) or (None,) * len(grads)
-        ):
+        for layer, p, g, sp in zip(layers_of(model), _as_layers(model, params), grads, columns or (None,) * len(grads)):
             if is_neuron(layer) and sp is not None:  # a sparse layer's synapses, then its own parameters
                 out.append(pull_back_gathered(layer, p, g, sp[0], dtype))
             elif is_neuron(layer):  # pulled back from the effective weights to the layer's own parameters
@@ -190,7 +189,7 @@ def influence_rule(
                 out.append(ravel_pytree(p)[1](g.astype(dtype)))
         return value, _from_layers(model, out)
 
-    return OnlineRule(init, step, result, reset, plan=plan or _plan(model, reg is not None))
+    return OnlineRule(init, step, result, reset, plan=plan or _plan(model, reg is not None, columns))
 
 
 def _one_step(model: Cell, params, unravel_c, x):

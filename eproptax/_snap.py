@@ -175,7 +175,7 @@ def masked_rule(model: Cell, loss: LossFn, reg, masks) -> OnlineRule:
     def zeros(batch_size, dtype):
         return tuple(tuple(None if s is None else jnp.zeros((batch_size, *s), dtype) for s in row) for row in shapes)
 
-    plan = SnapPlan(shapes, _plan(model, reg is not None, gather=False))
+    plan = SnapPlan(shapes, _plan(model, reg is not None))
     return influence_rule("snap", model, loss, reg, lambda *args: _sparse_example(lay, sizes, *args), zeros, plan)
 
 
