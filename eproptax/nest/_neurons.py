@@ -10,6 +10,7 @@ Voltages inside the state are relative to ``E_L``, as in NEST.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -174,8 +175,10 @@ def _surrogate(where: str, name: str, height, width):
     return lambda d: height * shape(d / width)
 
 
-def _recurrent(model: str, args: dict) -> NestNeuron:
-    """The four recurrent models; ``args`` holds the factory's arguments by name."""
+def _recurrent_constants(model: str, args: dict) -> tuple:
+    """The checked arguments of a recurrent model as ``(K, n_ref, cutoff, n_flush, sg, a0)``: ``K`` the constants
+    of its step (cast to the state's dtype at each step), the refractory, cutoff and flush intervals in steps,
+    the surrogate gradient and the initial adaptation."""
     where = model
     _check_common(where, args)
     for name in ("V_th",):
@@ -186,7 +189,7 @@ def _recurrent(model: str, args: dict) -> NestNeuron:
     _hyper.non_negative(where, "f_target", args["f_target"])
     adaptive = model.endswith("_adapt")
     delta = "psc_delta" in model
-    n, dt = args["n"], float(args["dt"])
+    dt = float(args["dt"])
     n_ref = jnp.asarray(steps_of(where, "t_ref", args["t_ref"], dt))
     cutoff = jnp.asarray(steps_of(where, "eprop_isi_trace_cutoff", args["eprop_isi_trace_cutoff"], dt))
     n_flush = jnp.asarray(steps_of(where, "flush_event_send_interval", args["flush_event_send_interval"], dt))
@@ -207,22 +210,78 @@ def _recurrent(model: str, args: dict) -> NestNeuron:
         "f_target": np.asarray(args["f_target"], np.float64) / 1000.0 * dt,  # Hz -> per ms (NEST) -> per step
         "inv_tau_m": 1.0 / np.asarray(args["tau_m"], np.float64),
     }
-    beta = rho = None
     a0 = 0.0
     if adaptive:
         _hyper.finite(where, "adapt_beta", args["adapt_beta"])
         _hyper.positive(where, "adapt_tau", args["adapt_tau"])
         _hyper.finite(where, "adaptation", args["adaptation"])
-        beta = np.asarray(args["adapt_beta"], np.float64)
-        rho = np.exp(-dt / np.asarray(args["adapt_tau"], np.float64))
         a0 = np.asarray(args["adaptation"], np.float64)
-        K.update(beta=beta, rho=rho)
-    refractory_input = False
+        K.update(
+            beta=np.asarray(args["adapt_beta"], np.float64), rho=np.exp(-dt / np.asarray(args["adapt_tau"], np.float64))
+        )
     if delta:
         _hyper.finite(where, "V_reset", args["V_reset"])
         _hyper.boolean(where, "refractory_input", args["refractory_input"])
         K["V_reset"] = np.asarray(args["V_reset"], np.float64) - E_L
-        refractory_input = args["refractory_input"]
+    return K, n_ref, cutoff, n_flush, sg, a0
+
+
+# One NEST step is integrate (everything up to the spike condition), the spike, then reset. NestNeuron.step and
+# the Cell (whose state is the one between integrate and reset) call these same functions, bound to a model's
+# options by _recurrent.
+def _integrate_iaf(k, h, I_syn, *, adaptive):
+    # eprop_iaf(_adapt): refractory counter first, integrate, adapt
+    r = jnp.maximum(h.r - 1, 0)
+    v = jnp.maximum(k["P_I"] * h.i + I_syn + k["alpha"] * h.v, k["V_min"])
+    a, threshold = h.a, h.threshold
+    if adaptive:
+        a = k["rho"] * h.a + h.z
+        threshold = k["V_th"] + k["beta"] * a
+    i = jnp.broadcast_to(k["I_e"], v.shape)
+    return h._replace(v=v, r=r, a=a, threshold=threshold, i=i)
+
+
+def _reset_iaf(k, h, spike, *, n_ref):
+    # the reset in the same step: subtract the base threshold
+    return h._replace(v=jnp.where(spike, h.v - k["V_th"], h.v), r=jnp.where(spike, n_ref, h.r))
+
+
+def _integrate_psc_delta(k, h, I_syn, *, adaptive, refractory_input, dt):
+    # eprop_iaf_psc_delta(_adapt): integrate when not refractory, else hold v (and buffer the input)
+    free = h.r == 0
+    v_free = k["P_I"] * (h.i + k["I_e"]) + k["alpha"] * h.v + I_syn
+    buf = h.buf
+    if refractory_input:
+        v_free = v_free + h.buf
+        damping = jnp.exp(-h.r.astype(h.v.dtype) * dt * k["inv_tau_m"])
+        buf = jnp.where(free, 0.0, h.buf + I_syn * damping)
+    v = jnp.where(free, jnp.maximum(v_free, k["V_min"]), h.v)
+    r = jnp.where(free, h.r, h.r - 1)
+    a, threshold = h.a, h.threshold
+    if adaptive:
+        a = jnp.where(free, k["rho"] * h.a + h.z, h.a)
+        threshold = jnp.where(free, k["V_th"] + k["beta"] * a, h.threshold)
+    return h._replace(v=v, r=r, a=a, threshold=threshold, buf=buf, i=jnp.zeros_like(v))
+
+
+def _reset_psc_delta(k, h, spike, *, n_ref):
+    return h._replace(v=jnp.where(spike, k["V_reset"], h.v), r=jnp.where(spike, n_ref, h.r))
+
+
+def _recurrent(model: str, args: dict) -> NestNeuron:
+    """The four recurrent models; ``args`` holds the factory's arguments by name."""
+    K, n_ref, cutoff, n_flush, sg, a0 = _recurrent_constants(model, args)
+    adaptive, delta = model.endswith("_adapt"), "psc_delta" in model
+    n, dt = args["n"], float(args["dt"])
+    refractory_input = bool(delta and args["refractory_input"])
+    if delta:
+        integrate = functools.partial(_integrate_psc_delta, adaptive=adaptive, refractory_input=refractory_input, dt=dt)
+        reset = functools.partial(_reset_psc_delta, n_ref=n_ref)
+    else:
+        integrate, reset = (
+            functools.partial(_integrate_iaf, adaptive=adaptive),
+            functools.partial(_reset_iaf, n_ref=n_ref),
+        )
 
     def init(dtype=jnp.float64):
         k = _cast(K, dtype)
@@ -232,45 +291,6 @@ def _recurrent(model: str, args: dict) -> NestNeuron:
         v = jnp.broadcast_to(jnp.asarray(args["V_m"], dtype) - k["E_L"], (n,))
         r = jnp.zeros(n, jnp.int32)
         return NeuronState(v, r, zeros, zeros, a, threshold, zeros, zeros, r)
-
-    # One NEST step is integrate (everything up to the spike condition), the spike, then reset. NestNeuron.step
-    # and the Cell (whose state is the one between integrate and reset) call these same functions.
-    def integrate_iaf(k, h, I_syn):
-        # eprop_iaf(_adapt): refractory counter first, integrate, adapt
-        r = jnp.maximum(h.r - 1, 0)
-        v = jnp.maximum(k["P_I"] * h.i + I_syn + k["alpha"] * h.v, k["V_min"])
-        a, threshold = h.a, h.threshold
-        if adaptive:
-            a = k["rho"] * h.a + h.z
-            threshold = k["V_th"] + k["beta"] * a
-        i = jnp.broadcast_to(k["I_e"], v.shape)
-        return h._replace(v=v, r=r, a=a, threshold=threshold, i=i)
-
-    def reset_iaf(k, h, spike):
-        # the reset in the same step: subtract the base threshold
-        return h._replace(v=jnp.where(spike, h.v - k["V_th"], h.v), r=jnp.where(spike, n_ref, h.r))
-
-    def integrate_psc_delta(k, h, I_syn):
-        # eprop_iaf_psc_delta(_adapt): integrate when not refractory, else hold v (and buffer the input)
-        free = h.r == 0
-        v_free = k["P_I"] * (h.i + k["I_e"]) + k["alpha"] * h.v + I_syn
-        buf = h.buf
-        if refractory_input:
-            v_free = v_free + h.buf
-            damping = jnp.exp(-h.r.astype(h.v.dtype) * dt * k["inv_tau_m"])
-            buf = jnp.where(free, 0.0, h.buf + I_syn * damping)
-        v = jnp.where(free, jnp.maximum(v_free, k["V_min"]), h.v)
-        r = jnp.where(free, h.r, h.r - 1)
-        a, threshold = h.a, h.threshold
-        if adaptive:
-            a = jnp.where(free, k["rho"] * h.a + h.z, h.a)
-            threshold = jnp.where(free, k["V_th"] + k["beta"] * a, h.threshold)
-        return h._replace(v=v, r=r, a=a, threshold=threshold, buf=buf, i=jnp.zeros_like(v))
-
-    def reset_psc_delta(k, h, spike):
-        return h._replace(v=jnp.where(spike, k["V_reset"], h.v), r=jnp.where(spike, n_ref, h.r))
-
-    integrate, reset = (integrate_psc_delta, reset_psc_delta) if delta else (integrate_iaf, reset_iaf)
 
     def fires(h):
         """``(spike, psi)`` of the state between integrate and reset; psc_delta spikes also when refractory."""
@@ -299,7 +319,8 @@ def _recurrent(model: str, args: dict) -> NestNeuron:
         )
 
     kappa = np.asarray(args["kappa"], np.float64)
-    return NestNeuron(model, n, dt, init, step, alpha, kappa, K["kappa_reg"], beta, rho, cutoff, cell)
+    beta, rho = (K["beta"], K["rho"]) if adaptive else (None, None)
+    return NestNeuron(model, n, dt, init, step, K["alpha"], kappa, K["kappa_reg"], beta, rho, cutoff, cell)
 
 
 class CellState(NamedTuple):

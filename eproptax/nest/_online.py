@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -9,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._neurons import RECURRENT_MODELS, NestNeuron, NeuronInfo, NeuronState, ReadoutInfo, ReadoutState
-from ._weight_optimizer import WeightOptimizerState, weight_optimizer
+from ._weight_optimizer import WeightOptimizer, WeightOptimizerState, weight_optimizer
 
 
 class OnlineWeights(NamedTuple):
@@ -148,6 +149,15 @@ def _covered(last, cutoff, mask, t):
     return mask & started[None, :] & ((t - last + 1)[None, :] < jnp.reshape(cutoff, (-1, 1)))
 
 
+class _Net(NamedTuple):
+    """What the stages of :func:`online_eprop` share: the neurons, the weight optimizer, the default ``eta``."""
+
+    rec: NestNeuron
+    out: NestNeuron
+    opt: WeightOptimizer
+    eta: Any
+
+
 def _col(value, dtype):
     """A per-neuron constant (scalar or ``(n,)``) as a column, to broadcast over ``[post, pre]``."""
     return jnp.reshape(jnp.asarray(value, dtype), (-1, 1))
@@ -261,160 +271,178 @@ def online_eprop(
         epsilon=epsilon,
         where=where,
     )
-    adaptive = rec.beta is not None
-    n_rec, n_out = rec.n, out.n
-    default_eta = eta
+    net = _Net(rec, out, opt, eta)
+    bind = lambda fn: functools.partial(fn, net)
+    return OnlineEprop(bind(_init), bind(_step), bind(_run), bind(_weights), rec, out, opt)
 
-    def synapses(w, onto_rec):
-        zeros = jnp.zeros_like(w)
-        return SynapseState(
-            w=w,
-            stored=w if optimize_each_step else None,
-            zbar=zeros,
-            epsilon=zeros if (onto_rec and adaptive) else None,
-            ebar=zeros if onto_rec else None,
-            ebar_reg=zeros if onto_rec else None,
-            grad=None if optimize_each_step else zeros,
-            opt=opt.init(w),
-        )
 
-    def init(weights, feedback, *, masks=None, eta=None):
-        w_in, w_rec, w_out = (jnp.asarray(w) for w in weights)
-        dtype = jnp.result_type(w_in, w_rec, w_out)
-        if not jnp.issubdtype(dtype, jnp.floating):
-            raise ValueError(f"{where}.init: `weights` must be floating arrays, got {dtype}.")
-        n_in = w_in.shape[-1] if w_in.ndim == 2 else -1
-        shapes = {"w_in": (n_rec, n_in), "w_rec": (n_rec, n_rec), "w_out": (n_out, n_rec)}
-        for name, w in zip(shapes, (w_in, w_rec, w_out)):
-            if w.shape != shapes[name]:
-                raise ValueError(f"{where}.init: `weights.{name}` must have shape {shapes[name]}, got {w.shape}.")
-        feedback = jnp.asarray(feedback, dtype)
-        if feedback.shape != (n_rec, n_out):
-            raise ValueError(f"{where}.init: `feedback` (B) must have shape {(n_rec, n_out)}, got {feedback.shape}.")
-        no_autapses = ~np.eye(n_rec, dtype=bool)
-        if masks is None:
-            masks = OnlineWeights(np.ones(shapes["w_in"], bool), no_autapses, np.ones(shapes["w_out"], bool))
-        masks = OnlineWeights(*(jnp.asarray(m, bool) for m in masks))
-        for name, m in zip(shapes, masks):
-            if m.shape != shapes[name]:
-                raise ValueError(f"{where}.init: `masks.{name}` must have shape {shapes[name]}, got {m.shape}.")
-        masks = masks._replace(w_rec=masks.w_rec & no_autapses)
-        w_in, w_rec, w_out = (jnp.where(m, w, 0.0).astype(dtype) for m, w in zip(masks, (w_in, w_rec, w_out)))
-        eta = jnp.asarray(default_eta if eta is None else eta, dtype)
-        zi, zr = jnp.zeros(n_in, jnp.int32), jnp.zeros(n_rec, jnp.int32)
-        pending = Pending(*(jnp.zeros((2, n), dtype) for n in (n_rec, n_rec, n_out, n_in, n_rec)))
-        return OnlineEpropState(
-            s=jnp.zeros((), jnp.int32),
-            rec=rec.init(dtype),
-            out=out.init(dtype),
-            in_rec=synapses(w_in, True),
-            rec_rec=synapses(w_rec, True),
-            rec_out=synapses(w_out, False),
-            feedback=feedback,
-            masks=masks,
-            eta=eta,
-            last_in=zi,
-            last_rec=zr,
-            z=jnp.zeros(n_rec, dtype),
-            flush=jnp.zeros(n_rec, bool),
-            pending=pending,
-        )
+def _synapses(net: _Net, w, onto_rec: bool) -> SynapseState:
+    """A projection's initial state: its weights, zero traces and the optimizer's initial state."""
+    zeros = jnp.zeros_like(w)
+    return SynapseState(
+        w=w,
+        stored=w if net.opt.optimize_each_step else None,
+        zbar=zeros,
+        epsilon=zeros if (onto_rec and net.rec.beta is not None) else None,
+        ebar=zeros if onto_rec else None,
+        ebar_reg=zeros if onto_rec else None,
+        grad=None if net.opt.optimize_each_step else zeros,
+        opt=net.opt.init(w),
+    )
 
-    def optimize(syn, g, called, idx, eta):
-        if optimize_each_step:
-            o, w = opt.update(syn.opt, syn.w, g, called, idx, eta)
-            return syn._replace(w=w, opt=o)
-        return syn._replace(grad=syn.grad + jnp.where(called, g, 0.0))
 
-    def trace_onto_rec(syn, x, cov, psi, L, fr, idx, eta):
-        dtype = syn.w.dtype
-        zbar = _col(rec.alpha, dtype) * syn.zbar + x[None, :]
-        e = jnp.where(cov, psi[:, None] * zbar, 0.0)
-        epsilon = None
-        if adaptive:
-            e = jnp.where(cov, psi[:, None] * (zbar - _col(rec.beta, dtype) * syn.epsilon), 0.0)
-            epsilon = _col(rec.rho, dtype) * syn.epsilon + e
-        ebar = _col(rec.kappa, dtype) * syn.ebar + e
-        kappa_reg = _col(rec.kappa_reg, dtype)
-        ebar_reg = kappa_reg * syn.ebar_reg + (1.0 - kappa_reg) * e
-        g = jnp.where(cov, L[:, None] * ebar + fr[:, None] * ebar_reg, 0.0)
-        syn = syn._replace(zbar=zbar, epsilon=epsilon, ebar=ebar, ebar_reg=ebar_reg)
-        return optimize(syn, g, cov, idx, eta)
+def _init(net: _Net, weights, feedback, *, masks=None, eta=None) -> OnlineEpropState:
+    """:attr:`OnlineEprop.init`: the checked weights, feedback and masks, every trace zero."""
+    where, n_rec, n_out = "online_eprop", net.rec.n, net.out.n
+    w_in, w_rec, w_out = (jnp.asarray(w) for w in weights)
+    dtype = jnp.result_type(w_in, w_rec, w_out)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(f"{where}.init: `weights` must be floating arrays, got {dtype}.")
+    n_in = w_in.shape[-1] if w_in.ndim == 2 else -1
+    shapes = {"w_in": (n_rec, n_in), "w_rec": (n_rec, n_rec), "w_out": (n_out, n_rec)}
+    for name, w in zip(shapes, (w_in, w_rec, w_out)):
+        if w.shape != shapes[name]:
+            raise ValueError(f"{where}.init: `weights.{name}` must have shape {shapes[name]}, got {w.shape}.")
+    feedback = jnp.asarray(feedback, dtype)
+    if feedback.shape != (n_rec, n_out):
+        raise ValueError(f"{where}.init: `feedback` (B) must have shape {(n_rec, n_out)}, got {feedback.shape}.")
+    no_autapses = ~np.eye(n_rec, dtype=bool)
+    if masks is None:
+        masks = OnlineWeights(np.ones(shapes["w_in"], bool), no_autapses, np.ones(shapes["w_out"], bool))
+    masks = OnlineWeights(*(jnp.asarray(m, bool) for m in masks))
+    for name, m in zip(shapes, masks):
+        if m.shape != shapes[name]:
+            raise ValueError(f"{where}.init: `masks.{name}` must have shape {shapes[name]}, got {m.shape}.")
+    masks = masks._replace(w_rec=masks.w_rec & no_autapses)
+    w_in, w_rec, w_out = (jnp.where(m, w, 0.0).astype(dtype) for m, w in zip(masks, (w_in, w_rec, w_out)))
+    eta = jnp.asarray(net.eta if eta is None else eta, dtype)
+    zi, zr = jnp.zeros(n_in, jnp.int32), jnp.zeros(n_rec, jnp.int32)
+    pending = Pending(*(jnp.zeros((2, n), dtype) for n in (n_rec, n_rec, n_out, n_in, n_rec)))
+    return OnlineEpropState(
+        s=jnp.zeros((), jnp.int32),
+        rec=net.rec.init(dtype),
+        out=net.out.init(dtype),
+        in_rec=_synapses(net, w_in, True),
+        rec_rec=_synapses(net, w_rec, True),
+        rec_out=_synapses(net, w_out, False),
+        feedback=feedback,
+        masks=masks,
+        eta=eta,
+        last_in=zi,
+        last_rec=zr,
+        z=jnp.zeros(n_rec, dtype),
+        flush=jnp.zeros(n_rec, bool),
+        pending=pending,
+    )
 
-    def trace_onto_out(syn, x, cov, err, idx, eta):
-        zbar = _col(out.alpha, syn.w.dtype) * syn.zbar + x[None, :]
-        g = jnp.where(cov, err[:, None] * zbar, 0.0)
-        return optimize(syn._replace(zbar=zbar), g, cov, idx, eta)
 
-    def deliver(syn, mask, x, event, has_previous, idx, eta):
-        """Phase B: the presynaptic spikes ``x`` (and flush ``event``s) with the current stamp reach ``syn``."""
-        if optimize_each_step:
-            return syn._replace(stored=jnp.where(event[None, :], syn.w, syn.stored))
-        called = mask & ((x > 0) & has_previous)[None, :]
-        o, w = opt.update(syn.opt, syn.w, syn.grad, called, idx, eta)
-        return syn._replace(w=w, opt=o, grad=jnp.where(called, 0.0, syn.grad))
+def _optimize(net: _Net, syn, g, called, idx, eta):
+    """A projection's gradient ``g`` of this step: applied now (``optimize_each_step``), else summed."""
+    if net.opt.optimize_each_step:
+        o, w = net.opt.update(syn.opt, syn.w, g, called, idx, eta)
+        return syn._replace(w=w, opt=o)
+    return syn._replace(grad=syn.grad + jnp.where(called, g, 0.0))
 
-    def step(state, inputs, target, window, drive=None):
-        s, p, masks, eta = state.s, state.pending, state.masks, state.eta
-        dtype = state.in_rec.w.dtype
-        # (1) the traces and gradients of step t = s - 2, whose learning signal L[t] = B ERR[t + 1] is complete
-        t = s - 2
-        L = state.feedback @ p.err[0]
-        cov_in = _covered(state.last_in, rec.cutoff, masks.w_in, t)
-        cov_rec = _covered(state.last_rec, rec.cutoff, masks.w_rec, t)
-        cov_out = _covered(state.last_rec, out.cutoff, masks.w_out, t)
-        in_rec = trace_onto_rec(state.in_rec, p.x_in[1], cov_in, p.psi[1], L, p.fr[1], t + 1, eta)
-        rec_rec = trace_onto_rec(state.rec_rec, p.x_rec[1], cov_rec, p.psi[1], L, p.fr[1], t + 1, eta)
-        rec_out = trace_onto_out(state.rec_out, p.x_rec[1], cov_out, p.err[1], t + 1, eta)
-        # (2) phase B: the events with stamp s (input spikes, recurrent spikes and flush events of step s - 1)
-        x_in = jnp.asarray(inputs, dtype)
-        x_rec = state.z
-        in_rec = deliver(in_rec, masks.w_in, x_in, x_in > 0, state.last_in > 0, s - 1, eta)
-        rec_event = (x_rec > 0) | state.flush
-        rec_rec = deliver(rec_rec, masks.w_rec, x_rec, rec_event, state.last_rec > 0, s - 1, eta)
-        rec_out = deliver(rec_out, masks.w_out, x_rec, rec_event, state.last_rec > 0, s - 1, eta)
-        last_in = jnp.where(x_in > 0, s, state.last_in)
-        last_rec = jnp.where(x_rec > 0, s, state.last_rec)
-        # (3) the weights the spikes carry, then phase C: every neuron's step s
-        I_rec = in_rec.w @ x_in + rec_rec.w @ x_rec
-        if drive is not None:
-            I_rec = I_rec + jnp.asarray(drive, dtype)
-        h_rec, info_rec = rec.step(state.rec, I_rec, s)
-        h_out, info_out = out.step(state.out, rec_out.w @ x_rec, jnp.asarray(target, dtype), jnp.asarray(window, dtype))
-        pending = Pending(
-            psi=jnp.stack([info_rec.psi, p.psi[0]]),
-            fr=jnp.stack([info_rec.fr, p.fr[0]]),
-            err=jnp.stack([info_out.error_signal, p.err[0]]),
-            x_in=jnp.stack([x_in, p.x_in[0]]),
-            x_rec=jnp.stack([x_rec, p.x_rec[0]]),
-        )
-        state = OnlineEpropState(
-            s + 1,
-            h_rec,
-            h_out,
-            in_rec,
-            rec_rec,
-            rec_out,
-            state.feedback,
-            masks,
-            eta,
-            last_in,
-            last_rec,
-            info_rec.z,
-            info_rec.flush,
-            pending,
-        )
-        loss = 0.5 * jnp.sum(info_out.error_signal**2)
-        return state, OnlineInfo(info_rec, L, info_out, loss)
 
-    def run(state, inputs, targets, windows, drive=None):
-        xs = (inputs, targets, windows, drive)
-        return jax.lax.scan(lambda st, x: step(st, *x), state, xs)
+def _trace_onto_rec(net: _Net, syn, x, cov, psi, L, fr, idx, eta):
+    """A projection onto the recurrent neurons one step on: its traces, its gradient, the optimizer."""
+    rec = net.rec
+    dtype = syn.w.dtype
+    zbar = _col(rec.alpha, dtype) * syn.zbar + x[None, :]
+    e = jnp.where(cov, psi[:, None] * zbar, 0.0)
+    epsilon = None
+    if rec.beta is not None:
+        e = jnp.where(cov, psi[:, None] * (zbar - _col(rec.beta, dtype) * syn.epsilon), 0.0)
+        epsilon = _col(rec.rho, dtype) * syn.epsilon + e
+    ebar = _col(rec.kappa, dtype) * syn.ebar + e
+    kappa_reg = _col(rec.kappa_reg, dtype)
+    ebar_reg = kappa_reg * syn.ebar_reg + (1.0 - kappa_reg) * e
+    g = jnp.where(cov, L[:, None] * ebar + fr[:, None] * ebar_reg, 0.0)
+    syn = syn._replace(zbar=zbar, epsilon=epsilon, ebar=ebar, ebar_reg=ebar_reg)
+    return _optimize(net, syn, g, cov, idx, eta)
 
-    def weights(state, stored=True):
-        syns = (state.in_rec, state.rec_rec, state.rec_out)
-        if stored and optimize_each_step:
-            return OnlineWeights(*(syn.stored for syn in syns))
-        return OnlineWeights(*(syn.w for syn in syns))
 
-    return OnlineEprop(init, step, run, weights, rec, out, opt)
+def _trace_onto_out(net: _Net, syn, x, cov, err, idx, eta):
+    """A projection onto the readouts one step on: ``zbar`` filtered by the readout's ``kappa``."""
+    zbar = _col(net.out.alpha, syn.w.dtype) * syn.zbar + x[None, :]
+    g = jnp.where(cov, err[:, None] * zbar, 0.0)
+    return _optimize(net, syn._replace(zbar=zbar), g, cov, idx, eta)
+
+
+def _deliver(net: _Net, syn, mask, x, event, has_previous, idx, eta):
+    """Phase B: the presynaptic spikes ``x`` (and flush ``event``s) with the current stamp reach ``syn``."""
+    if net.opt.optimize_each_step:
+        return syn._replace(stored=jnp.where(event[None, :], syn.w, syn.stored))
+    called = mask & ((x > 0) & has_previous)[None, :]
+    o, w = net.opt.update(syn.opt, syn.w, syn.grad, called, idx, eta)
+    return syn._replace(w=w, opt=o, grad=jnp.where(called, 0.0, syn.grad))
+
+
+def _step(net: _Net, state, inputs, target, window, drive=None):
+    """:attr:`OnlineEprop.step`: one NEST step (SPEC.md section 8, in NEST's order)."""
+    rec, out = net.rec, net.out
+    s, p, masks, eta = state.s, state.pending, state.masks, state.eta
+    dtype = state.in_rec.w.dtype
+    # (1) the traces and gradients of step t = s - 2, whose learning signal L[t] = B ERR[t + 1] is complete
+    t = s - 2
+    L = state.feedback @ p.err[0]
+    cov_in = _covered(state.last_in, rec.cutoff, masks.w_in, t)
+    cov_rec = _covered(state.last_rec, rec.cutoff, masks.w_rec, t)
+    cov_out = _covered(state.last_rec, out.cutoff, masks.w_out, t)
+    in_rec = _trace_onto_rec(net, state.in_rec, p.x_in[1], cov_in, p.psi[1], L, p.fr[1], t + 1, eta)
+    rec_rec = _trace_onto_rec(net, state.rec_rec, p.x_rec[1], cov_rec, p.psi[1], L, p.fr[1], t + 1, eta)
+    rec_out = _trace_onto_out(net, state.rec_out, p.x_rec[1], cov_out, p.err[1], t + 1, eta)
+    # (2) phase B: the events with stamp s (input spikes, recurrent spikes and flush events of step s - 1)
+    x_in = jnp.asarray(inputs, dtype)
+    x_rec = state.z
+    in_rec = _deliver(net, in_rec, masks.w_in, x_in, x_in > 0, state.last_in > 0, s - 1, eta)
+    rec_event = (x_rec > 0) | state.flush
+    rec_rec = _deliver(net, rec_rec, masks.w_rec, x_rec, rec_event, state.last_rec > 0, s - 1, eta)
+    rec_out = _deliver(net, rec_out, masks.w_out, x_rec, rec_event, state.last_rec > 0, s - 1, eta)
+    last_in = jnp.where(x_in > 0, s, state.last_in)
+    last_rec = jnp.where(x_rec > 0, s, state.last_rec)
+    # (3) the weights the spikes carry, then phase C: every neuron's step s
+    I_rec = in_rec.w @ x_in + rec_rec.w @ x_rec
+    if drive is not None:
+        I_rec = I_rec + jnp.asarray(drive, dtype)
+    h_rec, info_rec = rec.step(state.rec, I_rec, s)
+    h_out, info_out = out.step(state.out, rec_out.w @ x_rec, jnp.asarray(target, dtype), jnp.asarray(window, dtype))
+    pending = Pending(
+        psi=jnp.stack([info_rec.psi, p.psi[0]]),
+        fr=jnp.stack([info_rec.fr, p.fr[0]]),
+        err=jnp.stack([info_out.error_signal, p.err[0]]),
+        x_in=jnp.stack([x_in, p.x_in[0]]),
+        x_rec=jnp.stack([x_rec, p.x_rec[0]]),
+    )
+    state = OnlineEpropState(
+        s + 1,
+        h_rec,
+        h_out,
+        in_rec,
+        rec_rec,
+        rec_out,
+        state.feedback,
+        masks,
+        eta,
+        last_in,
+        last_rec,
+        info_rec.z,
+        info_rec.flush,
+        pending,
+    )
+    loss = 0.5 * jnp.sum(info_out.error_signal**2)
+    return state, OnlineInfo(info_rec, L, info_out, loss)
+
+
+def _run(net: _Net, state, inputs, targets, windows, drive=None):
+    """:attr:`OnlineEprop.run`: ``lax.scan`` of :func:`_step` over the leading (time) axis."""
+    xs = (inputs, targets, windows, drive)
+    return jax.lax.scan(lambda st, x: _step(net, st, *x), state, xs)
+
+
+def _weights(net: _Net, state, stored=True) -> OnlineWeights:
+    """:attr:`OnlineEprop.weights`."""
+    syns = (state.in_rec, state.rec_rec, state.rec_out)
+    if stored and net.opt.optimize_each_step:
+        return OnlineWeights(*(syn.stored for syn in syns))
+    return OnlineWeights(*(syn.w for syn in syns))

@@ -92,7 +92,28 @@ def weight_optimizer(
             return WeightOptimizerState(zeros, k, zeros, zeros, ones, ones)
         return WeightOptimizerState(zeros, k)
 
-    def adam_step(carry, active, eta):
+    def update(state, w, g, called, idx, eta):
+        c = jnp.where(called, state.c + g, state.c)
+        K = 1 + idx // batch_size
+        go = called & (state.k < K)
+        c = jnp.where(go, c / batch_size, c)
+        if adam:
+            state, w = _adam(state._replace(c=c), w, jnp.where(go, K - state.k, 0), go, eta, beta_1, beta_2, epsilon)
+        else:
+            w = jnp.where(go, w - eta * c, w)
+            state = state._replace(c=jnp.where(go, 0.0, c))
+        w = jnp.where(go, jnp.clip(w, Wmin, Wmax), w)
+        return state._replace(k=jnp.where(go, K, state.k).astype(jnp.int32)), w
+
+    return WeightOptimizer(init, update, optimizer, batch_size, optimize_each_step, Wmin, Wmax)
+
+
+def _adam(state, w, n, go, eta, beta_1, beta_2, epsilon):
+    """NEST's Adam on the synapses ``go``, ``n`` steps each: the first with the averaged gradient ``state.c``,
+    the others (catch-up) with a zero gradient, in a ``lax.while_loop`` as long as some synapse with nonzero
+    moments has steps left; the rest only advance their powers. Returns ``(state, w)``."""
+
+    def one_step(carry, active):
         opt, w, n = carry
         b1 = jnp.where(active, opt.beta_1_power * beta_1, opt.beta_1_power)
         b2 = jnp.where(active, opt.beta_2_power * beta_2, opt.beta_2_power)
@@ -103,32 +124,17 @@ def weight_optimizer(
         c = jnp.where(active, 0.0, opt.c)
         return opt._replace(c=c, m=m, v=v, beta_1_power=b1, beta_2_power=b2), w, n - active.astype(n.dtype)
 
-    def update(state, w, g, called, idx, eta):
-        c = jnp.where(called, state.c + g, state.c)
-        K = 1 + idx // batch_size
-        go = called & (state.k < K)
-        c = jnp.where(go, c / batch_size, c)
-        if adam:
-            n = jnp.where(go, K - state.k, 0)
-            carry = adam_step((state._replace(c=c), w, n), go, eta)
+    def pending(carry):
+        opt, _, n = carry
+        return (n > 0) & ((opt.m != 0) | (opt.v != 0))
 
-            def pending(carry):
-                opt, _, n = carry
-                return (n > 0) & ((opt.m != 0) | (opt.v != 0))
-
-            carry = jax.lax.while_loop(
-                lambda carry: jnp.any(pending(carry)), lambda carry: adam_step(carry, pending(carry), eta), carry
-            )
-            opt, w, n = carry
-            # zero moments stay zero under zero gradients: the remaining steps only advance the powers
-            state = opt._replace(
-                beta_1_power=opt.beta_1_power * jnp.asarray(beta_1, w.dtype) ** n.astype(w.dtype),
-                beta_2_power=opt.beta_2_power * jnp.asarray(beta_2, w.dtype) ** n.astype(w.dtype),
-            )
-        else:
-            w = jnp.where(go, w - eta * c, w)
-            state = state._replace(c=jnp.where(go, 0.0, c))
-        w = jnp.where(go, jnp.clip(w, Wmin, Wmax), w)
-        return state._replace(k=jnp.where(go, K, state.k).astype(jnp.int32)), w
-
-    return WeightOptimizer(init, update, optimizer, batch_size, optimize_each_step, Wmin, Wmax)
+    carry = one_step((state, w, n), go)
+    opt, w, n = jax.lax.while_loop(
+        lambda carry: jnp.any(pending(carry)), lambda carry: one_step(carry, pending(carry)), carry
+    )
+    # zero moments stay zero under zero gradients: the remaining steps only advance the powers
+    state = opt._replace(
+        beta_1_power=opt.beta_1_power * jnp.asarray(beta_1, w.dtype) ** n.astype(w.dtype),
+        beta_2_power=opt.beta_2_power * jnp.asarray(beta_2, w.dtype) ** n.astype(w.dtype),
+    )
+    return state, w
